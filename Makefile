@@ -1,0 +1,34 @@
+# Quick start:  make demo   (install + compress LeNet-300-100 on Fashion-MNIST)
+#               make test   (install + run the test suite)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install data demo test bench clean
+
+install: $(VENV)/.installed
+
+# The venv sees the system's packages, so a torch the user already has is kept;
+# without one, torch 2.13.0 is installed (the CPU build where one is provided).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "torch==2.13.0"
+	$(PY) -m pip install -e ".[test]"
+	touch $@
+
+data:
+	@sh tools/install-data.sh
+
+demo: install data
+	$(VENV)/bin/edl demo
+
+test: install data
+	$(PY) -m pytest -q
+
+bench: install data
+	$(PY) benchmarks/huffman_bench.py --json runs/bench/huffman.json
+	$(PY) benchmarks/kmeans_bench.py --json runs/bench/kmeans.json
+	$(PY) benchmarks/deep_compression.py --json runs/bench/deep_compression.json
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

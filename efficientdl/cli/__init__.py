@@ -1,0 +1,1 @@
+"""The ``edl`` command line: parse arguments, call the public API, render."""

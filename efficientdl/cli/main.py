@@ -1,0 +1,550 @@
+"""``edl``: the command line.  Each command parses arguments, calls the public API and renders.
+
+Bad input (a wrong path, a corrupt file, a bad recipe, an out-of-range number) ends
+with one line on standard error and exit status 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import EdlError
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+
+
+class UsageError(EdlError):
+    """A command-line argument is wrong."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# --------------------------------------------------------------------------- argument types
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return v
+
+
+def _scalar(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def per_layer_spec(text: str) -> Any:
+    """Parse ``0.9`` or ``fc1=0.92,fc2=0.91,default=0.8`` into a number or a mapping."""
+    if "=" not in text:
+        return _scalar(text)
+    spec = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"expected NAME=VALUE pairs separated by commas, got {text!r}")
+        spec[key.strip()] = _scalar(value.strip())
+    return spec
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+    if not values or any(v < 1 or v > 16 for v in values):
+        raise argparse.ArgumentTypeError(f"expected bit widths in 1..16, got {text!r}")
+    return values
+
+
+def _output_file(path: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{p}: is a directory, expected an output file path")
+    if not p.parent.exists():
+        raise UsageError(f"{p.parent}: output directory does not exist")
+    return p
+
+
+def _output_dir(path: str) -> Path:
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{p}: exists and is not a directory")
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _input_file(path: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{p}: no such file")
+    if p.is_dir():
+        raise UsageError(f"{p}: is a directory, expected a file")
+    return p
+
+
+# --------------------------------------------------------------------------- shared pieces
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _load_data(args: argparse.Namespace, name: str | None = None):
+    from .. import data
+
+    ds = data.load(name or args.data, data_dir=args.data_dir, batch_size=args.batch_size,
+                   train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed)
+    if not args.json:
+        _console().print(f"data: {ds.name} ({ds.source})")
+    return ds
+
+
+def _load_model(path: Path):
+    """A plain model from a checkpoint (``.pt``) or a compressed file (``.edlz``)."""
+    from .. import format as fmt
+    from ..train import load_checkpoint
+
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return fmt.load(path) if head == b"EDLZ" else load_checkpoint(path)
+
+
+def _emit(args: argparse.Namespace, result: dict, text: str) -> None:
+    from ..report import dumps
+
+    if args.json:
+        print(dumps(result))
+    else:
+        print(text)
+
+
+def _trainer(args: argparse.Namespace, ds, teacher=None, **overrides):
+    from ..train import Trainer
+
+    opts = dict(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                schedule=args.schedule)
+    opts.update(overrides)
+    return Trainer(ds.train, ds.test, seed=args.seed, progress=not (args.no_progress or args.json),
+                   teacher=teacher, **opts)
+
+
+def _seed(args: argparse.Namespace) -> None:
+    from ..train import set_seed
+
+    set_seed(args.seed)
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from .. import models
+    from ..train import evaluate, save_checkpoint
+
+    out = _output_file(args.output)
+    _seed(args)
+    ds = _load_data(args)
+    model = models.create(args.model, num_classes=ds.num_classes, in_channels=ds.input_shape[0])
+    history = _trainer(args, ds).fit(model, description=args.model)
+    acc = evaluate(model, ds.test)
+    save_checkpoint(model, out)
+    _emit(args, {"model": args.model, "accuracy": acc, "checkpoint": str(out), "history": history},
+          f"{args.model}: test accuracy {100 * acc:.2f}% → {out}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .. import compress
+    from ..train import evaluate, save_checkpoint
+
+    src, out = _input_file(args.checkpoint), _output_file(args.output)
+    if (args.sparsity is None) == (args.quality is None):
+        raise UsageError("give exactly one of --sparsity and --quality")
+    _seed(args)
+    model = _load_model(src)
+    ds = _load_data(args)
+    before = evaluate(model, ds.test)
+    teacher = copy.deepcopy(model).eval() if args.distill else None
+    trainer = _trainer(args, ds, teacher=teacher)
+    retrain = (lambda m, step: trainer.fit(m, description=f"prune {step}/{args.steps}")) if args.epochs else None
+    model, report = compress.prune(model, sparsity=args.sparsity, quality=args.quality, steps=args.steps,
+                                   schedule=args.prune_schedule, retrain=retrain)
+    report.accuracy_before, report.accuracy_after = before, evaluate(model, ds.test)
+    save_checkpoint(model, out)
+    lines = [f"accuracy {100 * before:.2f}% → {100 * report.accuracy_after:.2f}%  → {out}"]
+    lines += [f"  {name}: sparsity {100 * s:.1f}%" for name, s in report.settings["sparsity"].items()]
+    _emit(args, report.to_dict(), "\n".join(lines))
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .. import compress
+    from ..train import evaluate, save_checkpoint
+
+    src, out = _input_file(args.checkpoint), _output_file(args.output)
+    _seed(args)
+    model = _load_model(src)
+    ds = _load_data(args)
+    before = evaluate(model, ds.test)
+    trainer = _trainer(args, ds)
+    finetune = (lambda m: trainer.fit(m, description="centroids")) if args.epochs else None
+    model, report = compress.share(model, bits=args.bits, init=args.init, seed=args.seed, finetune=finetune)
+    report.accuracy_before, report.accuracy_after = before, evaluate(model, ds.test)
+    save_checkpoint(model, out)
+    _emit(args, report.to_dict(),
+          f"accuracy {100 * before:.2f}% → {100 * report.accuracy_after:.2f}% with bits {report.settings['bits']} → {out}")
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from .. import format as fmt
+    from ..compress.pipeline import parameter_bytes_fp32
+    from ..report import markdown_table
+
+    src, out = _input_file(args.checkpoint), _output_file(args.output)
+    model = _load_model(src)
+    layers = fmt.save(model, out, index_bits=args.index_bits, coding=args.coding)
+    size = out.stat().st_size
+    original = parameter_bytes_fp32(model)
+    rows = [[r.name, r.kind, r.weights, 100 * r.density, r.size_bytes, r.ratio] for r in layers]
+    text = markdown_table(rows, ["tensor", "kind", "weights", "density %", "bytes", "ratio ×"])
+    text += f"\n\n{out}: {size:,} bytes, {original / size:.1f}× smaller than {original:,} fp32 bytes"
+    _emit(args, {"path": str(out), "size_bytes": size, "original_bytes": original, "ratio": original / size,
+                 "layers": [r.to_dict() for r in layers]}, text)
+    return 0
+
+
+def _write_pipeline_outputs(result, out_dir: Path, name: str) -> dict:
+    from .. import format as fmt
+    from ..report import dumps, markdown_report, plots
+
+    model_path = out_dir / f"{name}.edlz"
+    fmt.atomic_write(model_path, result.file_bytes)
+    report = result.to_dict()
+    report["file"] = str(model_path)
+    (out_dir / "plots").mkdir(exist_ok=True)
+    plots.weight_histograms(result.snapshots, out_dir / "plots" / "weight_histograms.png")
+    fmt.atomic_write(out_dir / "report.json", dumps(report).encode())
+    fmt.atomic_write(out_dir / "report.md", markdown_report(report, f"Deep Compression of {name}").encode())
+    return report
+
+
+def cmd_compress(args: argparse.Namespace, recipe_path: Path | None = None, out_dir: Path | None = None) -> int:
+    from .. import models
+    from ..compress import load_recipe, pipeline
+    from ..report import layer_table, stage_table
+
+    recipe = load_recipe(recipe_path or _input_file(args.recipe))
+    out_dir = out_dir or _output_dir(args.output or f"runs/{Path(recipe.path).stem}")
+    _seed(args)
+    r = recipe.data
+    if args.checkpoint:
+        model = _load_model(_input_file(args.checkpoint))
+    else:
+        model = None
+    if args.data is None:
+        args.data = r.get("data", "fashion-mnist")
+    if args.batch_size is None:
+        args.batch_size = r.get("batch_size", 128)
+    ds = _load_data(args)
+    if model is None:
+        model = models.create(r["model"], num_classes=ds.num_classes, in_channels=ds.input_shape[0])
+    console = _console()
+    start = time.perf_counter()
+    result = pipeline.run(model, ds.train, ds.test, recipe, pretrained=args.checkpoint is not None,
+                          progress=not (args.no_progress or args.json),
+                          log=(lambda *_: None) if args.json else (lambda m: console.print(m)))
+    result.meta["data"] = ds.name
+    result.meta["data_source"] = ds.source
+    name = r["model"] if not args.checkpoint else Path(args.checkpoint).stem
+    report = _write_pipeline_outputs(result, out_dir, name)
+    report["seconds"] = time.perf_counter() - start
+    text = "\n".join([stage_table(report["stages"]), "", layer_table(report["stages"]), "",
+                      f"{report['file']}: {report['compressed_bytes']:,} bytes, {report['ratio']:.1f}× smaller; "
+                      f"accuracy {100 * report['accuracy_original']:.2f}% → {100 * report['accuracy_compressed']:.2f}%; "
+                      f"report in {out_dir}/report.md ({report['seconds']:.0f} s)"])
+    _emit(args, report, text)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    recipe = RECIPES_DIR / "demo.yaml"
+    if not recipe.is_file():
+        raise UsageError(f"{recipe}: the demo recipe is missing from the source tree")
+    args.checkpoint = None
+    return cmd_compress(args, recipe, _output_dir(args.output or "runs/demo"))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..train import evaluate
+
+    src = _input_file(args.file)
+    model = _load_model(src)
+    ds = _load_data(args)
+    acc = evaluate(model, ds.test)
+    _emit(args, {"file": str(src), "data": ds.name, "accuracy": acc, "test_size": ds.test.dataset_size},
+          f"{src}: accuracy {100 * acc:.2f}% on {ds.name} ({ds.test.dataset_size} test images)")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .. import format as fmt
+    from ..report import markdown_table
+
+    d = fmt.info(_input_file(args.file))
+    rows = [[t["name"], t["kind"], t["weights"], 100 * t["density"], t["weight_bits"], t["index_bits"],
+             t["entries"], t["size_bytes"]] for t in d["tensors"]]
+    arch = d["arch"] or {}
+    text = "\n".join([
+        f"{d['path']}: efficientdl compressed file, format version {d['format_version']}",
+        f"architecture: {arch.get('name', 'none recorded')} {arch.get('kwargs', '')}",
+        f"size: {d['size_bytes']:,} bytes; fp32 parameters: {d['original_bytes']:,} bytes; ratio {d['ratio']:.1f}×",
+        "", markdown_table(rows, ["tensor", "kind", "weights", "density %", "weight bits", "index bits",
+                                  "entries", "bytes"])])
+    _emit(args, d, text)
+    return 0
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from .. import compress
+    from ..report import markdown_table, plots
+    from ..train import evaluate
+
+    src, out_dir = _input_file(args.checkpoint), _output_dir(args.output)
+    model = _load_model(src)
+    ds = _load_data(args)
+    curves = compress.sensitivity(model, lambda m: evaluate(m, ds.test), sparsities=args.sparsities,
+                                  layers=args.layers)
+    chosen = compress.sparsities_from_sensitivity(curves, args.max_drop / 100.0)
+    plots.sensitivity(curves, out_dir / "sensitivity.png")
+    result = {"curves": curves, "suggested_sparsity": chosen, "max_drop_points": args.max_drop}
+    (out_dir / "sensitivity.json").write_text(json.dumps(result, indent=2))
+    rows = [[f"{100 * s:.0f}%"] + [100 * dict(curves[n])[s] for n in curves] for s in args.sparsities]
+    text = markdown_table(rows, ["sparsity"] + [f"{n} acc %" for n in curves])
+    text += "\n\nsuggested sparsity (drop ≤ {:.2f} points): {}".format(
+        args.max_drop, ", ".join(f"{n}={s:.2f}" for n, s in chosen.items()))
+    text += f"\nplot: {out_dir / 'sensitivity.png'}"
+    _emit(args, result, text)
+    return 0
+
+
+def cmd_bits(args: argparse.Namespace) -> int:
+    """How many bits do we need?  Accuracy vs bits, conv and fc layers separately, with and without pruning."""
+    from .. import compress
+    from ..compress.layers import layer_type
+    from ..report import markdown_table, plots
+    from ..train import evaluate
+
+    src, out_dir = _input_file(args.checkpoint), _output_dir(args.output)
+    base = _load_model(src)
+    ds = _load_data(args)
+    types = sorted({layer_type(m) for _, m in compress.compressible_layers(base)})
+    variants = {"": base}
+    if args.sparsity is not None:
+        pruned = copy.deepcopy(base)
+        compress.prune_once(pruned, sparsity=args.sparsity)
+        variants[f" (pruned to {100 * args.sparsity:.0f}%)"] = pruned
+    series: dict[str, list[tuple[float, float]]] = {}
+    for suffix, model in variants.items():
+        for kind in types:
+            points = []
+            for b in args.bits:
+                m = copy.deepcopy(model)
+                compress.share(m, bits={kind: b}, init=args.init)
+                points.append((b, evaluate(m, ds.test)))
+            series[f"{kind}{suffix}"] = points
+    plots.curves(series, out_dir / "bits.png", "bits per weight", "accuracy",
+                 "Accuracy vs bits of weight sharing (other layers fp32)")
+    result = {"series": series, "bits": args.bits}
+    (out_dir / "bits.json").write_text(json.dumps(result, indent=2))
+    rows = [[b] + [100 * dict(series[k])[b] for k in series] for b in args.bits]
+    _emit(args, result, markdown_table(rows, ["bits"] + [f"{k} acc %" for k in series])
+          + f"\n\nplot: {out_dir / 'bits.png'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The ``edl`` argument parser (one sub-parser per command)."""
+    from .. import __version__
+
+    parser = _Parser(prog="edl", description="Make deep networks small, fast and energy-efficient.")
+    parser.add_argument("--version", action="version", version=f"efficientdl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def common(p: argparse.ArgumentParser, data: bool = True) -> None:
+        p.add_argument("--json", action="store_true", help="print the result as JSON on standard output")
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+        p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+        if data:
+            g = p.add_argument_group("data")
+            g.add_argument("--data", default=None if p.prog.endswith(("compress", "demo")) else "fashion-mnist",
+                           help="dataset: fashion-mnist, mnist or digits (default fashion-mnist)")
+            g.add_argument("--data-dir", help="directory with the IDX files (default: $EDL_DATA_DIR, "
+                                              "then /usr/share/datasets/fashion-mnist)")
+            g.add_argument("--batch-size", type=_positive_int,
+                           default=None if p.prog.endswith(("compress", "demo")) else 128)
+            g.add_argument("--train-subset", type=_positive_int, help="train on the first N images of a seeded permutation")
+            g.add_argument("--test-subset", type=_positive_int, help="test on N images")
+            g.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
+
+    def training(p: argparse.ArgumentParser, epochs: int, lr: float, weight_decay: float = 5e-4) -> None:
+        g = p.add_argument_group("training")
+        g.add_argument("--epochs", type=_nonneg_int, default=epochs, help=f"epochs (default {epochs})")
+        g.add_argument("--lr", type=_positive_float, default=lr, help=f"learning rate (default {lr})")
+        g.add_argument("--momentum", type=_fraction, default=0.9)
+        g.add_argument("--weight-decay", type=_fraction, default=weight_decay)
+        g.add_argument("--schedule", choices=["cosine", "step", "constant"], default="cosine")
+
+    p = sub.add_parser("train", help="train a registry model")
+    p.add_argument("--model", default="lenet300", help="registry name: lenet300, lenet5 (default lenet300)")
+    p.add_argument("-o", "--output", required=True, help="checkpoint to write (.pt)")
+    common(p)
+    training(p, 20, 0.05)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("prune", help="magnitude pruning with retraining")
+    p.add_argument("checkpoint", help="checkpoint (.pt) or compressed file (.edlz)")
+    p.add_argument("-o", "--output", required=True, help="pruned checkpoint to write")
+    p.add_argument("--sparsity", type=per_layer_spec, help="target sparsity: 0.9 or fc1=0.92,fc2=0.91,Conv2d=0.6")
+    p.add_argument("--quality", type=per_layer_spec, help="threshold quality q of |w| > q·std(W), per layer as above")
+    p.add_argument("--steps", type=_positive_int, default=1, help="prune → retrain rounds (default 1)")
+    p.add_argument("--prune-schedule", choices=["gradual", "linear"], default="gradual")
+    p.add_argument("--distill", action="store_true", help="retrain with soft targets of the unpruned model")
+    common(p)
+    training(p, 3, 0.01)
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("quantize", help="k-means weight sharing with trained centroids")
+    p.add_argument("checkpoint", help="checkpoint (.pt) or compressed file (.edlz)")
+    p.add_argument("-o", "--output", required=True, help="weight-shared checkpoint to write")
+    p.add_argument("--bits", type=per_layer_spec, default={"Conv2d": 8, "Linear": 5},
+                   help="bits per weight: 5 or Conv2d=8,Linear=5 (default)")
+    p.add_argument("--init", choices=["linear", "density", "random"], default="linear")
+    common(p)
+    training(p, 1, 0.001, weight_decay=0.0)
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("encode", help="write the compressed file (Huffman + relative index)")
+    p.add_argument("checkpoint", help="checkpoint (.pt)")
+    p.add_argument("-o", "--output", required=True, help="compressed file to write (.edlz)")
+    p.add_argument("--index-bits", type=per_layer_spec, default=None,
+                   help="relative index bits: 5 or Conv2d=8,Linear=5 (default)")
+    p.add_argument("--coding", choices=["huffman", "fixed"], default="huffman")
+    common(p, data=False)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("compress", help="the whole Deep Compression pipeline from a YAML recipe")
+    p.add_argument("recipe", help="YAML recipe (see recipes/)")
+    p.add_argument("--checkpoint", help="start from this trained model instead of training one")
+    p.add_argument("-o", "--output", help="output directory (default runs/RECIPE)")
+    common(p)
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("demo", help="compress LeNet-300-100 on Fashion-MNIST end to end")
+    p.add_argument("-o", "--output", help="output directory (default runs/demo)")
+    common(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("eval", help="accuracy of a compressed file or checkpoint")
+    p.add_argument("file", help="compressed file (.edlz) or checkpoint (.pt)")
+    common(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("info", help="describe a compressed file")
+    p.add_argument("file", help="compressed file (.edlz)")
+    common(p, data=False)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("sensitivity", help="per-layer pruning sensitivity (table + plot)")
+    p.add_argument("checkpoint", help="trained checkpoint (.pt) or compressed file")
+    p.add_argument("-o", "--output", default="runs/sensitivity", help="output directory")
+    p.add_argument("--sparsities", type=_float_list, default=[0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98])
+    p.add_argument("--layers", type=lambda s: [x for x in s.split(",") if x], help="layer names (default all)")
+    p.add_argument("--max-drop", type=float, default=1.0, help="accuracy drop in points for suggested sparsities")
+    common(p)
+    p.set_defaults(func=cmd_sensitivity)
+
+    p = sub.add_parser("bits", help="how many bits do we need: accuracy vs bits (table + plot)")
+    p.add_argument("checkpoint", help="trained checkpoint (.pt)")
+    p.add_argument("-o", "--output", default="runs/bits", help="output directory")
+    p.add_argument("--bits", type=_int_list, default=[1, 2, 3, 4, 5, 6, 8], help="bit widths (default 1..6,8)")
+    p.add_argument("--sparsity", type=_fraction, default=None,
+                   help="also sweep a copy pruned to this sparsity (with pruning)")
+    p.add_argument("--init", choices=["linear", "density", "random"], default="linear")
+    common(p)
+    p.set_defaults(func=cmd_bits)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``edl``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except EdlError as e:
+        if args.debug:
+            raise
+        print(f"edl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"edl {args.command}: interrupted", file=sys.stderr)
+        return 130

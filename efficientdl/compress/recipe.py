@@ -1,0 +1,191 @@
+"""Compression recipes: the pipeline's calls written down in YAML, validated before any work.
+
+A recipe is a mapping with these keys (all optional except ``model``)::
+
+    model: lenet300              # registry name
+    data: fashion-mnist          # dataset name
+    seed: 0
+    batch_size: 128
+    dense:    {epochs, lr, momentum, weight_decay, schedule}
+    prune:    {sparsity | quality, steps, schedule, epochs, lr, momentum, weight_decay, distill}
+    quantize: {bits, init, epochs, lr, momentum, weight_decay, distill}
+    encode:   {index_bits, coding}
+
+``sparsity``, ``quality``, ``bits`` and ``index_bits`` take one number or a mapping
+by layer name / module type / ``default``.  Every problem is reported as
+``FILE:LINE: key: message`` and nothing runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from ..errors import RecipeError
+
+
+def _number(lo: float | None = None, hi: float | None = None, integer: bool = False,
+            lo_open: bool = False) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
+            return f"expected {'an integer' if integer else 'a number'}, got {v!r}"
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return f"must be {'>' if lo_open else '≥'} {lo}, got {v!r}"
+        if hi is not None and v > hi:
+            return f"must be ≤ {hi}, got {v!r}"
+        return None
+    return check
+
+
+def _choice(*options: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in options else f"expected one of {', '.join(options)}, got {v!r}"
+
+
+def _per_layer(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    def per_layer(v: Any) -> str | None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if not isinstance(k, str):
+                    return f"layer key {k!r} must be a name"
+                msg = check(x)
+                if msg:
+                    return f"'{k}': {msg}"
+            return None if v else "empty mapping"
+        return check(v)
+    return per_layer
+
+
+def _is(kind: type, name: str) -> Callable[[Any], str | None]:
+    return lambda v: None if isinstance(v, kind) else f"expected {name}, got {v!r}"
+
+
+_TRAIN = {
+    "epochs": _number(0, 10_000, integer=True),
+    "lr": _number(0, 100, lo_open=True),
+    "momentum": _number(0, 0.999),
+    "weight_decay": _number(0, 1),
+}
+SCHEMA: dict[str, Any] = {
+    "model": _is(str, "a model name"),
+    "data": _is(str, "a dataset name"),
+    "seed": _number(0, 2**31 - 1, integer=True),
+    "batch_size": _number(1, 1 << 16, integer=True),
+    "dense": {**_TRAIN, "schedule": _choice("cosine", "step", "constant")},
+    "prune": {**_TRAIN, "sparsity": _per_layer(_number(0, 1)), "quality": _per_layer(_number(0, 100)),
+              "steps": _number(1, 1000, integer=True), "schedule": _choice("gradual", "linear"),
+              "distill": _is(bool, "true or false")},
+    "quantize": {**_TRAIN, "bits": _per_layer(_number(1, 16, integer=True)),
+                 "init": _choice("linear", "density", "random"), "distill": _is(bool, "true or false")},
+    "encode": {"index_bits": _per_layer(_number(1, 8, integer=True)), "coding": _choice("huffman", "fixed")},
+}
+
+
+@dataclass
+class Recipe:
+    """A validated recipe.
+
+    Attributes:
+        data: the recipe mapping.
+        path: the file it came from (``None`` for a dict).
+        lines: 1-based line of each key path (``("prune", "sparsity")``) in the file.
+    """
+
+    data: dict[str, Any]
+    path: str | None = None
+    lines: dict[tuple, int] = field(default_factory=dict)
+
+    def section(self, name: str) -> dict[str, Any] | None:
+        """The mapping of one stage, or ``None`` when the recipe skips that stage."""
+        return self.data.get(name)
+
+    def where(self, *keys: str) -> str:
+        """``FILE:LINE`` of a key path, for error messages."""
+        line = self.lines.get(tuple(keys))
+        if self.path is None:
+            return "recipe"
+        return f"{self.path}:{line}" if line else str(self.path)
+
+
+def _line_map(node: yaml.Node, prefix: tuple = ()) -> dict[tuple, int]:
+    lines: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = prefix + (k.value,)
+            lines[key] = k.start_mark.line + 1
+            lines.update(_line_map(v, key))
+    return lines
+
+
+def validate(data: Any, path: str | None = None, lines: dict[tuple, int] | None = None) -> Recipe:
+    """Check a recipe mapping against the schema.
+
+    Args:
+        data: the parsed recipe.
+        path: file name for messages.
+        lines: line of each key path.
+
+    Returns:
+        A :class:`Recipe`.
+
+    Raises:
+        RecipeError: ``FILE:LINE: key: message`` for the first problem found.
+    """
+    recipe = Recipe(data if isinstance(data, dict) else {}, path, lines or {})
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path or 'recipe'}: expected a mapping of stages, got {type(data).__name__}")
+
+    def walk(mapping: dict, schema: dict, keys: tuple) -> None:
+        for key, value in mapping.items():
+            kp = keys + (key,)
+            dotted = ".".join(map(str, kp))
+            if key not in schema:
+                known = ", ".join(schema)
+                raise RecipeError(f"{recipe.where(*kp)}: unknown key '{dotted}' (known: {known})")
+            rule = schema[key]
+            if isinstance(rule, dict):
+                if value is None:
+                    value = mapping[key] = {}
+                if not isinstance(value, dict):
+                    raise RecipeError(f"{recipe.where(*kp)}: '{dotted}' must be a mapping")
+                walk(value, rule, kp)
+            else:
+                msg = rule(value)
+                if msg:
+                    raise RecipeError(f"{recipe.where(*kp)}: {dotted}: {msg}")
+
+    walk(data, SCHEMA, ())
+    if "model" not in data:
+        raise RecipeError(f"{recipe.where()}: the recipe must name a 'model'")
+    prune = data.get("prune")
+    if prune is not None and ("sparsity" in prune) == ("quality" in prune):
+        raise RecipeError(f"{recipe.where('prune')}: prune needs exactly one of 'sparsity' and 'quality'")
+    if data.get("quantize") is not None and "bits" not in data["quantize"]:
+        raise RecipeError(f"{recipe.where('quantize')}: quantize needs 'bits'")
+    return recipe
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Read and validate a YAML recipe file.
+
+    Raises:
+        RecipeError: missing/unreadable file, YAML syntax error or schema violation,
+            with file and line.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"{p}: no such recipe file" if not p.exists() else f"{p}: is not a file")
+    try:
+        text = p.read_text()
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"{p}: cannot read ({e})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise RecipeError(f"{p}{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    return validate(data, str(p), _line_map(node) if node is not None else {})

@@ -1,0 +1,570 @@
+"""The compressed file (``.edlz``): the only code that knows its bytes.
+
+Layout, all integers little-endian::
+
+    offset 0   magic      b"EDLZ"
+           4   version    u16   (FORMAT_VERSION)
+           6   reserved   u16   (0)
+           8   header_len u32   length of the compressed header
+          12   header_crc u32   CRC-32 of the compressed header bytes
+          16   header     zlib-compressed UTF-8 JSON (see below)
+    16+header_len  blob   the sections, back to back
+
+The JSON header holds the architecture reference (registry name and constructor
+arguments), free-form metadata, and one record per tensor with its name, kind,
+shape, dtype, coding parameters and its sections as ``[offset, length, crc32]``
+relative to the blob.  The file must end exactly where its last section ends.
+
+Tensor kinds:
+
+* ``dense``: the raw little-endian array.
+* ``sparse`` (pruned, fp32 values): relative indices (Deep Compression Figure 2) and
+  one float32 value per stored entry (fillers store 0).
+* ``shared`` (pruned + weight-shared): relative indices, one ``b``-bit codebook index
+  per entry (0 is the zero weight, also used by fillers) and the ``2^b − 1``
+  float32 centroids.
+
+Index and value streams are either Huffman coded (canonical code lengths stored as
+a section, then the bitstream) or packed at fixed width.  The encoder always stores
+an entry (real or filler) at the last position of a sparse tensor, so the decoder
+knows ``numel ≤ entries · 2^index_bits`` before it allocates anything.
+
+Nothing is ever unpickled: loading parses JSON and numeric arrays only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..compress.huffman import huffman_decode, huffman_encode
+from ..compress.layers import compressible_layers, layer_setting, layer_type
+from ..compress.prune import weight_mask
+from ..compress.share import shared_weight
+from ..compress.sparse_index import relative_index_decode, relative_index_encode
+from ..errors import FormatError, ModelError
+from ..report.results import LayerRecord
+from ..train.trainer import plain_state_dict
+
+MAGIC = b"EDLZ"
+FORMAT_VERSION = 1
+PREFIX = struct.Struct("<4sHHII")
+MAX_HEADER_BYTES = 64 << 20
+MAX_INDEX_BITS = 8
+MAX_WEIGHT_BITS = 16
+MAX_TOTAL_ELEMENTS = 1 << 31
+DEFAULT_INDEX_BITS = {"Conv2d": 8, "Linear": 5}
+DTYPES = {
+    "float32": (np.float32, torch.float32), "float64": (np.float64, torch.float64),
+    "float16": (np.float16, torch.float16), "int64": (np.int64, torch.int64),
+    "int32": (np.int32, torch.int32), "int16": (np.int16, torch.int16),
+    "int8": (np.int8, torch.int8), "uint8": (np.uint8, torch.uint8), "bool": (np.bool_, torch.bool),
+}
+TORCH_TO_NAME = {t: name for name, (_, t) in DTYPES.items()}
+
+
+# --------------------------------------------------------------------------- bit packing
+def pack_fixed(values: np.ndarray, bits: int) -> bytes:
+    """Pack unsigned integers at a fixed width, MSB first."""
+    v = np.asarray(values, dtype=np.uint32)
+    shifts = np.arange(bits - 1, -1, -1, dtype=np.uint32)
+    bitmat = ((v[:, None] >> shifts) & 1).astype(np.uint8)
+    return np.packbits(bitmat.ravel()).tobytes()
+
+
+def unpack_fixed(payload: bytes, bits: int, count: int) -> np.ndarray:
+    """Inverse of :func:`pack_fixed`; the payload length must match exactly."""
+    if len(payload) != (count * bits + 7) // 8:
+        raise FormatError(f"fixed-width stream has {len(payload)} bytes, expected {(count * bits + 7) // 8}")
+    flat = np.unpackbits(np.frombuffer(payload, np.uint8))[: count * bits].reshape(count, bits)
+    weights = (1 << np.arange(bits - 1, -1, -1)).astype(np.int64)
+    return flat.astype(np.int64) @ weights if count else np.zeros(0, np.int64)
+
+
+# --------------------------------------------------------------------------- writing
+@dataclass
+class _Writer:
+    blob: bytearray = field(default_factory=bytearray)
+
+    def add(self, data: bytes) -> list[int]:
+        offset = len(self.blob)
+        self.blob += data
+        return [offset, len(data), zlib.crc32(data)]
+
+
+def _encode_stream(w: _Writer, symbols: np.ndarray, bits: int, coding: str, sections: dict, key: str) -> float:
+    """Store a symbol stream; return the average coded bits per symbol."""
+    if coding == "huffman":
+        lengths, payload, bit_length = huffman_encode(symbols, 1 << bits)
+        used = int(np.flatnonzero(lengths)[-1]) + 1 if np.any(lengths) else 0
+        sections[key + "_table"] = w.add(np.asarray(lengths[:used], np.uint8).tobytes())
+        sections[key] = w.add(payload)
+        return bit_length / max(symbols.size, 1)
+    sections[key] = w.add(pack_fixed(symbols, bits))
+    return float(bits)
+
+
+def _sparse_entries(flat_nonzero: np.ndarray, numel: int, index_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Relative indices of the nonzero positions plus a closing entry at ``numel − 1``.
+
+    Returns ``(deltas, positions, real)`` where ``real`` marks entries that hold a
+    stored weight (not a filler).
+    """
+    positions = flat_nonzero.astype(np.int64)
+    closing = positions.size == 0 or positions[-1] != numel - 1
+    if closing:
+        positions = np.append(positions, numel - 1)
+    deltas, is_filler = relative_index_encode(positions, index_bits)
+    if closing:
+        is_filler = is_filler.copy()
+        is_filler[-1] = True
+    all_positions = np.cumsum(deltas.astype(np.int64) + 1) - 1
+    return deltas, all_positions, ~is_filler
+
+
+def _tensor_record(name: str, t: torch.Tensor) -> dict[str, Any]:
+    if t.dtype not in TORCH_TO_NAME:
+        raise ModelError(f"tensor '{name}' has dtype {t.dtype}, which the file cannot store")
+    return {"name": name, "shape": list(t.shape), "dtype": TORCH_TO_NAME[t.dtype]}
+
+
+def _write_dense(w: _Writer, name: str, t: torch.Tensor) -> tuple[dict, LayerRecord]:
+    rec = _tensor_record(name, t)
+    arr = t.detach().cpu().contiguous().numpy()
+    data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+    rec.update(kind="dense", sections={"data": w.add(data)})
+    nz = int(np.count_nonzero(arr))
+    return rec, LayerRecord(name, t.numel(), nz, "dense", 8.0 * t.element_size(), None, t.numel(), len(data))
+
+
+def _write_sparse(w: _Writer, name: str, t: torch.Tensor, index_bits: int, coding: str,
+                  indices: np.ndarray | None = None, centroids: np.ndarray | None = None,
+                  weight_bits: int | None = None) -> tuple[dict, LayerRecord]:
+    rec = _tensor_record(name, t)
+    flat = t.detach().cpu().flatten().numpy()
+    numel = flat.size
+    nonzero = np.flatnonzero(indices if indices is not None else flat)
+    deltas, positions, real = _sparse_entries(nonzero, numel, index_bits)
+    sections: dict[str, list[int]] = {}
+    index_avg = _encode_stream(w, deltas, index_bits, coding, sections, "index")
+    if indices is None:  # pruned only: fp32 values
+        values = np.where(real, flat[positions], 0).astype("<f4")
+        sections["values"] = w.add(values.tobytes())
+        rec.update(kind="sparse", weight_bits=32)
+        value_avg = 32.0
+    else:
+        symbols = np.where(real, indices[positions], 0).astype(np.int64)
+        value_avg = _encode_stream(w, symbols, weight_bits, coding, sections, "values")
+        sections["codebook"] = w.add(np.asarray(centroids, "<f4").tobytes())
+        rec.update(kind="shared", weight_bits=weight_bits)
+    rec.update(index_bits=index_bits, entries=int(deltas.size), coding=coding, sections=sections)
+    size = sum(s[1] for s in sections.values())
+    layer = LayerRecord(name, numel, int(nonzero.size), rec["kind"], float(rec["weight_bits"]), index_bits,
+                        int(deltas.size), size,
+                        weight_bits_huffman=value_avg if coding == "huffman" and indices is not None else None,
+                        index_bits_huffman=index_avg if coding == "huffman" else None)
+    return rec, layer
+
+
+def _inferred_codebook(t: torch.Tensor, max_bits: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """Recover (indices, centroids, bits) from a weight with few distinct nonzero values."""
+    flat = t.detach().cpu().flatten().numpy().astype(np.float32)
+    values = np.unique(flat[flat != 0])
+    if values.size == 0 or values.size > (1 << max_bits) - 1:
+        return None
+    bits = max(1, math.ceil(math.log2(values.size + 1)))
+    idx = np.zeros(flat.size, np.int64)
+    nz = flat != 0
+    idx[nz] = np.searchsorted(values, flat[nz]) + 1
+    centroids = np.concatenate([values, np.full((1 << bits) - 1 - values.size, values[-1], np.float32)])
+    return idx, centroids, bits
+
+
+def encode(
+    model: nn.Module,
+    index_bits: Any = None,
+    coding: str = "huffman",
+    arch: dict | None = None,
+    meta: dict | None = None,
+    infer_shared: bool = True,
+) -> tuple[bytes, list[LayerRecord]]:
+    """Encode a model into the bytes of a compressed file.
+
+    Each Linear/Conv2d weight is stored as ``shared`` when it carries a weight-sharing
+    parametrization (or, with ``infer_shared``, holds at most 255 distinct nonzero
+    values, as a weight-shared checkpoint does), as ``sparse`` when it is pruned (a
+    mask, or at most half its entries nonzero), else ``dense``.  Every other
+    parameter and buffer is stored dense.
+
+    Args:
+        model: the model; parametrized weights are read through their parametrization.
+        index_bits: relative-index bits per layer (scalar or mapping by layer/type
+            name; default 8 for Conv2d, 5 for Linear, as in the paper).
+        coding: ``"huffman"`` (the third stage) or ``"fixed"`` (fixed-width fields).
+        arch: architecture reference ``{"name": ..., "kwargs": {...}}``; default
+            ``model.edl_arch`` when the model has one.
+        meta: free-form JSON-serialisable metadata (accuracy, recipe, ...).
+        infer_shared: detect weight-shared values in plain weights.
+
+    Returns:
+        ``(file_bytes, layer_records)``.
+    """
+    if coding not in ("huffman", "fixed"):
+        raise ValueError(f"coding must be 'huffman' or 'fixed', got {coding!r}")
+    index_bits = DEFAULT_INDEX_BITS if index_bits is None else index_bits
+    w = _Writer()
+    records, layers = [], []
+    handled: set[str] = set()
+    for mname, module in compressible_layers(model):
+        pname = f"{mname}.weight" if mname else "weight"
+        weight = module.weight
+        ib = layer_setting(index_bits, mname, module, "index_bits") or DEFAULT_INDEX_BITS.get(layer_type(module), 8)
+        if isinstance(ib, bool) or not isinstance(ib, int) or not 1 <= ib <= MAX_INDEX_BITS:
+            raise ModelError(f"index bits for '{mname}' must be an integer in 1..{MAX_INDEX_BITS}, got {ib!r}")
+        sw = shared_weight(module)
+        inferred = None if sw is not None or not infer_shared else _inferred_codebook(weight, 8)
+        if sw is not None:
+            rec, layer = _write_sparse(w, pname, weight, ib, coding, sw.indices.flatten().numpy(),
+                                       sw.centroids.detach().numpy(), sw.bits)
+        elif inferred is not None and weight.dtype == torch.float32:
+            idx, cb, bits = inferred
+            rec, layer = _write_sparse(w, pname, weight, ib, coding, idx, cb, bits)
+        elif weight.dtype == torch.float32 and (weight_mask(module) is not None
+                                                or int(torch.count_nonzero(weight)) * 2 <= weight.numel()):
+            rec, layer = _write_sparse(w, pname, weight, ib, coding)
+        else:
+            rec, layer = _write_dense(w, pname, weight)
+        records.append(rec)
+        layers.append(layer)
+        handled.add(pname)
+    for name, t in plain_state_dict(model).items():
+        if name not in handled:
+            rec, layer = _write_dense(w, name, t)
+            records.append(rec)
+            layers.append(layer)
+    header = {"format": "efficientdl", "version": FORMAT_VERSION,
+              "arch": arch if arch is not None else getattr(model, "edl_arch", None),
+              "meta": meta or {}, "tensors": records}
+    header_bytes = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
+    prefix = PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(header_bytes), zlib.crc32(header_bytes))
+    return prefix + header_bytes + bytes(w.blob), layers
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename (never half-written)."""
+    path = Path(path)
+    if path.is_dir():
+        raise FormatError(f"{path}: is a directory, expected a file path")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise FormatError(f"{path}: cannot write ({e.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save(model: nn.Module, path: str | os.PathLike, **kwargs: Any) -> list[LayerRecord]:
+    """Encode ``model`` (see :func:`encode`) and write the file atomically.
+
+    Returns:
+        Per-tensor size records.
+    """
+    data, layers = encode(model, **kwargs)
+    atomic_write(path, data)
+    return layers
+
+
+# --------------------------------------------------------------------------- reading
+@dataclass
+class Container:
+    """A parsed, validated compressed file.
+
+    Attributes:
+        header: the JSON header.
+        tensors: decoded tensors by name (dense, on CPU).
+        layers: per-tensor size records.
+        size_bytes: size of the whole file.
+        codebooks: for shared tensors, ``(indices, codebook)`` as decoded.
+    """
+
+    header: dict
+    tensors: dict[str, torch.Tensor]
+    layers: list[LayerRecord]
+    size_bytes: int
+    codebooks: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+def _read_bytes(path: str | os.PathLike) -> bytes:
+    p = Path(path)
+    if not p.exists():
+        raise FormatError(f"{p}: no such file")
+    if p.is_dir():
+        raise FormatError(f"{p}: is a directory, expected a compressed file")
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise FormatError(f"{p}: cannot read ({e.strerror})") from None
+
+
+def _parse_header(data: bytes, where: str) -> tuple[dict, memoryview]:
+    if len(data) < PREFIX.size or data[:4] != MAGIC:
+        raise FormatError(f"{where}: not an efficientdl compressed file (bad magic)")
+    _, version, _, header_len, header_crc = PREFIX.unpack_from(data)
+    if version != FORMAT_VERSION:
+        raise FormatError(f"{where}: format version {version} is not supported (this reader knows {FORMAT_VERSION})")
+    end = PREFIX.size + header_len
+    if header_len > MAX_HEADER_BYTES or end > len(data):
+        raise FormatError(f"{where}: truncated file (header declares {header_len} bytes)")
+    raw = data[PREFIX.size:end]
+    if zlib.crc32(raw) != header_crc:
+        raise FormatError(f"{where}: header checksum mismatch (corrupted file)")
+    try:
+        d = zlib.decompressobj()
+        text = d.decompress(raw, MAX_HEADER_BYTES)
+        if d.unconsumed_tail:
+            raise FormatError(f"{where}: header too large")
+        header = json.loads(text)
+    except (zlib.error, ValueError, UnicodeDecodeError):
+        raise FormatError(f"{where}: header is not valid (corrupted file)") from None
+    if not isinstance(header, dict) or header.get("format") != "efficientdl" or not isinstance(header.get("tensors"), list):
+        raise FormatError(f"{where}: header lacks the efficientdl fields")
+    return header, memoryview(data)[end:]
+
+
+def _int(value: Any, lo: int, hi: int, what: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise FormatError(f"{where}: {what} must be an integer in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+def _section(rec: dict, key: str, blob: memoryview, where: str) -> bytes:
+    sec = rec.get("sections", {}).get(key) if isinstance(rec.get("sections"), dict) else None
+    if not isinstance(sec, list) or len(sec) != 3:
+        raise FormatError(f"{where}: tensor '{rec.get('name')}' lacks section '{key}'")
+    off = _int(sec[0], 0, len(blob), "section offset", where)
+    length = _int(sec[1], 0, len(blob) - off, f"section '{key}' length", where)
+    data = bytes(blob[off:off + length])
+    if zlib.crc32(data) != sec[2]:
+        raise FormatError(f"{where}: checksum mismatch in section '{key}' of '{rec.get('name')}' (corrupted file)")
+    return data
+
+
+def _decode_stream(rec: dict, key: str, bits: int, count: int, blob: memoryview, where: str) -> tuple[np.ndarray, int]:
+    payload = _section(rec, key, blob, where)
+    if rec["coding"] == "huffman":
+        table = np.frombuffer(_section(rec, key + "_table", blob, where), np.uint8)
+        if table.size > (1 << bits):
+            raise FormatError(f"{where}: Huffman table of '{rec['name']}' is larger than its alphabet")
+        try:
+            symbols = huffman_decode(table, payload, count)
+        except FormatError as e:
+            raise FormatError(f"{where}: '{rec['name']}' {key} stream: {e}") from None
+        return symbols.astype(np.int64), len(payload) + table.size
+    return unpack_fixed(payload, bits, count), len(payload)
+
+
+def _decode_tensor(rec: dict, blob: memoryview, where: str, budget: list[int]) -> tuple[torch.Tensor, LayerRecord, Any]:
+    if not isinstance(rec, dict) or not isinstance(rec.get("name"), str):
+        raise FormatError(f"{where}: malformed tensor record")
+    name = rec["name"]
+    shape = rec.get("shape")
+    if not isinstance(shape, list) or len(shape) > 8:
+        raise FormatError(f"{where}: tensor '{name}' has no valid shape")
+    numel = 1
+    for s in shape:
+        numel *= _int(s, 0, MAX_TOTAL_ELEMENTS, "dimension", where)
+    budget[0] -= numel
+    if budget[0] < 0:
+        raise FormatError(f"{where}: tensors declare more than {MAX_TOTAL_ELEMENTS} elements")
+    if rec.get("dtype") not in DTYPES:
+        raise FormatError(f"{where}: tensor '{name}' has unknown dtype {rec.get('dtype')!r}")
+    np_dtype, torch_dtype = DTYPES[rec["dtype"]]
+    kind = rec.get("kind")
+    if kind == "dense":
+        data = _section(rec, "data", blob, where)
+        itemsize = np.dtype(np_dtype).itemsize
+        if len(data) != numel * itemsize:
+            raise FormatError(f"{where}: tensor '{name}' has {len(data)} bytes, shape needs {numel * itemsize}")
+        arr = np.frombuffer(data, np.dtype(np_dtype).newbyteorder("<")).astype(np_dtype).reshape(shape)
+        t = torch.from_numpy(arr.copy())
+        nz = int(np.count_nonzero(arr))
+        return t, LayerRecord(name, numel, nz, "dense", 8.0 * itemsize, None, numel, len(data)), None
+    if kind not in ("sparse", "shared") or rec["dtype"] != "float32" or rec.get("coding") not in ("huffman", "fixed"):
+        raise FormatError(f"{where}: tensor '{name}' has an unknown kind or coding")
+    ib = _int(rec.get("index_bits"), 1, MAX_INDEX_BITS, "index_bits", where)
+    entries = _int(rec.get("entries"), 0, 8 * len(blob), "entries", where)
+    if numel > entries << ib or (numel > 0) != (entries > 0):
+        raise FormatError(f"{where}: tensor '{name}' declares {numel} elements but only {entries} entries")
+    deltas, index_bytes = _decode_stream(rec, "index", ib, entries, blob, where)
+    try:
+        positions = relative_index_decode(deltas, numel)
+    except FormatError as e:
+        raise FormatError(f"{where}: '{name}': {e}") from None
+    if entries and positions[-1] != numel - 1:
+        raise FormatError(f"{where}: tensor '{name}' index stream does not end at its last element")
+    flat = np.zeros(numel, np.float32)
+    codebook_info = None
+    if kind == "sparse":
+        data = _section(rec, "values", blob, where)
+        if len(data) != 4 * entries:
+            raise FormatError(f"{where}: tensor '{name}' values have {len(data)} bytes, expected {4 * entries}")
+        flat[positions] = np.frombuffer(data, "<f4")
+        value_bytes, wb = len(data), 32
+    else:
+        wb = _int(rec.get("weight_bits"), 1, MAX_WEIGHT_BITS, "weight_bits", where)
+        symbols, value_bytes = _decode_stream(rec, "values", wb, entries, blob, where)
+        cb_bytes = _section(rec, "codebook", blob, where)
+        if len(cb_bytes) != 4 * ((1 << wb) - 1):
+            raise FormatError(f"{where}: tensor '{name}' codebook has {len(cb_bytes)} bytes, expected {4 * ((1 << wb) - 1)}")
+        codebook = np.concatenate([[0.0], np.frombuffer(cb_bytes, "<f4")]).astype(np.float32)
+        if symbols.size and symbols.max() >= codebook.size:
+            raise FormatError(f"{where}: tensor '{name}' uses a codebook index out of range")
+        flat[positions] = codebook[symbols]
+        value_bytes += len(cb_bytes)
+        indices = np.zeros(numel, np.int64)
+        indices[positions] = symbols
+        codebook_info = (indices.reshape(shape), codebook)
+    nz = int(np.count_nonzero(flat))
+    layer = LayerRecord(name, numel, nz, kind, float(wb), ib, entries, index_bytes + value_bytes)
+    return torch.from_numpy(flat.reshape(shape)), layer, codebook_info
+
+
+def decode(data: bytes, where: str = "<bytes>") -> Container:
+    """Parse and validate the bytes of a compressed file.
+
+    Args:
+        data: the whole file.
+        where: name used in error messages (the path).
+
+    Returns:
+        A :class:`Container` with every tensor decoded.
+
+    Raises:
+        FormatError: the bytes are not a valid file of this version (one-line message).
+    """
+    header, blob = _parse_header(data, where)
+    blob_end = 0
+    for rec in header["tensors"]:
+        for sec in (rec.get("sections") or {}).values() if isinstance(rec, dict) else ():
+            if isinstance(sec, list) and len(sec) == 3 and all(isinstance(x, int) for x in sec[:2]):
+                blob_end = max(blob_end, sec[0] + sec[1])
+    if blob_end > len(blob):
+        raise FormatError(f"{where}: truncated file ({len(blob)} data bytes, sections need {blob_end})")
+    if blob_end < len(blob):
+        raise FormatError(f"{where}: {len(blob) - blob_end} unexpected bytes after the last section")
+    tensors, layers, codebooks = {}, [], {}
+    budget = [MAX_TOTAL_ELEMENTS]
+    for rec in header["tensors"]:
+        t, layer, cb = _decode_tensor(rec, blob, where, budget)
+        if layer.name in tensors:
+            raise FormatError(f"{where}: tensor '{layer.name}' appears twice")
+        tensors[layer.name] = t.to(DTYPES[rec["dtype"]][1])
+        layers.append(layer)
+        if cb is not None:
+            codebooks[layer.name] = cb
+    return Container(header, tensors, layers, len(data), codebooks)
+
+
+def read(path: str | os.PathLike) -> Container:
+    """Read and validate a compressed file (see :func:`decode`)."""
+    return decode(_read_bytes(path), str(path))
+
+
+def load_into(model: nn.Module, source: str | os.PathLike | Container) -> nn.Module:
+    """Copy the weights of a compressed file into ``model`` (dense weights).
+
+    Args:
+        model: a model with exactly the file's parameter and buffer names and shapes.
+        source: a path or a :class:`Container`.
+
+    Returns:
+        ``model`` with its weights replaced.
+
+    Raises:
+        ModelError: naming the first tensor whose name or shape does not match.
+    """
+    c = source if isinstance(source, Container) else read(source)
+    if any(parametrize.is_parametrized(m) for m in model.modules()):
+        raise ModelError("load_into needs a model without parametrizations (a plain, freshly built model)")
+    target = model.state_dict(keep_vars=True)
+    for name, t in c.tensors.items():
+        if name not in target:
+            raise ModelError(f"file tensor '{name}' has no counterpart in the model")
+        if tuple(target[name].shape) != tuple(t.shape):
+            raise ModelError(f"shape mismatch for '{name}': file {tuple(t.shape)}, model {tuple(target[name].shape)}")
+    missing = [n for n in target if n not in c.tensors]
+    if missing:
+        raise ModelError(f"model tensor '{missing[0]}' is missing from the file")
+    with torch.no_grad():
+        for name, t in c.tensors.items():
+            target[name].copy_(t.to(target[name].dtype))
+    return model
+
+
+def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild a dense ``nn.Module`` from a compressed file.
+
+    Args:
+        path: the ``.edlz`` file.
+        model: a model to load into (the user's own architecture); by default the
+            architecture named in the file is built from the model registry.
+
+    Returns:
+        The model in eval mode, with decoded weights (equal bit for bit to the
+        quantized weights that were saved).
+    """
+    c = read(path)
+    if model is None:
+        from .. import models
+
+        arch = c.header.get("arch")
+        if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
+            raise ModelError(f"{path}: the file names no registry architecture; pass the model to load into")
+        kwargs = arch.get("kwargs") or {}
+        if not isinstance(kwargs, dict):
+            raise FormatError(f"{path}: architecture arguments are malformed")
+        model = models.create(arch["name"], **kwargs)
+    load_into(model, c)
+    return model.eval()
+
+
+def info(path: str | os.PathLike) -> dict[str, Any]:
+    """Describe a compressed file: architecture, metadata, per-tensor sizes and ratio.
+
+    Returns:
+        A JSON-serialisable dict with ``size_bytes``, ``original_bytes`` (fp32 bytes
+        of all floating tensors), ``ratio``, ``arch``, ``meta`` and ``tensors``.
+    """
+    c = read(path)
+    original = sum(4 * layer.weights for layer, rec in zip(c.layers, c.header["tensors"])
+                   if rec["dtype"].startswith("float"))
+    return {
+        "path": str(path),
+        "format_version": c.header["version"],
+        "size_bytes": c.size_bytes,
+        "original_bytes": original,
+        "ratio": original / c.size_bytes,
+        "arch": c.header.get("arch"),
+        "meta": c.header.get("meta"),
+        "tensors": [layer.to_dict() for layer in c.layers],
+    }

@@ -1,0 +1,82 @@
+"""Model registry: build networks by name so that files can record and rebuild them.
+
+A model constructor (class or function) is registered with :func:`register`; it
+must accept ``num_classes`` and ``in_channels`` keywords.  Models carry
+``edl_arch = {"name": ..., "kwargs": {...}}``, the registry name and the keyword
+arguments that rebuild them with :func:`create`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from efficientdl.errors import ModelError
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering a model constructor under ``name``.
+
+    Args:
+        name: the registry name (what ``create`` and ``edl_arch["name"]`` use).
+
+    Returns:
+        A decorator that registers its argument and returns it unchanged.
+
+    Raises:
+        ValueError: ``name`` is already registered (a programming error).
+    """
+
+    def decorator(constructor: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY and _REGISTRY[name] is not constructor:
+            raise ValueError(f"model name {name!r} is already registered")
+        _REGISTRY[name] = constructor
+        return constructor
+
+    return decorator
+
+
+def available() -> list[str]:
+    """The registered model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def create(name: str, num_classes: int = 10, in_channels: int = 1, **kwargs: Any) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: registry name, e.g. ``"lenet300"`` or ``"lenet5"``.
+        num_classes: number of outputs.
+        in_channels: input channels.
+        **kwargs: further constructor arguments (e.g. ``input_size``).
+
+    Returns:
+        The freshly initialised model, with ``edl_arch`` naming ``name`` and every
+        keyword needed to rebuild it.
+
+    Raises:
+        ModelError: unknown name or arguments the constructor refuses.
+    """
+    if name not in _REGISTRY:
+        raise ModelError(f"unknown model {name!r} (expected one of {', '.join(available())})")
+    try:
+        model = _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
+    except TypeError as error:
+        raise ModelError(f"model {name}: bad arguments ({error})") from None
+    recorded = getattr(model, "edl_arch", None)
+    arch_kwargs = dict(recorded["kwargs"]) if isinstance(recorded, dict) and "kwargs" in recorded else {
+        "num_classes": num_classes, "in_channels": in_channels, **kwargs,
+    }
+    model.edl_arch = {"name": name, "kwargs": arch_kwargs}
+    return model
+
+
+from efficientdl.models.lenet import LeNet5, LeNet300  # noqa: E402  (registry must exist first)
+
+register("lenet300")(LeNet300)
+register("lenet5")(LeNet5)
+
+__all__ = ["create", "available", "register", "LeNet300", "LeNet5"]

@@ -1,0 +1,104 @@
+"""Plots of compression results (matplotlib, written to PNG files without a display)."""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def weight_histograms(snapshots: Mapping[str, Mapping[str, np.ndarray]], path: str | os.PathLike,
+                      bins: int = 120) -> None:
+    """Weight distribution of each layer before pruning, after pruning, after retraining
+    and after quantization (Deep Compression, Figures 4–5): one row per layer.
+
+    Args:
+        snapshots: ``{layer: {stage: nonzero weights}}``.
+        path: PNG file to write.
+        bins: histogram bins (the quantized panel shows the shared values as bars).
+    """
+    plt = _pyplot()
+    order = ["original", "pruned", "retrained", "quantized"]
+    titles = {"original": "before pruning", "pruned": "after pruning",
+              "retrained": "after retraining", "quantized": "after quantization"}
+    layers = list(snapshots)
+    cols = [s for s in order if any(s in snapshots[n] for n in layers)]
+    fig, axes = plt.subplots(len(layers), len(cols), figsize=(3.2 * len(cols), 2.2 * len(layers)), squeeze=False)
+    for i, name in enumerate(layers):
+        lim = float(np.abs(snapshots[name]["original"]).max()) if snapshots[name]["original"].size else 1.0
+        for j, stage in enumerate(cols):
+            ax = axes[i, j]
+            w = snapshots[name].get(stage)
+            if w is not None and w.size:
+                if stage == "quantized":
+                    values, counts = np.unique(w, return_counts=True)
+                    ax.bar(values, counts, width=2 * lim / bins, color="tab:red")
+                else:
+                    ax.hist(w, bins=bins, range=(-lim, lim), color="tab:blue")
+            ax.set_xlim(-lim, lim)
+            ax.tick_params(labelsize=7)
+            if i == 0:
+                ax.set_title(titles[stage], fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"{name}\ncount", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def curves(series: Mapping[str, Sequence[tuple[float, float]]], path: str | os.PathLike, xlabel: str,
+           ylabel: str, title: str, xscale: str = "linear", percent_y: bool = True) -> None:
+    """Lines of ``(x, y)`` points, one per named series (sensitivity, accuracy vs bits, ...)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in series.items():
+        xs = [p[0] for p in points]
+        ys = [100 * p[1] if percent_y else p[1] for p in points]
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xscale(xscale)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel + (" (%)" if percent_y else ""))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sensitivity(curves_by_layer: Mapping[str, Sequence[tuple[float, float]]], path: str | os.PathLike) -> None:
+    """Accuracy vs sparsity when one layer at a time is pruned (Han et al. NIPS'15, Figure 6)."""
+    series = {k: [(100 * s, a) for s, a in v] for k, v in curves_by_layer.items()}
+    curves(series, path, "sparsity (%)", "accuracy", "Pruning sensitivity, one layer at a time")
+
+
+def ratio_accuracy(points: Mapping[str, Sequence[tuple[float, float]]], path: str | os.PathLike,
+                   baselines: Mapping[str, float] | None = None) -> None:
+    """Compression ratio vs accuracy for several settings, one series per network."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (name, pts) in enumerate(points.items()):
+        pts = sorted(pts)
+        color = f"C{i}"
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", color=color, label=name)
+        if baselines and name in baselines:
+            ax.axhline(100 * baselines[name], color=color, ls="--", lw=0.8)
+            ax.axhline(100 * baselines[name] - 0.5, color=color, ls=":", lw=0.8)
+    ax.set_xlabel("compression ratio (fp32 bytes / file bytes)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Deep Compression trade-off (dashed: dense; dotted: dense − 0.5)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,442 @@
+"""Training, evaluation and checkpoints.
+
+Deep Compression (Han et al.) retrains the network after each compression stage:
+after pruning, to let the surviving connections compensate, and after weight
+sharing, to fine-tune the shared centroids.  :class:`Trainer` is that loop: SGD with
+momentum and weight decay, a cosine / step / constant learning-rate schedule, and
+optional knowledge distillation from a teacher (Hinton et al., "Distilling the
+Knowledge in a Neural Network").
+
+Compression stages express masks and codebooks as ``torch.nn.utils.parametrize``
+parametrizations; the trainer simply optimises ``model.parameters()``, so gradients
+flow through the parametrizations untouched.  :func:`plain_state_dict` folds them
+back into ordinary ``weight`` tensors for checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+from torch.nn.utils import parametrize
+
+from efficientdl.errors import DataError, ModelError, RecipeError
+
+SCHEDULES = ("cosine", "step", "constant")
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global generator and PyTorch (CPU and CUDA).
+
+    Args:
+        seed: any integer; NumPy receives it modulo 2**32.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu") -> float:
+    """Top-1 accuracy: the fraction of samples whose largest logit is the true class.
+
+    ``accuracy = (1/N) * sum_i [argmax_k f(x_i)_k == y_i]``.  The model runs in
+    evaluation mode without gradients and is restored to its previous mode after.
+
+    Args:
+        model: a classifier returning ``N x classes`` logits.
+        loader: any iterable of ``(x, y)`` batches.
+        device: where to run.
+
+    Returns:
+        Accuracy in [0, 1].
+
+    Raises:
+        DataError: the loader yields no samples.
+    """
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    try:
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            correct += int((model(x).argmax(dim=1) == y).sum())
+            total += int(y.numel())
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise DataError("evaluate: the loader yielded no samples (expected at least one batch)")
+    return correct / total
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+) -> torch.Tensor:
+    """Knowledge-distillation loss of Hinton et al.
+
+    ``L = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y)``
+
+    with student logits ``s``, teacher logits ``t``, temperature ``T`` and labels
+    ``y``.  The ``T^2`` factor keeps the soft-target gradients on the scale of the
+    hard-label ones.  Both terms are averaged over the batch.
+
+    Args:
+        student_logits: ``N x K`` student outputs.
+        teacher_logits: ``N x K`` teacher outputs (no gradient needed).
+        targets: ``N`` class indices.
+        temperature: softening temperature ``T`` > 0.
+        alpha: weight of the soft term in [0, 1].
+
+    Returns:
+        The scalar loss.
+    """
+    log_p_student = nn.functional.log_softmax(student_logits / temperature, dim=1)
+    log_p_teacher = nn.functional.log_softmax(teacher_logits / temperature, dim=1)
+    soft = nn.functional.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    hard = nn.functional.cross_entropy(student_logits, targets)
+    return alpha * temperature**2 * soft + (1.0 - alpha) * hard
+
+
+def _check_number(name: str, value: Any, low: float, high: float = math.inf, low_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bound = f"{'>' if low_open else '>='} {low}" + ("" if high == math.inf else f" and <= {high}")
+        raise RecipeError(f"trainer: {name} is {value!r} (expected a number {bound})")
+
+
+class Trainer:
+    """SGD training loop with learning-rate schedules, progress display and distillation.
+
+    Loss: cross-entropy, or with a ``teacher`` the :func:`distillation_loss`.
+    Optimiser: SGD with momentum and weight decay over the parameters that require
+    gradients (parametrization originals included, so masks and codebooks train
+    through their parametrizations).
+
+    Schedules (``lr0`` = base rate, ``p`` = fraction of all steps done):
+        ``"cosine"``: ``lr = lr0 * (1 + cos(pi * p)) / 2``, updated every step.
+        ``"step"``: ``lr0``, times 0.1 from epoch ``0.5 * epochs``, times 0.01 from
+        epoch ``0.75 * epochs`` (0-based epoch index).
+        ``"constant"``: ``lr0``.
+
+    Args:
+        train_loader: iterable of ``(x, y)`` batches; if it has ``set_epoch`` it is
+            called with the 0-based epoch index before each pass.
+        test_loader: optional loader evaluated after each epoch.
+        epochs: default number of epochs for :meth:`fit`.
+        lr: default base learning rate.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty coefficient.
+        schedule: ``"cosine"``, ``"step"`` or ``"constant"``.
+        seed: passed to :func:`set_seed` at the start of each :meth:`fit`.
+        progress: show a transient progress bar and one line per epoch.
+        device: where to train.
+        teacher: optional distillation teacher, kept in evaluation mode, no gradient.
+        kd_temperature: distillation temperature ``T``.
+        kd_alpha: weight of the soft term.
+        console: rich console for the output (default: a console on standard error).
+
+    Raises:
+        RecipeError: a hyper-parameter out of range or an unknown schedule.
+    """
+
+    def __init__(
+        self,
+        train_loader: Iterable,
+        test_loader: Iterable | None = None,
+        epochs: int = 10,
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        schedule: str = "cosine",
+        seed: int = 0,
+        progress: bool = True,
+        device: str | torch.device = "cpu",
+        teacher: nn.Module | None = None,
+        kd_temperature: float = 4.0,
+        kd_alpha: float = 0.9,
+        console: Console | None = None,
+    ) -> None:
+        if schedule not in SCHEDULES:
+            raise RecipeError(f"trainer: unknown schedule {schedule!r} (expected one of {', '.join(SCHEDULES)})")
+        self._check_epochs(epochs)
+        _check_number("lr", lr, 0.0, low_open=True)
+        _check_number("momentum", momentum, 0.0, 1.0)
+        _check_number("weight_decay", weight_decay, 0.0)
+        _check_number("kd_temperature", kd_temperature, 0.0, low_open=True)
+        _check_number("kd_alpha", kd_alpha, 0.0, 1.0)
+        self.train_loader = train_loader
+        self.test_loader = test_loader
+        self.epochs = epochs
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.schedule = schedule
+        self.seed = seed
+        self.progress = progress
+        self.device = torch.device(device)
+        self.teacher = teacher
+        self.kd_temperature = kd_temperature
+        self.kd_alpha = kd_alpha
+        self.console = console if console is not None else Console(stderr=True)
+
+    @staticmethod
+    def _check_epochs(epochs: Any) -> None:
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise RecipeError(f"trainer: epochs is {epochs!r} (expected a non-negative integer)")
+
+    def learning_rate(self, base_lr: float, epoch: int, epochs: int, step: int = 0, steps_per_epoch: int = 1) -> float:
+        """The scheduled learning rate at ``step`` of 0-based ``epoch`` (see the class docstring)."""
+        if self.schedule == "constant":
+            return base_lr
+        if self.schedule == "step":
+            if epoch >= 0.75 * epochs:
+                return base_lr * 0.01
+            if epoch >= 0.5 * epochs:
+                return base_lr * 0.1
+            return base_lr
+        done_fraction = (epoch * steps_per_epoch + step) / max(1, epochs * steps_per_epoch)
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * done_fraction))
+
+    def _loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.teacher is None:
+            return nn.functional.cross_entropy(logits, y)
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        return distillation_loss(logits, teacher_logits, y, self.kd_temperature, self.kd_alpha)
+
+    def fit(
+        self, model: nn.Module, epochs: int | None = None, lr: float | None = None, description: str = "train"
+    ) -> list[dict]:
+        """Train ``model`` in place.
+
+        Args:
+            model: the network; may carry parametrizations (masks, codebooks).
+            epochs: overrides the trainer's ``epochs``.
+            lr: overrides the trainer's base learning rate.
+            description: label of the progress bar and epoch lines.
+
+        Returns:
+            One dict per epoch: ``epoch`` (1-based), ``lr`` (at the epoch's start),
+            ``train_loss`` (sample-weighted mean over the epoch), ``train_accuracy``
+            (running, in training mode), ``test_accuracy`` (only with a test loader),
+            ``seconds`` (wall time of the epoch including the evaluation).
+
+        Raises:
+            RecipeError: bad ``epochs`` or ``lr``.
+            ModelError: the loss became NaN or infinite (diverged).
+            DataError: the training loader yielded no samples.
+        """
+        epochs = self.epochs if epochs is None else epochs
+        base_lr = self.lr if lr is None else lr
+        self._check_epochs(epochs)
+        _check_number("lr", base_lr, 0.0, low_open=True)
+        set_seed(self.seed)
+        model.to(self.device)
+        was_training = model.training
+        teacher_was_training = self.teacher.training if self.teacher is not None else False
+        if self.teacher is not None:
+            self.teacher.to(self.device).eval()
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(parameters, lr=base_lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        try:
+            steps_per_epoch = len(self.train_loader)  # type: ignore[arg-type]
+        except TypeError:
+            steps_per_epoch = None
+        history: list[dict] = []
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[accuracy]:.2%}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+            disable=not self.progress,
+        )
+        try:
+            with progress:
+                for epoch in range(epochs):
+                    history.append(self._epoch(model, optimizer, base_lr, epoch, epochs, steps_per_epoch, progress, description))
+        finally:
+            model.train(was_training)
+            if self.teacher is not None:
+                self.teacher.train(teacher_was_training)
+        return history
+
+    def _epoch(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, base_lr: float, epoch: int, epochs: int,
+        steps_per_epoch: int | None, progress: Progress, description: str,
+    ) -> dict:
+        started = time.perf_counter()
+        if hasattr(self.train_loader, "set_epoch"):
+            self.train_loader.set_epoch(epoch)
+        model.train()
+        task = progress.add_task(f"{description} {epoch + 1}/{epochs}", total=steps_per_epoch, loss=0.0, accuracy=0.0)
+        epoch_lr = self.learning_rate(base_lr, epoch, epochs, 0, steps_per_epoch or 1)
+        loss_sum = 0.0
+        correct = seen = 0
+        for step, (x, y) in enumerate(self.train_loader):
+            lr_now = self.learning_rate(base_lr, epoch, epochs, step, steps_per_epoch or 1)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_now
+            x, y = x.to(self.device), y.to(self.device)
+            logits = model(x)
+            loss = self._loss(logits, x, y)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise ModelError(
+                    f"{description}: training diverged at epoch {epoch + 1} step {step + 1} "
+                    f"(loss is {loss_value}; expected a finite loss, try a lower learning rate than {base_lr})"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            batch = int(y.numel())
+            loss_sum += loss_value * batch
+            correct += int((logits.detach().argmax(dim=1) == y).sum())
+            seen += batch
+            progress.update(task, advance=1, loss=loss_sum / seen, accuracy=correct / seen)
+        progress.remove_task(task)
+        if seen == 0:
+            raise DataError(f"{description}: the training loader yielded no samples (expected at least one batch)")
+        record = {"epoch": epoch + 1, "lr": epoch_lr, "train_loss": loss_sum / seen, "train_accuracy": correct / seen}
+        if self.test_loader is not None:
+            record["test_accuracy"] = evaluate(model, self.test_loader, self.device)
+        record["seconds"] = time.perf_counter() - started
+        if self.progress:
+            test_text = f"  test acc {record['test_accuracy']:.2%}" if "test_accuracy" in record else ""
+            self.console.print(
+                f"{description} epoch {epoch + 1}/{epochs}  lr {epoch_lr:.4g}  loss {record['train_loss']:.4f}  "
+                f"train acc {record['train_accuracy']:.2%}{test_text}  {record['seconds']:.1f}s",
+                markup=False,
+                highlight=False,
+            )
+        return record
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict with every parametrization folded into a plain tensor.
+
+    A module parametrized with ``torch.nn.utils.parametrize`` stores
+    ``<module>.parametrizations.<name>.original`` (plus any buffers of the
+    parametrization modules, e.g. masks); the effective tensor is
+    ``getattr(module, name)``.  This function replaces all those entries by the
+    effective tensor under the plain key ``<module>.<name>`` (e.g. ``fc1.weight``),
+    at the position of the first replaced entry, so the result loads into the same
+    architecture without parametrizations.
+
+    Args:
+        model: any module.
+
+    Returns:
+        Ordered mapping of names to detached, contiguous CPU tensors (copies).
+    """
+    owners = [
+        (f"{prefix}.parametrizations." if prefix else "parametrizations.", f"{prefix}." if prefix else "", module)
+        for prefix, module in model.named_modules()
+        if parametrize.is_parametrized(module)
+    ]
+    plain: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            for head, plain_prefix, module in owners:
+                tensor_name = key[len(head):].split(".", 1)[0] if key.startswith(head) else None
+                if tensor_name is not None and tensor_name in module.parametrizations:
+                    key = plain_prefix + tensor_name
+                    value = None if key in plain else getattr(module, tensor_name)
+                    break
+            if value is not None:
+                plain[key] = value.detach().to("cpu").clone().contiguous()
+    return plain
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write ``{"arch": model.edl_arch or None, "state_dict": plain tensors}`` atomically.
+
+    The file is written by ``torch.save`` to a temporary file in the target directory
+    and moved over ``path`` with ``os.replace``, so readers never see a partial file.
+    It loads with ``torch.load(path, weights_only=True)``.  Parametrized weights are
+    stored as their effective values (:func:`plain_state_dict`).
+
+    Args:
+        model: the network.
+        path: destination file.
+
+    Raises:
+        DataError: the directory does not exist or is not writable.
+    """
+    path = Path(path)
+    arch = getattr(model, "edl_arch", None)
+    payload = {"arch": arch, "state_dict": plain_state_dict(model)}
+    temporary = None
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.chmod(temporary, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(payload, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+        temporary = None
+    except OSError as error:
+        raise DataError(f"{path}: cannot write checkpoint ({error.strerror or error})") from None
+    finally:
+        if temporary is not None and os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def load_checkpoint(path: str | os.PathLike) -> nn.Module:
+    """Rebuild a model from a checkpoint written by :func:`save_checkpoint`.
+
+    The architecture is rebuilt with :func:`efficientdl.models.create` from the
+    recorded ``arch`` and the state dict is loaded strictly.  Loading uses
+    ``torch.load(weights_only=True)``, so no code in the file is executed.
+
+    Args:
+        path: the checkpoint file.
+
+    Returns:
+        The model, in evaluation mode, on the CPU.
+
+    Raises:
+        DataError: missing or unreadable file, or not a checkpoint.
+        ModelError: no architecture record, unknown architecture, or weights that
+            do not fit it.
+    """
+    from efficientdl.models import create
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found (expected a file written by save_checkpoint)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for corrupt files
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{path}: not a readable checkpoint ({first_line[:200]})") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict):
+        raise DataError(f"{path}: not a checkpoint (expected a dict with 'arch' and 'state_dict')")
+    arch = payload.get("arch")
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or not isinstance(arch.get("kwargs", {}), dict):
+        raise ModelError(f"{path}: checkpoint has no architecture record (expected arch = {{'name': ..., 'kwargs': ...}})")
+    model = create(arch["name"], **arch.get("kwargs", {}))
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())
+        raise ModelError(f"{path}: weights do not fit model {arch['name']} ({detail[:300]})") from None
+    return model.eval()
