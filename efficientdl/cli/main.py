@@ -155,14 +155,20 @@ def _load_data(args: argparse.Namespace, name: str | None = None):
     return ds
 
 
+def _is_container(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"EDLZ"
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read ({e.strerror})") from None
+
+
 def _load_model(path: Path):
     """A plain model from a checkpoint (``.pt``) or a compressed file (``.edlz``)."""
     from .. import format as fmt
     from ..train import load_checkpoint
 
-    with open(path, "rb") as f:
-        head = f.read(4)
-    return fmt.load(path) if head == b"EDLZ" else load_checkpoint(path)
+    return fmt.load(path) if _is_container(path) else load_checkpoint(path)
 
 
 def _emit(args: argparse.Namespace, result: dict, text: str) -> None:
@@ -222,7 +228,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     trainer = _trainer(args, ds, teacher=teacher)
     retrain = (lambda m, step: trainer.fit(m, description=f"prune {step}/{args.steps}")) if args.epochs else None
     model, report = compress.prune(model, sparsity=args.sparsity, quality=args.quality, steps=args.steps,
-                                   schedule=args.prune_schedule, retrain=retrain)
+                                   schedule=args.sparsity_schedule, retrain=retrain)
     report.accuracy_before, report.accuracy_after = before, evaluate(model, ds.test)
     save_checkpoint(model, out)
     lines = [f"accuracy {100 * before:.2f}% → {100 * report.accuracy_after:.2f}%  → {out}"]
@@ -307,9 +313,8 @@ def cmd_compress(args: argparse.Namespace, recipe_path: Path | None = None, out_
     start = time.perf_counter()
     result = pipeline.run(model, ds.train, ds.test, recipe, pretrained=args.checkpoint is not None,
                           progress=not (args.no_progress or args.json),
-                          log=(lambda *_: None) if args.json else (lambda m: console.print(m)))
-    result.meta["data"] = ds.name
-    result.meta["data_source"] = ds.source
+                          log=(lambda *_: None) if args.json else (lambda m: console.print(m)),
+                          meta={"data": ds.name})
     name = r["model"] if not args.checkpoint else Path(args.checkpoint).stem
     report = _write_pipeline_outputs(result, out_dir, name)
     report["seconds"] = time.perf_counter() - start
@@ -332,8 +337,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..train import evaluate
 
+    from .. import format as fmt
+
     src = _input_file(args.file)
-    model = _load_model(src)
+    recorded = None
+    if _is_container(src):
+        container = fmt.read(src)
+        model = fmt.load(container)
+        meta = container.header.get("meta")
+        recorded = meta.get("data") if isinstance(meta, dict) else None
+    else:
+        model = _load_model(src)
+    if args.data is None:  # the dataset the file was compressed on, when it says
+        args.data = recorded if isinstance(recorded, str) else "fashion-mnist"
     ds = _load_data(args)
     acc = evaluate(model, ds.test)
     _emit(args, {"file": str(src), "data": ds.name, "accuracy": acc, "test_size": ds.test.dataset_size},
@@ -432,8 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
         if data:
             g = p.add_argument_group("data")
-            g.add_argument("--data", default=None if p.prog.endswith(("compress", "demo")) else "fashion-mnist",
-                           help="dataset: fashion-mnist, mnist or digits (default fashion-mnist)")
+            g.add_argument("--data", default=None if p.prog.endswith(("compress", "demo", "eval")) else "fashion-mnist",
+                           help="dataset: fashion-mnist, mnist or digits (default fashion-mnist; for eval, "
+                                "the one the file was compressed on)")
             g.add_argument("--data-dir", help="directory with the IDX files (default: $EDL_DATA_DIR, "
                                               "then /usr/share/datasets/fashion-mnist)")
             g.add_argument("--batch-size", type=_positive_int,
@@ -463,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=per_layer_spec, help="target sparsity: 0.9 or fc1=0.92,fc2=0.91,Conv2d=0.6")
     p.add_argument("--quality", type=per_layer_spec, help="threshold quality q of |w| > q·std(W), per layer as above")
     p.add_argument("--steps", type=_positive_int, default=1, help="prune → retrain rounds (default 1)")
-    p.add_argument("--prune-schedule", choices=["gradual", "linear"], default="gradual")
+    p.add_argument("--sparsity-schedule", choices=["gradual", "linear"], default="gradual")
     p.add_argument("--distill", action="store_true", help="retrain with soft targets of the unpruned model")
     common(p)
     training(p, 3, 0.01)

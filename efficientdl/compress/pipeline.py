@@ -95,10 +95,11 @@ def _nonzero_weights(model: nn.Module) -> dict[str, np.ndarray]:
     return out
 
 
-def _stage_size(stage: StageReport, model: nn.Module, index_bits: Any, coding: str, original: int) -> bytes:
+def _stage_size(stage: StageReport, model: nn.Module, index_bits: Any, coding: str, original: int,
+                meta: dict[str, Any] | None = None) -> bytes:
     from ..format.container import encode
 
-    data, layers = encode(model, index_bits=index_bits, coding=coding)
+    data, layers = encode(model, index_bits=index_bits, coding=coding, meta=meta)
     stage.original_bytes, stage.size_bytes, stage.layers = original, len(data), layers
     return data
 
@@ -111,6 +112,7 @@ def run(
     pretrained: bool = False,
     progress: bool = True,
     log=print,
+    meta: dict[str, Any] | None = None,
 ) -> PipelineResult:
     """Run dense training (unless ``pretrained``), pruning, weight sharing and Huffman coding.
 
@@ -123,6 +125,7 @@ def run(
         pretrained: skip the recipe's dense training (the model is already trained).
         progress: show progress bars and per-epoch lines.
         log: where to print stage summaries.
+        meta: JSON-serialisable metadata stored in the file (e.g. the dataset name).
 
     Returns:
         A :class:`PipelineResult`; ``file_bytes`` is the compressed file.
@@ -178,7 +181,7 @@ def run(
             return t.fit(m, description=f"prune {step}/{steps}")
 
         _, report = prune(model, sparsity=section.get("sparsity"), quality=section.get("quality"),
-                          steps=steps, schedule=section.get("schedule", "gradual"), retrain=retrain)
+                          steps=steps, schedule=section.get("sparsity_schedule", "gradual"), retrain=retrain)
         report.accuracy_before = dense.accuracy_after
         report.accuracy_after = evaluate(model, test_loader)
         _stage_size(report, model, index_bits, "fixed", original)
@@ -203,7 +206,8 @@ def run(
 
     final = StageReport(stage="huffman" if coding == "huffman" else "encode", settings={"coding": coding})
     final.accuracy_before = stages[-1].accuracy_after
-    file_bytes = _stage_size(final, model, index_bits, coding, original)
+    meta = {**(meta or {}), "accuracy_original": dense.accuracy_after, "accuracy_quantized": final.accuracy_before}
+    file_bytes = _stage_size(final, model, index_bits, coding, original, meta)
     decoded = decode(file_bytes, "<compressed model>")
     rebuilt = load_into(plain_copy(model), decoded)
     final.accuracy_after = evaluate(rebuilt, test_loader)
@@ -213,4 +217,4 @@ def run(
     log(f"{final.stage}: accuracy {100 * final.accuracy_after:.2f}% (decoded from the file), "
         f"{final.size_bytes} bytes ({final.ratio:.1f}×)")
     return PipelineResult(stages, file_bytes, snapshots, bit_exact, model,
-                          meta={"recipe": recipe.data, "recipe_path": recipe.path})
+                          meta={**meta, "recipe": recipe.data, "recipe_path": recipe.path})

@@ -7,8 +7,13 @@ A recipe is a mapping with these keys (all optional except ``model``)::
     seed: 0
     batch_size: 128
     dense:    {epochs, lr, momentum, weight_decay, schedule}
-    prune:    {sparsity | quality, steps, schedule, epochs, lr, momentum, weight_decay, distill}
-    quantize: {bits, init, epochs, lr, momentum, weight_decay, distill}
+    prune:    {sparsity | quality, steps, sparsity_schedule, epochs, lr, momentum, weight_decay,
+               schedule, distill}
+    quantize: {bits, init, epochs, lr, momentum, weight_decay, schedule, distill}
+
+``schedule`` is always the learning-rate schedule of the stage's (re)training
+(cosine, step, constant); ``sparsity_schedule`` is how the pruning target grows over
+the ``steps`` (gradual: cubic, Zhu & Gupta; linear).
     encode:   {index_bits, coding}
 
 ``sparsity``, ``quality``, ``bits`` and ``index_bits`` take one number or a mapping
@@ -75,10 +80,10 @@ SCHEMA: dict[str, Any] = {
     "seed": _number(0, 2**31 - 1, integer=True),
     "batch_size": _number(1, 1 << 16, integer=True),
     "dense": {**_TRAIN, "schedule": _choice("cosine", "step", "constant")},
-    "prune": {**_TRAIN, "sparsity": _per_layer(_number(0, 1)), "quality": _per_layer(_number(0, 100)),
-              "steps": _number(1, 1000, integer=True), "schedule": _choice("gradual", "linear"),
+    "prune": {**_TRAIN, "schedule": _choice("cosine", "step", "constant"), "sparsity": _per_layer(_number(0, 1)), "quality": _per_layer(_number(0, 100)),
+              "steps": _number(1, 1000, integer=True), "sparsity_schedule": _choice("gradual", "linear"),
               "distill": _is(bool, "true or false")},
-    "quantize": {**_TRAIN, "bits": _per_layer(_number(1, 16, integer=True)),
+    "quantize": {**_TRAIN, "schedule": _choice("cosine", "step", "constant"), "bits": _per_layer(_number(1, 16, integer=True)),
                  "init": _choice("linear", "density", "random"), "distill": _is(bool, "true or false")},
     "encode": {"index_bits": _per_layer(_number(1, 8, integer=True)), "coding": _choice("huffman", "fixed")},
 }

@@ -235,7 +235,9 @@ def encode(
             raise ModelError(f"index bits for '{mname}' must be an integer in 1..{MAX_INDEX_BITS}, got {ib!r}")
         sw = shared_weight(module)
         inferred = None if sw is not None or not infer_shared else _inferred_codebook(weight, 8)
-        if sw is not None:
+        if weight.numel() == 0:
+            rec, layer = _write_dense(w, pname, weight)
+        elif sw is not None:
             rec, layer = _write_sparse(w, pname, weight, ib, coding, sw.indices.flatten().numpy(),
                                        sw.centroids.detach().numpy(), sw.bits)
         elif inferred is not None and weight.dtype == torch.float32:
@@ -277,9 +279,11 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise FormatError(f"{path}: cannot write ({e.strerror or e})") from None
         raise
 
 
@@ -329,9 +333,11 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
 def _parse_header(data: bytes, where: str) -> tuple[dict, memoryview]:
     if len(data) < PREFIX.size or data[:4] != MAGIC:
         raise FormatError(f"{where}: not an efficientdl compressed file (bad magic)")
-    _, version, _, header_len, header_crc = PREFIX.unpack_from(data)
+    _, version, reserved, header_len, header_crc = PREFIX.unpack_from(data)
     if version != FORMAT_VERSION:
         raise FormatError(f"{where}: format version {version} is not supported (this reader knows {FORMAT_VERSION})")
+    if reserved != 0:
+        raise FormatError(f"{where}: reserved field is {reserved}, expected 0 (corrupted file)")
     end = PREFIX.size + header_len
     if header_len > MAX_HEADER_BYTES or end > len(data):
         raise FormatError(f"{where}: truncated file (header declares {header_len} bytes)")
@@ -346,7 +352,8 @@ def _parse_header(data: bytes, where: str) -> tuple[dict, memoryview]:
         header = json.loads(text)
     except (zlib.error, ValueError, UnicodeDecodeError):
         raise FormatError(f"{where}: header is not valid (corrupted file)") from None
-    if not isinstance(header, dict) or header.get("format") != "efficientdl" or not isinstance(header.get("tensors"), list):
+    if (not isinstance(header, dict) or header.get("format") != "efficientdl"
+            or header.get("version") != version or not isinstance(header.get("tensors"), list)):
         raise FormatError(f"{where}: header lacks the efficientdl fields")
     return header, memoryview(data)[end:]
 
@@ -380,7 +387,10 @@ def _decode_stream(rec: dict, key: str, bits: int, count: int, blob: memoryview,
         except FormatError as e:
             raise FormatError(f"{where}: '{rec['name']}' {key} stream: {e}") from None
         return symbols.astype(np.int64), len(payload) + table.size
-    return unpack_fixed(payload, bits, count), len(payload)
+    try:
+        return unpack_fixed(payload, bits, count), len(payload)
+    except FormatError as e:
+        raise FormatError(f"{where}: '{rec['name']}' {key} stream: {e}") from None
 
 
 def _decode_tensor(rec: dict, blob: memoryview, where: str, budget: list[int]) -> tuple[torch.Tensor, LayerRecord, Any]:
@@ -465,7 +475,8 @@ def decode(data: bytes, where: str = "<bytes>") -> Container:
     header, blob = _parse_header(data, where)
     blob_end = 0
     for rec in header["tensors"]:
-        for sec in (rec.get("sections") or {}).values() if isinstance(rec, dict) else ():
+        secs = rec.get("sections") if isinstance(rec, dict) else None
+        for sec in secs.values() if isinstance(secs, dict) else ():
             if isinstance(sec, list) and len(sec) == 3 and all(isinstance(x, int) for x in sec[:2]):
                 blob_end = max(blob_end, sec[0] + sec[1])
     if blob_end > len(blob):
@@ -521,11 +532,11 @@ def load_into(model: nn.Module, source: str | os.PathLike | Container) -> nn.Mod
     return model
 
 
-def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
+def load(path: str | os.PathLike | Container, model: nn.Module | None = None) -> nn.Module:
     """Rebuild a dense ``nn.Module`` from a compressed file.
 
     Args:
-        path: the ``.edlz`` file.
+        path: the ``.edlz`` file (or a :class:`Container` already read).
         model: a model to load into (the user's own architecture); by default the
             architecture named in the file is built from the model registry.
 
@@ -533,7 +544,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         The model in eval mode, with decoded weights (equal bit for bit to the
         quantized weights that were saved).
     """
-    c = read(path)
+    c = path if isinstance(path, Container) else read(path)
     if model is None:
         from .. import models
 
