@@ -62,10 +62,10 @@ def apply_mask(module: nn.Module, mask: torch.Tensor) -> None:
     if existing is not None:
         existing &= mask
         with torch.no_grad():
-            module.parametrizations.weight.original.mul_(existing)
+            module.parametrizations.weight.original.masked_fill_(~existing, 0.0)
         return
     with torch.no_grad():
-        module.weight.mul_(mask)
+        module.weight.masked_fill_(~mask, 0.0)
     parametrize.register_parametrization(module, "weight", WeightMask(mask))
 
 

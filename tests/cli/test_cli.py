@@ -1,0 +1,299 @@
+"""Tests of the ``edl`` command line: bad input ends in one line on stderr and status 2; the
+commands that succeed write what they promise."""
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from efficientdl import data, format as fmt, models
+from efficientdl.cli.main import main
+from efficientdl.train import save_checkpoint
+
+TINY_RECIPE = """\
+model: lenet300
+data: digits
+seed: 0
+batch_size: 64
+dense:
+  epochs: 1
+  lr: 0.05
+prune:
+  sparsity: 0.9
+  steps: 1
+  epochs: 1
+quantize:
+  bits: 4
+  epochs: 1
+encode:
+  index_bits: 5
+"""
+SUBSETS = ["--train-subset", "300", "--test-subset", "120"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on a shared two-core machine
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the checkout (e.g. a default runs/ directory)
+
+
+def run_quiet(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A checkpoint, a recipe, a compressed run, and damaged inputs."""
+    root = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    ckpt = root / "lenet300.pt"
+    save_checkpoint(models.create("lenet300"), ckpt)
+    recipe = root / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE)
+    out = root / "run"
+    code, stdout, stderr = run_quiet(["compress", recipe, "-o", out, "--json", *SUBSETS])
+    assert code == 0, stderr
+    edlz = out / "lenet300.edlz"
+    corrupted = root / "corrupted.edlz"
+    blob = bytearray(edlz.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    corrupted.write_bytes(bytes(blob))
+    garbage = root / "garbage.edlz"
+    garbage.write_bytes(b"\x00garbage, not a file of ours" * 10)
+    empty = root / "empty.edlz"
+    empty.write_bytes(b"")
+    bad_recipe = root / "bad.yaml"
+    bad_recipe.write_text("model: lenet300\n\tdense: 1\n")
+    return {"root": root, "ckpt": ckpt, "recipe": recipe, "out": out, "edlz": edlz, "stdout": stdout,
+            "corrupted": corrupted, "garbage": garbage, "empty": empty, "bad_recipe": bad_recipe}
+
+
+def assert_one_line_error(capsys, code, command):
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured.err
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"edl {command}: error: "), lines[0]
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+def files_under(path):
+    return sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).exists() else []
+
+
+# Each command with an input file; OUT is a fresh output location (file or directory).
+DATA = ["--data", "digits", "--test-subset", "40", "--json"]
+COMMANDS = {
+    "prune": lambda f, out: ["prune", f, "-o", out / "p.pt", "--sparsity", "0.5", "--epochs", "0", *DATA],
+    "quantize": lambda f, out: ["quantize", f, "-o", out / "q.pt", "--epochs", "0", *DATA],
+    "encode": lambda f, out: ["encode", f, "-o", out / "e.edlz"],
+    "eval": lambda f, out: ["eval", f, *DATA],
+    "info": lambda f, out: ["info", f],
+    "sensitivity": lambda f, out: ["sensitivity", f, "-o", out / "sens", "--sparsities", "0,0.5", *DATA],
+    "bits": lambda f, out: ["bits", f, "-o", out / "bits", "--bits", "2", *DATA],
+}
+
+
+def _outdir(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    return out
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("which", ["missing", "directory", "corrupted", "garbage", "empty"])
+def test_bad_input_file(files, tmp_path, capsys, command, which):
+    path = {"missing": tmp_path / "missing.edlz", "directory": files["root"], "corrupted": files["corrupted"],
+            "garbage": files["garbage"], "empty": files["empty"]}[which]
+    out = _outdir(tmp_path)
+    code = main([str(a) for a in COMMANDS[command](path, out)])
+    line = assert_one_line_error(capsys, code, command)
+    if which in ("missing", "directory", "corrupted"):
+        assert str(path) in line
+    assert files_under(out) == []
+
+
+@pytest.mark.parametrize("which", ["missing", "directory", "bad_recipe"])
+def test_compress_bad_recipe(files, tmp_path, capsys, which):
+    path = {"missing": tmp_path / "missing.yaml", "directory": files["root"], "bad_recipe": files["bad_recipe"]}[which]
+    out = tmp_path / "out"
+    code = main(["compress", str(path), "-o", str(out), "--data", "digits"])
+    line = assert_one_line_error(capsys, code, "compress")
+    assert str(path) in line
+    assert files_under(out) == []
+    if which == "bad_recipe":
+        assert f"{path}:2:" in line
+
+
+@pytest.mark.parametrize("which", ["missing", "directory", "corrupted", "garbage"])
+def test_compress_bad_checkpoint(files, tmp_path, capsys, which):
+    path = {"missing": tmp_path / "missing.pt", "directory": files["root"], "corrupted": files["corrupted"],
+            "garbage": files["garbage"]}[which]
+    out = tmp_path / "out"
+    code = main(["compress", str(files["recipe"]), "--checkpoint", str(path), "-o", str(out), "--json"])
+    assert_one_line_error(capsys, code, "compress")
+    assert files_under(out) == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--model", "nope", "-o", "{tmp}/m.pt", "--data", "digits", "--json", "--epochs", "0"],
+    ["compress", "{recipe_nope}", "-o", "{tmp}/run", "--json"],
+])
+def test_unknown_model(files, tmp_path, capsys, argv):
+    (tmp_path / "nope.yaml").write_text(TINY_RECIPE.replace("lenet300", "nope"))
+    argv = [a.format(tmp=tmp_path, recipe_nope=tmp_path / "nope.yaml") for a in argv]
+    line = assert_one_line_error(capsys, main(argv), argv[0])
+    assert "nope" in line
+    assert files_under(tmp_path / "run") == [] and not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "prune", "quantize", "eval", "sensitivity", "bits", "compress", "demo"])
+def test_unknown_dataset(files, tmp_path, capsys, command):
+    out = _outdir(tmp_path)
+    f = {"compress": files["recipe"], "eval": files["edlz"]}.get(command, files["ckpt"])
+    argv = {"train": ["train", "-o", out / "m.pt", "--epochs", "0"],
+            "compress": ["compress", f, "-o", out / "run"],
+            "demo": ["demo", "-o", out / "demo"]}.get(command) or COMMANDS[command](f, out)
+    argv = [str(a) for a in argv if a not in DATA] + ["--data", "imagenet"]
+    line = assert_one_line_error(capsys, main(argv), command)
+    assert "imagenet" in line
+    assert files_under(out) == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "-o", "{tmp}/m.pt", "--epochs", "-1"],
+    ["prune", "{ckpt}", "-o", "{tmp}/p.pt", "--epochs", "-1", "--sparsity", "0.5"],
+    ["quantize", "{ckpt}", "-o", "{tmp}/q.pt", "--epochs", "-1"],
+    ["bits", "{ckpt}", "-o", "{tmp}/b", "--sparsity", "1.5"],
+    ["train", "-o", "{tmp}/m.pt", "--lr", "0"],
+    ["train", "-o", "{tmp}/m.pt", "--lr", "nan"],
+    ["train", "-o", "{tmp}/m.pt", "--momentum", "2"],
+    ["train", "-o", "{tmp}/m.pt", "--batch-size", "0"],
+    ["train", "-o", "{tmp}/m.pt", "--seed", "-3"],
+    ["train", "-o", "{tmp}/m.pt", "--train-subset", "0"],
+    ["train", "-o", "{tmp}/m.pt", "--epochs", "many"],
+    ["prune", "{ckpt}", "-o", "{tmp}/p.pt", "--steps", "0", "--sparsity", "0.5"],
+    ["prune", "{ckpt}", "-o", "{tmp}/p.pt", "--sparsity", "fc1"],
+    ["prune", "{ckpt}", "-o", "{tmp}/p.pt", "--sparsity", "fc1=x"],
+    ["bits", "{ckpt}", "-o", "{tmp}/b", "--bits", "0,4"],
+    ["sensitivity", "{ckpt}", "--sparsities", "a,b"],
+    ["encode", "{ckpt}", "-o", "{tmp}/e.edlz", "--coding", "zip"],
+    ["info", "{edlz}", "--data", "digits"],
+    ["train"],
+    ["frobnicate"],
+])
+def test_bad_arguments_exit_2_with_one_line(files, tmp_path, capsys, argv):
+    argv = [a.format(tmp=tmp_path, ckpt=files["ckpt"], edlz=files["edlz"]) for a in argv]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("edl") and ": error: " in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["prune", "{ckpt}", "-o", "{tmp}/p.pt", "--sparsity", "1.5", "--epochs", "0", *DATA], "sparsity"),
+    (["prune", "{ckpt}", "-o", "{tmp}/p.pt", "--sparsity", "fc9=0.5", "--epochs", "0", *DATA], "fc9"),
+    (["prune", "{ckpt}", "-o", "{tmp}/p.pt", *DATA], "exactly one"),
+    (["quantize", "{ckpt}", "-o", "{tmp}/q.pt", "--bits", "0", "--epochs", "0", *DATA], "bits"),
+    (["encode", "{ckpt}", "-o", "{tmp}/e.edlz", "--index-bits", "9"], "index bits"),
+    (["encode", "{ckpt}", "-o", "{tmp}/nodir/e.edlz"], "does not exist"),
+    (["train", "-o", "{tmp}", "--data", "digits", "--json"], "is a directory"),
+    (["sensitivity", "{ckpt}", "-o", "{tmp}/s", "--sparsities", "0,1.5", *DATA], "sparsity"),
+])
+def test_bad_values_after_parsing(files, tmp_path, capsys, argv, fragment):
+    argv = [a.format(tmp=tmp_path, ckpt=files["ckpt"]) for a in argv]
+    line = assert_one_line_error(capsys, main(argv), argv[0])
+    assert fragment in line
+    assert [p for p in files_under(tmp_path) if p.suffix in (".pt", ".edlz", ".json", ".png")] == []
+
+
+# --------------------------------------------------------------------------- successful commands
+def accuracy(model, loader):
+    model.eval()
+    with torch.no_grad():
+        hits = sum(int((model(x).argmax(1) == y).sum()) for x, y in loader)
+    return hits / sum(len(y) for _, y in loader)
+
+
+def test_compress_writes_outputs(files):
+    out = files["out"]
+    names = {p.relative_to(out).as_posix() for p in files_under(out)}
+    assert names == {"lenet300.edlz", "report.json", "report.md", "plots/weight_histograms.png"}
+    assert not any(p.name.startswith(".") for p in out.rglob("*"))  # no temporary files left
+    assert (out / "plots" / "weight_histograms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((out / "report.json").read_text())
+    stdout = json.loads(files["stdout"])  # --json output parses
+    for key in ("original_bytes", "compressed_bytes", "ratio", "accuracy_original", "accuracy_compressed"):
+        assert stdout[key] == report[key]
+    assert report["original_bytes"] == 4 * 266_610
+    assert report["compressed_bytes"] == files["edlz"].stat().st_size
+    assert report["bit_exact"] is True
+    assert Path(report["file"]) == files["edlz"]
+    md = (out / "report.md").read_text()
+    assert md.startswith("# ") and f"{report['compressed_bytes']:,}" in md
+
+
+def test_info_on_pipeline_file(files, capsys):
+    assert main(["info", str(files["edlz"]), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    size = files["edlz"].stat().st_size
+    assert d["size_bytes"] == size
+    assert d["original_bytes"] == 4 * 266_610
+    assert d["ratio"] == pytest.approx(4 * 266_610 / size)
+    assert d["arch"]["name"] == "lenet300"
+    assert {t["name"] for t in d["tensors"]} == {f"fc{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias")}
+    assert main(["info", str(files["edlz"])]) == 0
+    text = capsys.readouterr().out
+    assert "format version 1" in text and "fc1.weight" in text
+
+
+def test_eval_on_pipeline_file(files, capsys):
+    assert main(["eval", str(files["edlz"]), "--data", "digits", "--test-subset", "120", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    ds = data.load("digits", test_subset=120, seed=0)
+    expected = accuracy(fmt.load(files["edlz"]), ds.test)
+    assert result["accuracy"] == expected
+    assert result["test_size"] == 120
+    report = json.loads((files["out"] / "report.json").read_text())
+    assert result["accuracy"] == report["accuracy_compressed"]
+    # without --data, eval uses the data set recorded in the file
+    assert main(["eval", str(files["edlz"]), "--test-subset", "120", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["data"] == "digits"
+
+
+def test_encode_checkpoint_round_trip(files, tmp_path, capsys):
+    out = tmp_path / "dense.edlz"
+    assert main(["encode", str(files["ckpt"]), "-o", str(out), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["size_bytes"] == out.stat().st_size
+    original = torch.load(files["ckpt"], weights_only=True)["state_dict"]
+    decoded = fmt.read(out).tensors
+    assert set(decoded) == set(original)
+    assert all(torch.equal(decoded[k], v) for k, v in original.items())
+
+
+def test_python_m_help():
+    proc = subprocess.run([sys.executable, "-m", "efficientdl", "--help"], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("usage: edl")
+    for command in ("train", "prune", "quantize", "encode", "compress", "eval", "info"):
+        assert command in proc.stdout
