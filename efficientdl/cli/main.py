@@ -410,10 +410,11 @@ def cmd_bits(args: argparse.Namespace) -> int:
     ds = _load_data(args)
     types = sorted({layer_type(m) for _, m in compress.compressible_layers(base)})
     variants = {"": base}
-    if args.sparsity is not None:
-        pruned = copy.deepcopy(base)
-        compress.prune_once(pruned, sparsity=args.sparsity)
-        variants[f" (pruned to {100 * args.sparsity:.0f}%)"] = pruned
+    if args.pruned is not None:
+        pruned = _load_model(_input_file(args.pruned))
+        sparsity = 1.0 - sum(int((m.weight != 0).sum()) for _, m in compress.compressible_layers(pruned)) / max(
+            1, sum(m.weight.numel() for _, m in compress.compressible_layers(pruned)))
+        variants[f" (pruned, {100 * sparsity:.0f}% sparse)"] = pruned
     series: dict[str, list[tuple[float, float]]] = {}
     for suffix, model in variants.items():
         for kind in types:
@@ -540,8 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="trained checkpoint (.pt)")
     p.add_argument("-o", "--output", default="runs/bits", help="output directory")
     p.add_argument("--bits", type=_int_list, default=[1, 2, 3, 4, 5, 6, 8], help="bit widths (default 1..6,8)")
-    p.add_argument("--sparsity", type=_fraction, default=None,
-                   help="also sweep a copy pruned to this sparsity (with pruning)")
+    p.add_argument("--pruned", help="also sweep this pruned (and retrained) checkpoint of the same network")
     p.add_argument("--init", choices=["linear", "density", "random"], default="linear")
     common(p)
     p.set_defaults(func=cmd_bits)

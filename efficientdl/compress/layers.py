@@ -55,14 +55,26 @@ def plain_copy(model: nn.Module) -> nn.Module:
     """
     plain = copy.deepcopy(model)
     for module in plain.modules():
-        if not parametrize.is_parametrized(module):
-            continue
-        values = {name: getattr(module, name).detach().clone() for name in module.parametrizations.keys()}
-        module.__class__ = parametrize.type_before_parametrizations(module)
-        del module._modules["parametrizations"]
-        for name, value in values.items():
-            module.register_parameter(name, nn.Parameter(value))
+        fold_parametrizations(module)
     return plain
+
+
+def fold_parametrizations(module: nn.Module) -> None:
+    """Replace every parametrized tensor of ``module`` by a plain parameter holding its value.
+
+    Unlike ``parametrize.remove_parametrizations``, this never edits the generated
+    class, which deep copies of a parametrized model share.
+
+    Args:
+        module: the module (its children are not touched).
+    """
+    if not parametrize.is_parametrized(module):
+        return
+    values = {name: getattr(module, name).detach().clone() for name in module.parametrizations.keys()}
+    module.__class__ = parametrize.type_before_parametrizations(module)
+    del module._modules["parametrizations"]
+    for name, value in values.items():
+        module.register_parameter(name, nn.Parameter(value))
 
 
 def layer_setting(spec: Any, name: str, module: nn.Module, what: str) -> Any:

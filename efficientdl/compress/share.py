@@ -28,7 +28,7 @@ from torch.nn.utils import parametrize
 
 from ..errors import RecipeError
 from ..report.results import StageReport
-from .layers import check_spec_keys, compressible_layers, layer_setting
+from .layers import check_spec_keys, compressible_layers, fold_parametrizations, layer_setting
 
 INITS = ("linear", "density", "random")
 
@@ -185,8 +185,7 @@ def share_layer(module: nn.Module, bits: int, init: str = "linear", seed: int = 
         The registered :class:`SharedWeight`.
     """
     w = module.weight.detach().clone()
-    if parametrize.is_parametrized(module, "weight"):
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    fold_parametrizations(module)
     flat = w.flatten().numpy()
     nonzero = np.flatnonzero(flat)
     k = (1 << bits) - 1

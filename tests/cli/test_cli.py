@@ -180,7 +180,7 @@ def test_unknown_dataset(files, tmp_path, capsys, command):
     ["train", "-o", "{tmp}/m.pt", "--epochs", "-1"],
     ["prune", "{ckpt}", "-o", "{tmp}/p.pt", "--epochs", "-1", "--sparsity", "0.5"],
     ["quantize", "{ckpt}", "-o", "{tmp}/q.pt", "--epochs", "-1"],
-    ["bits", "{ckpt}", "-o", "{tmp}/b", "--sparsity", "1.5"],
+    ["bits", "{ckpt}", "-o", "{tmp}/b", "--bits", "17"],
     ["train", "-o", "{tmp}/m.pt", "--lr", "0"],
     ["train", "-o", "{tmp}/m.pt", "--lr", "nan"],
     ["train", "-o", "{tmp}/m.pt", "--momentum", "2"],
