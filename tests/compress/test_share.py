@@ -248,3 +248,20 @@ def test_share_unpruned_layer_and_mask_intersection():
     assert int((layer.weight != 0).sum()) == layer.weight.numel()  # nothing was pruned
     assert torch.unique(layer.weight.detach()).numel() <= 31
     assert mask.sum() == 600
+
+
+def test_sharing_a_copy_leaves_the_pruned_original_intact():
+    """Deep copies share parametrize's generated class; folding one copy must not break the other."""
+    import copy as _copy
+
+    from efficientdl.compress.prune import apply_mask, magnitude_mask
+
+    torch.manual_seed(0)
+    original = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    for layer in (original[0], original[2]):
+        apply_mask(layer, magnitude_mask(layer.weight, 0.5))
+    expected = original[0].weight.detach().clone()
+    trial = _copy.deepcopy(original)
+    share(trial, bits=2)
+    assert torch.equal(original[0].weight, expected)
+    assert len(torch.unique(trial[0].weight[trial[0].weight != 0])) <= 3
