@@ -113,13 +113,19 @@ def main() -> None:
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="smoke runs only: scale retraining epochs")
     parser.add_argument("--reuse", action="store_true", help="reuse a dense checkpoint from OUT_DIR")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--merge", nargs="+", type=pathlib.Path,
+                        help="no runs: merge the JSON results of earlier runs into one summary and plot")
     args = parser.parse_args()
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads "
                           f"{__import__('torch').get_num_threads()}", "networks": []}
-    for name in args.networks:
-        results["networks"].append(run_network(name, args, out))
+    if args.merge:
+        for path in args.merge:
+            results["networks"] += json.loads(path.read_text())["networks"]
+    else:
+        for name in args.networks:
+            results["networks"].append(run_network(name, args, out))
 
     lines = []
     curve, baselines = {}, {}

@@ -327,7 +327,7 @@ def cmd_compress(args: argparse.Namespace, recipe_path: Path | None = None, out_
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    recipe = RECIPES_DIR / "demo.yaml"
+    recipe = RECIPES_DIR / "lenet300.yaml"
     if not recipe.is_file():
         raise UsageError(f"{recipe}: the demo recipe is missing from the source tree")
     args.checkpoint = None
@@ -513,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_compress)
 
-    p = sub.add_parser("demo", help="compress LeNet-300-100 on Fashion-MNIST end to end")
+    p = sub.add_parser("demo", help="compress LeNet-300-100 on Fashion-MNIST end to end (recipes/lenet300.yaml)")
     p.add_argument("-o", "--output", help="output directory (default runs/demo)")
     common(p)
     p.set_defaults(func=cmd_demo)

@@ -13,7 +13,7 @@ RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"
 
 
 def test_recipes_are_shipped():
-    assert {p.name for p in RECIPES} >= {"demo.yaml", "lenet300.yaml", "lenet5.yaml"}
+    assert {p.name for p in RECIPES} >= {"lenet300.yaml", "lenet5.yaml"}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
