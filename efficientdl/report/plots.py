@@ -35,7 +35,7 @@ def weight_histograms(snapshots: Mapping[str, Mapping[str, np.ndarray]], path: s
     cols = [s for s in order if any(s in snapshots[n] for n in layers)]
     fig, axes = plt.subplots(len(layers), len(cols), figsize=(3.2 * len(cols), 2.2 * len(layers)), squeeze=False)
     for i, name in enumerate(layers):
-        lim = float(np.abs(snapshots[name]["original"]).max()) if snapshots[name]["original"].size else 1.0
+        lim = max((float(np.abs(w).max()) for w in snapshots[name].values() if w.size), default=1.0)
         for j, stage in enumerate(cols):
             ax = axes[i, j]
             w = snapshots[name].get(stage)
