@@ -343,17 +343,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     recorded = None
     if _is_container(src):
         container = fmt.read(src)
-        model = fmt.load(container)
+        model = fmt.load(container, runtime=args.runtime)
         meta = container.header.get("meta")
         recorded = meta.get("data") if isinstance(meta, dict) else None
+    elif args.runtime != "dense":
+        raise UsageError(f"{src}: --runtime {args.runtime} needs a compressed file, not a checkpoint")
     else:
         model = _load_model(src)
     if args.data is None:  # the dataset the file was compressed on, when it says
         args.data = recorded if isinstance(recorded, str) else "fashion-mnist"
     ds = _load_data(args)
     acc = evaluate(model, ds.test)
-    _emit(args, {"file": str(src), "data": ds.name, "accuracy": acc, "test_size": ds.test.dataset_size},
-          f"{src}: accuracy {100 * acc:.2f}% on {ds.name} ({ds.test.dataset_size} test images)")
+    result = {"file": str(src), "data": ds.name, "accuracy": acc, "test_size": ds.test.dataset_size,
+              "runtime": args.runtime}
+    text = f"{src}: accuracy {100 * acc:.2f}% on {ds.name} ({ds.test.dataset_size} test images, {args.runtime} runtime)"
+    if args.runtime == "compressed":
+        result["layers"] = model.edl_runtime
+        text += f"\ncomputed from compressed form: {', '.join(model.edl_runtime['compressed']) or 'none'}"
+        if model.edl_runtime["dense"]:
+            text += f"\nleft dense: {', '.join(model.edl_runtime['dense'])}"
+    _emit(args, result, text)
     return 0
 
 
@@ -371,6 +380,16 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"size: {d['size_bytes']:,} bytes; fp32 parameters: {d['original_bytes']:,} bytes; ratio {d['ratio']:.1f}×",
         "", markdown_table(rows, ["tensor", "kind", "weights", "density %", "weight bits", "index bits",
                                   "entries", "bytes"])])
+    if args.runtime:
+        from ..nn import runtime_memory
+
+        model = fmt.load(_input_file(args.file), runtime="compressed")
+        d["runtime"] = runtime_memory(model)
+        rows = [[m["name"], "×".join(map(str, m["shape"])), m["entries"], m["entry_bits"], m["partitions"],
+                 m["dense_bytes"], m["weight_bytes"], m["ratio"]] for m in d["runtime"]]
+        text += "\n\nresident weight memory of the compressed runtime:\n\n" + markdown_table(
+            rows, ["layer", "out×in", "entries", "entry bits", "partitions", "dense fp32 bytes", "resident bytes",
+                   "dense / resident"])
     _emit(args, d, text)
     return 0
 
@@ -520,11 +539,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="accuracy of a compressed file or checkpoint")
     p.add_argument("file", help="compressed file (.edlz) or checkpoint (.pt)")
+    p.add_argument("--runtime", choices=["dense", "compressed"], default="dense",
+                   help="dense: decode to plain layers (default); compressed: compute from the sparse, "
+                        "weight-shared form")
     common(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("info", help="describe a compressed file")
     p.add_argument("file", help="compressed file (.edlz)")
+    p.add_argument("--runtime", action="store_true",
+                   help="also build the compressed runtime model and report its resident weight memory")
     common(p, data=False)
     p.set_defaults(func=cmd_info)
 

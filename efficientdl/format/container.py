@@ -532,18 +532,30 @@ def load_into(model: nn.Module, source: str | os.PathLike | Container) -> nn.Mod
     return model
 
 
-def load(path: str | os.PathLike | Container, model: nn.Module | None = None) -> nn.Module:
-    """Rebuild a dense ``nn.Module`` from a compressed file.
+RUNTIMES = ("dense", "compressed")
+
+
+def load(path: str | os.PathLike | Container, model: nn.Module | None = None, runtime: str = "dense",
+         partitions: int = 0) -> nn.Module:
+    """Rebuild an ``nn.Module`` from a compressed file.
 
     Args:
         path: the ``.edlz`` file (or a :class:`Container` already read).
         model: a model to load into (the user's own architecture); by default the
             architecture named in the file is built from the model registry.
+        runtime: ``"dense"`` — plain layers with decoded dense weights; or
+            ``"compressed"`` — weight-shared ``Linear``/``Conv2d`` layers become
+            :class:`efficientdl.nn.CompressedLinear` / ``CompressedConv2d`` that keep
+            only the sparse indices and codebook in memory and compute from them
+            (the converted and the kept layers are listed in ``model.edl_runtime``).
+        partitions: for the compressed runtime, kernel row partitions (0 = threads).
 
     Returns:
         The model in eval mode, with decoded weights (equal bit for bit to the
         quantized weights that were saved).
     """
+    if runtime not in RUNTIMES:
+        raise ModelError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     c = path if isinstance(path, Container) else read(path)
     if model is None:
         from .. import models
@@ -556,6 +568,11 @@ def load(path: str | os.PathLike | Container, model: nn.Module | None = None) ->
             raise FormatError(f"{path}: architecture arguments are malformed")
         model = models.create(arch["name"], **kwargs)
     load_into(model, c)
+    if runtime == "compressed":
+        from ..nn import to_runtime
+
+        model, converted, kept = to_runtime(model, c.codebooks, partitions)
+        model.edl_runtime = {"compressed": converted, "dense": kept}
     return model.eval()
 
 

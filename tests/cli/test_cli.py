@@ -297,3 +297,19 @@ def test_python_m_help():
     assert proc.stdout.startswith("usage: edl")
     for command in ("train", "prune", "quantize", "encode", "compress", "eval", "info"):
         assert command in proc.stdout
+
+
+def test_eval_and_info_with_compressed_runtime(files, capsys):
+    argv = ["eval", str(files["edlz"]), "--test-subset", "120", "--json"]
+    assert main(argv) == 0
+    dense = json.loads(capsys.readouterr().out)
+    assert main(argv + ["--runtime", "compressed"]) == 0
+    fast = json.loads(capsys.readouterr().out)
+    assert fast["runtime"] == "compressed" and fast["layers"]["compressed"] == ["fc1", "fc2", "fc3"]
+    assert fast["accuracy"] == dense["accuracy"]
+    assert main(["info", str(files["edlz"]), "--runtime", "--json"]) == 0
+    runtime = {m["name"]: m for m in json.loads(capsys.readouterr().out)["runtime"]}
+    assert runtime["fc1"]["dense_bytes"] == 4 * 300 * 784
+    assert 0 < runtime["fc1"]["weight_bytes"] < runtime["fc1"]["dense_bytes"]
+    code = main(["eval", str(files["ckpt"]), "--runtime", "compressed"])
+    assert "needs a compressed file" in assert_one_line_error(capsys, code, "eval")

@@ -1,0 +1,256 @@
+"""CPU kernel: sparse, codebook-indexed matrix products (the EIE datapath in software).
+
+EIE (Han et al., ISCA'16) computes ``y = W a`` for a pruned, weight-shared ``W`` by
+two rules: "0 × a = 0" (skip the columns of ``W`` whose input activation ``a_j`` is
+zero) and "w × 0 = 0" (store and visit only the nonzero weights).  Each stored weight
+is a small cluster index into a codebook, so the kernel streams a few bits per
+weight instead of 32.
+
+In-memory layout (:class:`PackedMatrix`), decoded once at load time:
+
+* the ``R`` output rows are split into ``P`` contiguous partitions (one per thread;
+  EIE's processing elements), ``row_start[p] ≤ r < row_start[p + 1]``;
+* inside a partition the weights are stored column by column (CSC), so a zero
+  activation skips a whole column: ``colptr[p, j] … colptr[p, j + 1]`` are the
+  entries of column ``j`` in partition ``p``;
+* every entry is one unsigned integer of ``entry_bits`` (8, 16 or 32) holding
+  ``(delta << code_bits) | code``: ``code`` indexes the codebook (entry 0 is the
+  zero weight) and ``delta`` is the number of zero rows skipped since the previous
+  entry of the column — the relative index of Deep Compression Figure 2.  A gap wider
+  than ``2^(entry_bits − code_bits) − 1`` is bridged by filler entries (code 0).
+
+Row of an entry: ``r = r_prev + delta + 1`` (``r_prev = row_start[p] − 1`` at the
+top of a column).  The products are
+
+    y[r, :] += codebook[code] · x[j, :]    for every entry of every active column j,
+
+computed in parallel over partitions (no two threads write the same row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+from numba import prange
+
+ENTRY_DTYPES = {8: np.uint8, 16: np.uint16, 32: np.uint32}
+
+
+@dataclass(frozen=True)
+class PackedMatrix:
+    """A pruned, weight-shared matrix in the kernel's layout (see the module docstring).
+
+    Attributes:
+        shape: ``(rows, cols)`` of the dense matrix ``W`` (``y = W x``).
+        row_start: int64 ``(P + 1,)`` first row of each partition.
+        colptr: int32 (int64 beyond 2^31 entries) ``(P, cols + 1)`` entry offsets of each column in each partition.
+        entries: uint8/uint16/uint32 packed ``(delta << code_bits) | code``.
+        code_bits: bits of the cluster index inside an entry.
+        codebook: float32 ``(2^code_bits,)`` shared values; ``codebook[0] == 0``.
+    """
+
+    shape: tuple[int, int]
+    row_start: np.ndarray
+    colptr: np.ndarray
+    entries: np.ndarray
+    code_bits: int
+    codebook: np.ndarray
+
+    @property
+    def entry_bits(self) -> int:
+        return 8 * self.entries.itemsize
+
+    @property
+    def partitions(self) -> int:
+        return self.row_start.size - 1
+
+    @property
+    def nbytes(self) -> int:
+        """Resident bytes of the weights: entries + column pointers + row splits + codebook."""
+        return self.entries.nbytes + self.colptr.nbytes + self.row_start.nbytes + self.codebook.nbytes
+
+    @property
+    def fillers(self) -> int:
+        """Number of padding entries (code 0) that bridge wide gaps."""
+        return int(self.entries.size - np.count_nonzero(self.entries & ((1 << self.code_bits) - 1)))
+
+
+def _entry_bits_choices(code_bits: int) -> list[int]:
+    return [w for w in (8, 16, 32) if w - code_bits >= 2]
+
+
+def pack(codes: np.ndarray, codebook: np.ndarray, partitions: int = 0, entry_bits: int = 0) -> PackedMatrix:
+    """Pack a matrix of cluster indices into the kernel's layout.
+
+    Args:
+        codes: integer ``(rows, cols)``; ``codes[r, c]`` indexes ``codebook`` and 0
+            means a pruned (zero) weight.
+        codebook: float ``(K,)`` with ``codebook[0] == 0`` (padded to ``2^code_bits``).
+        partitions: row partitions (threads); 0 means numba's thread count, capped so
+            that every partition has at least one row.
+        entry_bits: 8, 16 or 32, or 0 to choose the width that minimises
+            ``entries × (bytes per entry + 1)`` (memory plus one unit of work per
+            visited entry — fillers cost a visit).
+
+    Returns:
+        The :class:`PackedMatrix`.
+    """
+    codes = np.asarray(codes)
+    if codes.ndim != 2:
+        raise ValueError(f"codes must be 2-D (rows, cols), got shape {codes.shape}")
+    codebook = np.asarray(codebook, np.float32).ravel()
+    if codebook.size == 0 or codebook[0] != 0:
+        raise ValueError("codebook[0] must be the zero weight")
+    if codes.size and (codes.min() < 0 or codes.max() >= codebook.size):
+        raise ValueError(f"codes must lie in [0, {codebook.size - 1}]")
+    rows, cols = codes.shape
+    code_bits = max(1, int(codebook.size - 1).bit_length())
+    table = np.zeros(1 << code_bits, np.float32)
+    table[:codebook.size] = codebook
+    p_count = partitions or numba.get_num_threads()
+    p_count = max(1, min(p_count, rows)) if rows else 1
+    row_start = (np.arange(p_count + 1, dtype=np.int64) * rows) // p_count
+
+    r, c = np.nonzero(codes)
+    part = np.searchsorted(row_start, r, side="right") - 1
+    order = np.lexsort((r, c, part))
+    r, c, part = r[order], c[order], part[order]
+    code = codes[r, c].astype(np.int64)
+    group = part * cols + c
+    local = r - row_start[part]
+    prev = np.empty_like(local)
+    if local.size:
+        prev[0] = -1
+        prev[1:] = np.where(group[1:] == group[:-1], local[:-1], -1)
+    gap = local - prev - 1
+
+    choices = _entry_bits_choices(code_bits)
+    if entry_bits:
+        if entry_bits not in choices:
+            raise ValueError(f"entry_bits must be one of {choices} for {code_bits}-bit codes")
+        widths = [entry_bits]
+    else:
+        widths = choices
+    best = None
+    for w in widths:
+        span = 1 << (w - code_bits)            # a filler advances this many rows
+        n_fill = gap // span
+        total = local.size + int(n_fill.sum())
+        cost = total * (w // 8 + 1)
+        if best is None or cost < best[0]:
+            best = (cost, w, span, n_fill, total)
+    _, width, span, n_fill, total = best
+    entries = np.empty(total, ENTRY_DTYPES[width])
+    filler = (span - 1) << code_bits
+    entries[:] = filler
+    pos = np.arange(local.size) + np.cumsum(n_fill)
+    entries[pos] = ((gap - n_fill * span) << code_bits) | code
+
+    counts = np.bincount(group, weights=n_fill + 1, minlength=p_count * cols).astype(np.int64)
+    offsets = np.zeros(p_count * cols + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    colptr = np.empty((p_count, cols + 1), np.int32 if total < 2**31 else np.int64)
+    colptr[:, :cols] = offsets[:-1].reshape(p_count, cols)
+    colptr[:, cols] = offsets[cols::cols][:p_count] if cols else 0
+    return PackedMatrix((rows, cols), row_start, colptr, entries, code_bits, table)
+
+
+def unpack(m: PackedMatrix) -> np.ndarray:
+    """The dense ``(rows, cols)`` matrix of cluster indices (for tests and conversions)."""
+    out = np.zeros(m.shape, np.int64)
+    _unpack(m.row_start, m.colptr, m.entries, m.code_bits, out)
+    return out
+
+
+@numba.njit(cache=True)
+def _unpack(row_start, colptr, entries, code_bits, out):  # pragma: no cover - compiled
+    mask = (1 << code_bits) - 1
+    for p in range(row_start.size - 1):
+        for j in range(colptr.shape[1] - 1):
+            row = row_start[p] - 1
+            for k in range(colptr[p, j], colptr[p, j + 1]):
+                e = np.int64(entries[k])
+                row += (e >> code_bits) + 1
+                code = e & mask
+                if code:
+                    out[row, j] = code
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _spmv(row_start, colptr, entries, code_bits, codebook, x, y):  # pragma: no cover - compiled
+    mask = (1 << code_bits) - 1
+    active = np.flatnonzero(x)                   # 0 × a = 0: only nonzero activations
+    for p in prange(row_start.size - 1):
+        r0 = row_start[p] - 1
+        for t in range(active.size):
+            j = active[t]
+            a = x[j]
+            row = r0
+            for k in range(colptr[p, j], colptr[p, j + 1]):
+                e = np.int64(entries[k])
+                row += (e >> code_bits) + 1
+                y[row] += codebook[e & mask] * a
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _spmm(row_start, colptr, entries, code_bits, codebook, x, y):  # pragma: no cover - compiled
+    mask = (1 << code_bits) - 1
+    n = x.shape[1]
+    cols = x.shape[0]
+    keep = np.zeros(cols, np.bool_)
+    for j in range(cols):                        # a column is skipped when all samples are 0
+        for b in range(n):
+            if x[j, b] != 0:
+                keep[j] = True
+                break
+    active = np.flatnonzero(keep)
+    for p in prange(row_start.size - 1):
+        r0 = row_start[p] - 1
+        for t in range(active.size):
+            j = active[t]
+            row = r0
+            for k in range(colptr[p, j], colptr[p, j + 1]):
+                e = np.int64(entries[k])
+                row += (e >> code_bits) + 1
+                w = codebook[e & mask]
+                for b in range(n):
+                    y[row, b] += w * x[j, b]
+
+
+def matmul(m: PackedMatrix, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``y = W x`` for a packed ``W`` of shape ``(R, C)``.
+
+    Args:
+        m: the packed matrix.
+        x: float32 or float64, C-contiguous, shape ``(C,)`` (matrix-vector) or
+            ``(C, N)`` (N columns, e.g. a batch or im2col patches).
+        out: optional C-contiguous array of the result's shape and dtype to write into.
+
+    Returns:
+        ``y`` of shape ``(R,)`` or ``(R, N)``, dtype of ``x``.
+
+    Raises:
+        ValueError: wrong shape, dtype or a non-contiguous array.
+    """
+    rows, cols = m.shape
+    if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):
+        raise ValueError(f"x must be a float32 or float64 numpy array, got {getattr(x, 'dtype', type(x).__name__)}")
+    if x.ndim not in (1, 2) or x.shape[0] != cols:
+        raise ValueError(f"x must have shape ({cols},) or ({cols}, N), got {x.shape}")
+    if not x.flags.c_contiguous:
+        raise ValueError("x must be C-contiguous")
+    shape = (rows,) + x.shape[1:]
+    if out is None:
+        out = np.zeros(shape, x.dtype)
+    else:
+        if out.shape != shape or out.dtype != x.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous {x.dtype} array of shape {shape}")
+        out.fill(0)
+    codebook = m.codebook.astype(x.dtype, copy=False)
+    if x.ndim == 1:
+        _spmv(m.row_start, m.colptr, m.entries, m.code_bits, codebook, x, out)
+    elif x.shape[1]:
+        _spmm(m.row_start, m.colptr, m.entries, m.code_bits, codebook, x, out)
+    return out

@@ -1,0 +1,111 @@
+"""The CPU sparse codebook kernel against dense float64 matrix products."""
+
+import numpy as np
+import pytest
+
+from efficientdl.kernels import cpu
+
+
+def random_case(rows, cols, density, act_density, bits=4, n=None, seed=0):
+    rng = np.random.default_rng(seed)
+    k = (1 << bits) - 1
+    codes = np.where(rng.random((rows, cols)) < density, rng.integers(1, k + 1, (rows, cols)), 0)
+    codebook = np.concatenate([[0.0], rng.normal(size=k)]).astype(np.float32)
+    shape = (cols,) if n is None else (cols, n)
+    x = (rng.normal(size=shape) * (rng.random(shape) < act_density)).astype(np.float32)
+    return codes, codebook, x
+
+
+def dense_reference(codes, codebook, x):
+    return codebook.astype(np.float64)[codes] @ x.astype(np.float64)
+
+
+SHAPES = [(1, 1), (1, 7), (7, 1), (33, 17), (64, 300), (300, 100), (5, 1000)]
+
+
+@pytest.mark.parametrize("rows,cols", SHAPES)
+@pytest.mark.parametrize("n", [None, 1, 3, 64])
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.3, 1.0])
+def test_matches_dense_math(rows, cols, n, density):
+    codes, codebook, x = random_case(rows, cols, density, 0.5, n=n, seed=rows * cols)
+    m = cpu.pack(codes, codebook, partitions=3)
+    y = cpu.matmul(m, x)
+    assert y.shape == ((rows,) if n is None else (rows, n))
+    np.testing.assert_allclose(y, dense_reference(codes, codebook, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("entry_bits", [8, 16, 32])
+@pytest.mark.parametrize("partitions", [1, 2, 5])
+def test_every_entry_width_and_partitioning(entry_bits, partitions):
+    # 2% density in 500 rows: many gaps wider than a 4-bit delta, so fillers are needed at 8 bits
+    codes, codebook, x = random_case(500, 80, 0.02, 1.0, seed=1)
+    m = cpu.pack(codes, codebook, partitions=partitions, entry_bits=entry_bits)
+    assert m.entry_bits == entry_bits and m.partitions == partitions
+    if entry_bits == 8:
+        assert m.fillers > 0
+    np.testing.assert_array_equal(cpu.unpack(m), codes)
+    np.testing.assert_allclose(cpu.matmul(m, x), dense_reference(codes, codebook, x), rtol=1e-5, atol=1e-5)
+
+
+def test_hand_worked_layout():
+    # column 0 holds rows 0 and 20 (gap 19 > 15 needs one filler at 4-bit deltas), column 1 row 3
+    codes = np.zeros((21, 2), np.int64)
+    codes[0, 0], codes[20, 0], codes[3, 1] = 2, 1, 3
+    codebook = np.array([0.0, 1.5, -2.0, 0.25], np.float32)
+    m = cpu.pack(codes, codebook, partitions=1, entry_bits=8)
+    assert m.code_bits == 2 and m.entry_bits == 8       # 6-bit deltas: a gap of 19 fits, no filler
+    assert list(m.entries) == [(0 << 2) | 2, (19 << 2) | 1, (3 << 2) | 3]
+    assert m.colptr.tolist() == [[0, 2, 3]]
+    codebook16 = np.concatenate([codebook, np.ones(12, np.float32)])   # 4-bit codes → 4-bit deltas
+    m = cpu.pack(codes, codebook16, partitions=1, entry_bits=8)
+    assert list(m.entries) == [(0 << 4) | 2, (15 << 4) | 0, (3 << 4) | 1, (3 << 4) | 3]
+    y = cpu.matmul(m, np.array([2.0, -1.0], np.float32))
+    expected = np.zeros(21)
+    expected[0], expected[20], expected[3] = -4.0, 3.0, -0.25
+    np.testing.assert_allclose(y, expected)
+
+
+def test_all_zero_input_and_float64():
+    codes, codebook, x = random_case(50, 40, 0.3, 0.0)
+    m = cpu.pack(codes, codebook)
+    assert not cpu.matmul(m, x).any()
+    codes, codebook, x = random_case(50, 40, 0.3, 0.7, n=4)
+    y = cpu.matmul(m := cpu.pack(codes, codebook), x.astype(np.float64))
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, dense_reference(codes, codebook, x), rtol=1e-6, atol=1e-9)
+
+
+def test_out_argument_is_overwritten():
+    codes, codebook, x = random_case(20, 10, 0.5, 1.0, n=2)
+    m = cpu.pack(codes, codebook)
+    out = np.full((20, 2), 7.0, np.float32)
+    assert cpu.matmul(m, x, out=out) is out
+    np.testing.assert_allclose(out, dense_reference(codes, codebook, x), rtol=1e-5, atol=1e-5)
+
+
+def test_memory_is_a_fraction_of_dense_at_eie_densities():
+    codes, codebook, _ = random_case(1000, 1024, 0.1, 1.0)
+    m = cpu.pack(codes, codebook, partitions=2)
+    assert m.nbytes * 6 <= 4 * codes.size
+    assert m.nbytes == m.entries.nbytes + m.colptr.nbytes + m.row_start.nbytes + m.codebook.nbytes
+
+
+def test_bad_input_is_rejected():
+    codes, codebook, x = random_case(6, 5, 0.5, 1.0)
+    m = cpu.pack(codes, codebook)
+    with pytest.raises(ValueError, match="shape"):
+        cpu.matmul(m, np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="float32 or float64"):
+        cpu.matmul(m, np.ones(5, np.int32))
+    with pytest.raises(ValueError, match="contiguous"):
+        cpu.matmul(m, np.ones((2, 5), np.float32).T)
+    with pytest.raises(ValueError, match="out must be"):
+        cpu.matmul(m, np.ones(5, np.float32), out=np.zeros(7, np.float32))
+    with pytest.raises(ValueError, match="codebook\\[0\\]"):
+        cpu.pack(codes, np.ones(16, np.float32))
+    with pytest.raises(ValueError, match="codes must lie"):
+        cpu.pack(codes + 20, codebook)
+    with pytest.raises(ValueError, match="2-D"):
+        cpu.pack(codes.ravel(), codebook)
+    with pytest.raises(ValueError, match="entry_bits"):
+        cpu.pack(codes, codebook, entry_bits=12)

@@ -1,0 +1,130 @@
+"""Runtime layers against torch's dense layers, and the compressed runtime of a decoded file."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from efficientdl import format as fmt
+from efficientdl.compress.prune import apply_mask, magnitude_mask
+from efficientdl.compress.share import share_layer
+from efficientdl.errors import ModelError
+from efficientdl.nn import CompressedConv2d, CompressedLinear, runtime_memory, to_runtime
+
+
+def codes_and_codebook(shape, density, bits=4, seed=0):
+    rng = np.random.default_rng(seed)
+    k = (1 << bits) - 1
+    codes = np.where(rng.random(shape) < density, rng.integers(1, k + 1, shape), 0)
+    codebook = np.concatenate([[0.0], rng.normal(size=k)]).astype(np.float32)
+    return codes, codebook
+
+
+@pytest.mark.parametrize("batch", [(), (1,), (5,), (64,), (2, 3)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_matches_f_linear(batch, with_bias):
+    codes, codebook = codes_and_codebook((30, 50), 0.2)
+    bias = torch.randn(30) if with_bias else None
+    layer = CompressedLinear(codes, codebook, bias, partitions=2)
+    x = torch.relu(torch.randn(*batch, 50))
+    w = torch.from_numpy(codebook[codes])
+    torch.testing.assert_close(layer(x), F.linear(x, w, bias), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.dense_weight(), w)
+    assert not any(p.numel() == 30 * 50 for p in layer.buffers())   # no dense matrix is held
+
+
+def test_linear_accepts_non_contiguous_and_float64_input():
+    codes, codebook = codes_and_codebook((8, 6), 0.5)
+    layer = CompressedLinear(codes, codebook)
+    x = torch.randn(6, 4, dtype=torch.float64).t()                  # non-contiguous (4, 6)
+    w = torch.from_numpy(codebook[codes]).double()
+    torch.testing.assert_close(layer(x), x @ w.t())
+
+
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 0, 1), (2, 1, 1), (1, 2, 2), ((2, 1), (0, 1), 1)])
+@pytest.mark.parametrize("n", [1, 3])
+def test_conv_matches_f_conv2d(stride, padding, dilation, n):
+    codes, codebook = codes_and_codebook((6, 3, 3, 3), 0.4, bits=5, seed=2)
+    bias = torch.randn(6)
+    layer = CompressedConv2d(codes, codebook, bias, stride, padding, dilation)
+    x = torch.relu(torch.randn(n, 3, 11, 9))
+    w = torch.from_numpy(codebook[codes])
+    expected = F.conv2d(x, w, bias, stride, padding, dilation)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer(x[0]), expected[0], rtol=1e-5, atol=1e-5)
+
+
+def test_bad_input_is_a_model_error():
+    layer = CompressedLinear(*codes_and_codebook((4, 5), 0.5))
+    with pytest.raises(ModelError, match="expects"):
+        layer(torch.randn(2, 6))
+    with pytest.raises(ModelError, match="float32 or float64"):
+        layer(torch.ones(2, 5, dtype=torch.int32))
+    conv = CompressedConv2d(*codes_and_codebook((2, 3, 3, 3), 0.5))
+    with pytest.raises(ModelError, match="expects"):
+        conv(torch.randn(1, 2, 8, 8))
+    with pytest.raises(ModelError, match="smaller than"):
+        conv(torch.randn(1, 3, 2, 2))
+    with pytest.raises(ModelError, match="bias shape"):
+        CompressedLinear(*codes_and_codebook((4, 5), 0.5), bias=torch.zeros(3))
+    with pytest.raises(ModelError, match="groups=1"):
+        CompressedConv2d.from_conv(nn.Conv2d(4, 4, 3, groups=2), *codes_and_codebook((4, 2, 3, 3), 0.5))
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(8, 8, 3, groups=2), nn.ReLU())
+        self.fc1 = nn.Linear(8 * 4 * 4, 40)
+        self.fc2 = nn.Linear(40, 10)
+
+    def forward(self, x):
+        x = self.features(x).flatten(1)
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def compressed_net(tmp_path):
+    torch.manual_seed(0)
+    model = Net().eval()
+    for layer, sparsity, bits in [(model.features[0], 0.3, 6), (model.features[3], 0.5, 4),
+                                  (model.fc1, 0.9, 4), (model.fc2, 0.7, 5)]:
+        apply_mask(layer, magnitude_mask(layer.weight, sparsity))
+        share_layer(layer, bits=bits)
+    path = tmp_path / "net.edlz"
+    fmt.save(model, path)
+    return path
+
+
+def test_compressed_runtime_equals_dense_decoded_model(tmp_path):
+    path = compressed_net(tmp_path)
+    dense = fmt.load(path, model=Net())
+    fast = fmt.load(path, model=Net(), runtime="compressed")
+    assert isinstance(fast.features[0], CompressedConv2d) and isinstance(fast.fc1, CompressedLinear)
+    assert isinstance(fast.features[3], nn.Conv2d)                 # grouped conv: left dense, listed
+    assert fast.edl_runtime == {"compressed": ["features.0", "fc1", "fc2"], "dense": ["features.3.weight"]}
+    x = torch.relu(torch.randn(7, 1, 12, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), dense(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast(x[:1]), dense(x[:1]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.fc1.dense_weight(), dense.fc1.weight.detach())
+    mem = {m["name"]: m for m in runtime_memory(fast)}
+    assert set(mem) == {"features.0", "fc1", "fc2"}
+    assert mem["fc1"]["dense_bytes"] == 4 * 40 * 128
+    assert mem["fc1"]["weight_bytes"] == (fast.fc1.entries.numel() * fast.fc1.entries.element_size()
+                                          + fast.fc1.colptr.numel() * fast.fc1.colptr.element_size()
+                                          + 8 * fast.fc1.row_start.numel() + 4 * 16)
+
+
+def test_runtime_name_is_checked(tmp_path):
+    with pytest.raises(ModelError, match="runtime"):
+        fmt.load(compressed_net(tmp_path), model=Net(), runtime="sparse")
+
+
+def test_to_runtime_skips_tensors_it_cannot_place():
+    model = nn.Sequential(nn.Linear(4, 3))
+    codes, codebook = codes_and_codebook((3, 4), 0.5)
+    _, converted, kept = to_runtime(model, {"0.weight": (codes, codebook), "0.bias": (codes[0], codebook),
+                                            "missing.weight": (codes, codebook)})
+    assert converted == ["0"] and kept == ["0.bias", "missing.weight"]
