@@ -89,7 +89,7 @@ def run_network(name: str, args: argparse.Namespace, out: pathlib.Path) -> dict:
                               log=lambda m: print(f"  [{label}] {m}", flush=True))
         report = result.to_dict()
         report["label"], report["seconds"] = label, time.perf_counter() - start
-        (out / f"{name}-{label}.edlz").write_bytes(result.file_bytes)
+        (out / f"{name}-{label.replace('/', '_')}.edlz").write_bytes(result.file_bytes)
         runs.append(report)
         print(f"{name} {label}: {report['ratio']:.1f}×, accuracy {100 * report['accuracy_compressed']:.2f}% "
               f"({report['accuracy_drop_points']:+.2f} points drop) in {report['seconds']:.0f} s", flush=True)

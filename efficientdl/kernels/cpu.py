@@ -178,24 +178,42 @@ def _unpack(row_start, colptr, entries, code_bits, out):  # pragma: no cover - c
                     out[row, j] = code
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _spmv(row_start, colptr, entries, code_bits, codebook, x, y):  # pragma: no cover - compiled
+def _spmv_py(row_start, colptr, entries, code_bits, codebook, x, y):  # pragma: no cover - compiled
     mask = (1 << code_bits) - 1
     active = np.flatnonzero(x)                   # 0 × a = 0: only nonzero activations
     for p in prange(row_start.size - 1):
+        scaled = np.empty(codebook.size, codebook.dtype)
         r0 = row_start[p] - 1
         for t in range(active.size):
             j = active[t]
             a = x[j]
+            for q in range(codebook.size):       # the codebook times this activation
+                scaled[q] = codebook[q] * a
             row = r0
-            for k in range(colptr[p, j], colptr[p, j + 1]):
+            k = colptr[p, j]
+            end = colptr[p, j + 1]
+            while k + 4 <= end:                  # unrolled: four independent loads per step
+                e0 = np.int64(entries[k])
+                e1 = np.int64(entries[k + 1])
+                e2 = np.int64(entries[k + 2])
+                e3 = np.int64(entries[k + 3])
+                r1 = row + (e0 >> code_bits) + 1
+                r2 = r1 + (e1 >> code_bits) + 1
+                r3 = r2 + (e2 >> code_bits) + 1
+                row = r3 + (e3 >> code_bits) + 1
+                y[r1] += scaled[e0 & mask]
+                y[r2] += scaled[e1 & mask]
+                y[r3] += scaled[e2 & mask]
+                y[row] += scaled[e3 & mask]
+                k += 4
+            while k < end:
                 e = np.int64(entries[k])
                 row += (e >> code_bits) + 1
-                y[row] += codebook[e & mask] * a
+                y[row] += scaled[e & mask]
+                k += 1
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _spmm(row_start, colptr, entries, code_bits, codebook, x, y):  # pragma: no cover - compiled
+def _spmm_py(row_start, colptr, entries, code_bits, codebook, x, y):  # pragma: no cover - compiled
     mask = (1 << code_bits) - 1
     n = x.shape[1]
     cols = x.shape[0]
@@ -217,6 +235,17 @@ def _spmm(row_start, colptr, entries, code_bits, codebook, x, y):  # pragma: no 
                 w = codebook[e & mask]
                 for b in range(n):
                     y[row, b] += w * x[j, b]
+
+
+# The same loops compiled twice: threads over the partitions, and serially (prange acts as
+# range) for small products, where waking the thread pool costs more than the work.
+_spmv_parallel = numba.njit(parallel=True, fastmath=True, cache=True)(_spmv_py)
+_spmm_parallel = numba.njit(parallel=True, fastmath=True, cache=True)(_spmm_py)
+_spmv_serial = numba.njit(fastmath=True, cache=True)(_spmv_py)
+_spmm_serial = numba.njit(fastmath=True, cache=True)(_spmm_py)
+
+#: products that visit fewer entries (× right-hand sides) than this run on one thread
+SERIAL_WORK = 1 << 15
 
 
 def matmul(m: PackedMatrix, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -249,8 +278,13 @@ def matmul(m: PackedMatrix, x: np.ndarray, out: np.ndarray | None = None) -> np.
             raise ValueError(f"out must be a C-contiguous {x.dtype} array of shape {shape}")
         out.fill(0)
     codebook = m.codebook.astype(x.dtype, copy=False)
+    n = 1 if x.ndim == 1 else x.shape[1]
+    work = m.entries.size * n
     if x.ndim == 1:
-        _spmv(m.row_start, m.colptr, m.entries, m.code_bits, codebook, x, out)
-    elif x.shape[1]:
-        _spmm(m.row_start, m.colptr, m.entries, m.code_bits, codebook, x, out)
+        work = work * np.count_nonzero(x) // max(1, cols)
+        kernel = _spmv_serial if work < SERIAL_WORK or m.partitions == 1 else _spmv_parallel
+    else:
+        kernel = _spmm_serial if work < SERIAL_WORK or m.partitions == 1 else _spmm_parallel
+    if n:
+        kernel(m.row_start, m.colptr, m.entries, m.code_bits, codebook, x, out)
     return out

@@ -44,13 +44,23 @@ class _PackedWeight(nn.Module):
         self.register_buffer("codebook", torch.from_numpy(m.codebook))
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
         self._entry_dtype = m.entries.dtype
+        self._packed = m if self.entries.device.type == "cpu" else None
         self._gpu_cache = None
 
+    def _apply(self, fn, *args, **kwargs):
+        self._packed, self._gpu_cache = None, None      # buffers may have moved: rebuild views lazily
+        return super()._apply(fn, *args, **kwargs)
+
     def packed(self) -> cpu.PackedMatrix:
-        """The weight in the CPU kernel's layout (views of the buffers, no copy)."""
+        """The weight in the CPU kernel's layout (views of the CPU buffers, no copy)."""
+        if self._packed is not None:
+            return self._packed
         entries = self.entries.cpu().numpy().view(self._entry_dtype)
-        return cpu.PackedMatrix(self.shape, self.row_start.cpu().numpy(), self.colptr.cpu().numpy(),
-                                entries, self.code_bits, self.codebook.cpu().numpy())
+        m = cpu.PackedMatrix(self.shape, self.row_start.cpu().numpy(), self.colptr.cpu().numpy(),
+                             entries, self.code_bits, self.codebook.cpu().numpy())
+        if self.entries.device.type == "cpu":
+            self._packed = m
+        return m
 
     def weight_bytes(self) -> int:
         """Resident bytes of the weight in memory (entries, pointers, codebook; bias excluded)."""

@@ -26,7 +26,9 @@ SHAPES = [(1, 1), (1, 7), (7, 1), (33, 17), (64, 300), (300, 100), (5, 1000)]
 @pytest.mark.parametrize("rows,cols", SHAPES)
 @pytest.mark.parametrize("n", [None, 1, 3, 64])
 @pytest.mark.parametrize("density", [0.0, 0.05, 0.3, 1.0])
-def test_matches_dense_math(rows, cols, n, density):
+@pytest.mark.parametrize("threads", ["serial", "parallel"])
+def test_matches_dense_math(rows, cols, n, density, threads, monkeypatch):
+    monkeypatch.setattr(cpu, "SERIAL_WORK", 1 << 62 if threads == "serial" else 0)
     codes, codebook, x = random_case(rows, cols, density, 0.5, n=n, seed=rows * cols)
     m = cpu.pack(codes, codebook, partitions=3)
     y = cpu.matmul(m, x)

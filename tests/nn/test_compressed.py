@@ -128,3 +128,15 @@ def test_to_runtime_skips_tensors_it_cannot_place():
     _, converted, kept = to_runtime(model, {"0.weight": (codes, codebook), "0.bias": (codes[0], codebook),
                                             "missing.weight": (codes, codebook)})
     assert converted == ["0"] and kept == ["0.bias", "missing.weight"]
+
+
+def test_module_conversions_keep_the_layer_working():
+    codes, codebook = codes_and_codebook((12, 20), 0.3)
+    layer = CompressedLinear(codes, codebook, torch.randn(12))
+    x = torch.relu(torch.randn(3, 20))
+    expected = layer(x)
+    layer = layer.double()                       # buffers converted: cached kernel views are rebuilt
+    assert layer.codebook.dtype == torch.float64
+    torch.testing.assert_close(layer(x.double()), expected.double(), rtol=1e-5, atol=1e-5)
+    state = layer.state_dict()
+    assert set(state) == {"row_start", "colptr", "entries", "codebook", "bias"}
