@@ -394,6 +394,26 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hw_formats(args: argparse.Namespace) -> int:
+    from ..hardware import STANDARD_FORMATS, get_format, load_table
+    from ..hardware.energy import HOROWITZ_45NM
+    from ..report import markdown_table
+
+    formats = list(STANDARD_FORMATS) + [get_format(name) for name in args.fixed]
+    table = load_table(args.energy_table) if args.energy_table else HOROWITZ_45NM
+    rows = []
+    for f in formats:
+        rows.append([f.name, f.bits, f"{f.min_value:.6g}", f"{f.max_value:.6g}", f"{f.min_positive:.3g}",
+                     f"{f.epsilon:.3g}", f"{f.decimal_digits:.1f}",
+                     *(("—" if v is None else v) for v in (f.energy_pj("add", table), f.energy_pj("mult", table),
+                                                         f.area_um2("add", table), f.area_um2("mult", table)))])
+    text = markdown_table(rows, ["format", "bits", "min", "max", "smallest > 0", "epsilon", "decimal digits",
+                                 "add pJ", "mult pJ", "add µm²", "mult µm²"])
+    text += f"\n\nenergy and area: {table.source}"
+    _emit(args, {"formats": [f.summary() for f in formats], "energy_table": table.name}, text)
+    return 0
+
+
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     from .. import compress
     from ..report import markdown_table, plots
@@ -561,6 +581,14 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_sensitivity)
 
+    hw = sub.add_parser("hw", help="hardware models: number formats (energy, roofline, EIE, TPU to come)")
+    hw_sub = hw.add_subparsers(dest="hw_command", metavar="HW_COMMAND", parser_class=_Parser, required=True)
+    p = hw_sub.add_parser("formats", help="range, precision, energy and area of number formats")
+    p.add_argument("--fixed", nargs="*", default=["Q7.8", "Q3.4"], help="fixed-point formats Qm.n to add")
+    p.add_argument("--energy-table", help="YAML energy table (default: 45 nm, Horowitz ISSCC'14)")
+    common(p, data=False)
+    p.set_defaults(func=cmd_hw_formats)
+
     p = sub.add_parser("bits", help="how many bits do we need: accuracy vs bits (table + plot)")
     p.add_argument("checkpoint", help="trained checkpoint (.pt)")
     p.add_argument("-o", "--output", default="runs/bits", help="output directory")
@@ -579,13 +607,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return 2
+    command = " ".join(c for c in (args.command, getattr(args, "hw_command", None)) if c)
     try:
         return args.func(args)
     except EdlError as e:
         if args.debug:
             raise
-        print(f"edl {args.command}: error: {e}", file=sys.stderr)
+        print(f"edl {command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"edl {args.command}: interrupted", file=sys.stderr)
+        print(f"edl {command}: interrupted", file=sys.stderr)
         return 130

@@ -313,3 +313,15 @@ def test_eval_and_info_with_compressed_runtime(files, capsys):
     assert 0 < runtime["fc1"]["weight_bytes"] < runtime["fc1"]["dense_bytes"]
     code = main(["eval", str(files["ckpt"]), "--runtime", "compressed"])
     assert "needs a compressed file" in assert_one_line_error(capsys, code, "eval")
+
+
+def test_hw_formats(capsys):
+    assert main(["hw", "formats", "--fixed", "Q1.2", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    by_name = {f["name"]: f for f in d["formats"]}
+    assert by_name["fp16"]["max"] == 65504.0 and by_name["int8"]["mult_pj"] == 0.2
+    assert by_name["Q1.2"]["max"] == 1.75 and by_name["Q1.2"]["bits"] == 4
+    code = main(["hw", "formats", "--fixed", "Q99.99"])
+    assert "Q99.99" in assert_one_line_error(capsys, code, "hw formats")
+    code = main(["hw", "formats", "--energy-table", "/nonexistent.yaml"])
+    assert "no such file" in assert_one_line_error(capsys, code, "hw formats")

@@ -1,0 +1,114 @@
+"""Energy and area of arithmetic and memory access: the lecture's 45 nm table.
+
+Horowitz, "Computing's energy problem (and what we can do about it)", ISSCC'14: at
+45 nm and 0.9 V a 32-bit DRAM read costs 640 pJ — about 200× a 32-bit float multiply
+and 6400× a 32-bit integer add.  That ratio is why compression that keeps weights on
+chip saves more energy than it saves arithmetic.
+
+Tables for other technology nodes can be loaded from YAML (:func:`load_table`) with
+the same operation names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import EdlError
+
+
+class HardwareError(EdlError):
+    """An invalid hardware description (energy table, device, configuration)."""
+
+
+#: The operation names of an energy table.
+OPERATIONS = ("int8_add", "int16_add", "int32_add", "fp16_add", "fp32_add", "int8_mult", "int32_mult",
+              "fp16_mult", "fp32_mult", "register_file_32b", "sram_read_32b", "dram_read_32b")
+
+
+@dataclass(frozen=True)
+class EnergyTable:
+    """Energy (pJ) and, where known, area (µm²) per operation at one technology node.
+
+    Attributes:
+        name: e.g. ``"45nm"``.
+        source: where the figures come from.
+        energy_pj: operation → picojoules (memory entries are per 32-bit access).
+        area_um2: operation → square micrometres (arithmetic units only).
+    """
+
+    name: str
+    source: str
+    energy_pj: dict[str, float]
+    area_um2: dict[str, float] = field(default_factory=dict)
+
+    def energy(self, operation: str) -> float:
+        """Picojoules of one ``operation`` (one of :data:`OPERATIONS`)."""
+        if operation not in self.energy_pj:
+            raise HardwareError(f"energy table {self.name} has no entry for {operation!r}")
+        return self.energy_pj[operation]
+
+    def area(self, operation: str) -> float | None:
+        """Square micrometres of the unit for ``operation``, or None when not known."""
+        return self.area_um2.get(operation)
+
+    def relative_cost(self, operation: str, reference: str = "int32_add") -> float:
+        """Energy of ``operation`` in units of ``reference`` (the lecture's "relative cost" column)."""
+        return self.energy(operation) / self.energy(reference)
+
+
+HOROWITZ_45NM = EnergyTable(
+    name="45nm",
+    source="M. Horowitz, 'Computing's energy problem', ISSCC 2014 (45 nm, 0.9 V); areas: TSMC 45 nm synthesis",
+    energy_pj={"int8_add": 0.03, "int16_add": 0.05, "int32_add": 0.1, "fp16_add": 0.4, "fp32_add": 0.9,
+               "int8_mult": 0.2, "int32_mult": 3.1, "fp16_mult": 1.1, "fp32_mult": 3.7,
+               "register_file_32b": 1.0, "sram_read_32b": 5.0, "dram_read_32b": 640.0},
+    area_um2={"int8_add": 36, "int16_add": 67, "int32_add": 137, "fp16_add": 1360, "fp32_add": 4184,
+              "int8_mult": 282, "int32_mult": 3495, "fp16_mult": 1640, "fp32_mult": 7700},
+)
+
+
+def _positive(value: Any, what: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value \
+            or value == float("inf"):
+        raise HardwareError(f"{where}: {what} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def load_table(path: str | Path) -> EnergyTable:
+    """Read an energy table from YAML.
+
+    The file has ``name``, ``source``, ``energy_pj`` (a mapping with every name of
+    :data:`OPERATIONS`) and optionally ``area_um2``.
+
+    Raises:
+        HardwareError: missing file, bad YAML, an unknown or missing operation, a
+            non-positive figure (one line naming the problem).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise HardwareError(f"{p}: no such file")
+    try:
+        d = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise HardwareError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict) or not isinstance(d.get("energy_pj"), dict):
+        raise HardwareError(f"{p}: expected a mapping with an 'energy_pj' mapping")
+    unknown = set(d) - {"name", "source", "energy_pj", "area_um2"}
+    if unknown:
+        raise HardwareError(f"{p}: unknown key {sorted(unknown)[0]!r}")
+    energy, area = {}, {}
+    for key, table, out in (("energy_pj", d["energy_pj"], energy), ("area_um2", d.get("area_um2") or {}, area)):
+        if not isinstance(table, dict):
+            raise HardwareError(f"{p}: '{key}' must be a mapping")
+        for op, v in table.items():
+            if op not in OPERATIONS:
+                raise HardwareError(f"{p}: {key}: unknown operation {op!r} (known: {', '.join(OPERATIONS)})")
+            out[op] = _positive(v, f"{key}.{op}", str(p))
+    missing = [op for op in OPERATIONS if op not in energy]
+    if missing:
+        raise HardwareError(f"{p}: energy_pj lacks {missing[0]!r}")
+    return EnergyTable(str(d.get("name", p.stem)), str(d.get("source", str(p))), energy, area)
