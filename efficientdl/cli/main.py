@@ -414,6 +414,63 @@ def cmd_hw_formats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hw_roofline(args: argparse.Namespace) -> int:
+    from ..hardware import devices as devs
+    from ..hardware import roofline as rl
+    from ..report import markdown_table, plots
+
+    device = devs.get_device(args.device)
+    out_dir = _output_dir(args.output)
+    points, rows, result = [], [], {"device": device.name, "batch": args.batch, "precision": args.precision}
+    roofs = {}
+    if args.model is None:  # the TPU paper's figure: its six applications on TPU, K80 and Haswell
+        result["applications"] = []
+        for name in ("tpu-v1", "k80", "haswell"):
+            d = devs.DEVICES[name]
+            precision = "int8" if "int8" in d.peak_ops else "fp32"
+            roofs[name] = (d.peak(precision), d.bandwidth_bytes_per_s)
+            for app, intensity in rl.TPU_APPLICATIONS.items():
+                pt = rl.application_point(app, intensity, d, precision)
+                points.append((app, name, pt.intensity_weight, pt.attainable_ops))
+                rows.append([name, app, intensity, pt.attainable_ops / 1e12, pt.bound])
+                result["applications"].append({"device": name, "name": app, "intensity": intensity,
+                                               "attainable_tops": pt.attainable_ops / 1e12, "bound": pt.bound})
+        header = ["device", "application", "ops / weight byte", "attainable TOPS", "bound"]
+        title = "TPU paper applications (Jouppi et al. ISCA'17)"
+    else:
+        from .. import format as fmt
+        from ..compress.workload import file_workload, model_workload
+
+        roofs[device.name] = (device.peak(args.precision), device.bandwidth_bytes_per_s)
+        src = _input_file(args.model)
+        ds = _load_data(args)
+        x = next(iter(ds.test))[0][:1]
+        if _is_container(src):
+            workloads = {"dense": model_workload(fmt.load(src), x), "compressed": file_workload(src, x)}
+        else:
+            workloads = {"dense": model_workload(_load_model(src), x)}
+        result["layers"] = []
+        for label, layers in workloads.items():
+            for layer in layers:
+                pt = rl.layer_point(layer, device, args.batch, args.precision, useful_only=label == "compressed")
+                name = layer.name if len(workloads) == 1 else f"{layer.name} → {label}"
+                points.append((name, device.name, pt.intensity_weight, pt.attainable_ops))
+                rows.append([label, layer.name, layer.weight_bytes, pt.ops, pt.intensity_weight,
+                             pt.intensity_total, pt.attainable_ops / 1e12, pt.bound, pt.time_s * 1e6])
+                result["layers"].append({"storage": label, **layer.to_dict(), "ops": pt.ops,
+                                         "intensity_weight": pt.intensity_weight,
+                                         "intensity_total": pt.intensity_total,
+                                         "attainable_tops": pt.attainable_ops / 1e12, "bound": pt.bound,
+                                         "time_us": pt.time_s * 1e6})
+        header = ["storage", "layer", "weight bytes", "ops", "ops / weight byte", "ops / byte (all)",
+                  "attainable TOPS", "bound", "time µs"]
+        title = f"{src.name} on {device.name}, batch {args.batch}, {args.precision}"
+    plots.roofline(roofs, points, out_dir / "roofline.png", title)
+    text = markdown_table(rows, header) + f"\n\nplot: {out_dir / 'roofline.png'}"
+    _emit(args, result, text)
+    return 0
+
+
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     from .. import compress
     from ..report import markdown_table, plots
@@ -581,13 +638,23 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_sensitivity)
 
-    hw = sub.add_parser("hw", help="hardware models: number formats (energy, roofline, EIE, TPU to come)")
+    hw = sub.add_parser("hw", help="hardware models: number formats, roofline")
     hw_sub = hw.add_subparsers(dest="hw_command", metavar="HW_COMMAND", parser_class=_Parser, required=True)
     p = hw_sub.add_parser("formats", help="range, precision, energy and area of number formats")
     p.add_argument("--fixed", nargs="*", default=["Q7.8", "Q3.4"], help="fixed-point formats Qm.n to add")
     p.add_argument("--energy-table", help="YAML energy table (default: 45 nm, Horowitz ISSCC'14)")
     common(p, data=False)
     p.set_defaults(func=cmd_hw_formats)
+
+    p = hw_sub.add_parser("roofline", help="operational intensity, attainable performance and bound per layer")
+    p.add_argument("model", nargs="?", help="checkpoint (.pt) or compressed file (.edlz); without it, the TPU "
+                                            "paper's six applications on TPU v1, K80 and Haswell")
+    p.add_argument("--device", default="tpu-v1", help="tpu-v1, k80, haswell, p100, v100, h100, h200 or a YAML file")
+    p.add_argument("--batch", type=_positive_int, default=1, help="samples per weight fetch (default 1)")
+    p.add_argument("--precision", choices=["int8", "fp16", "bf16", "fp32"], default="int8")
+    p.add_argument("-o", "--output", default="runs/roofline", help="output directory for roofline.png")
+    common(p)
+    p.set_defaults(func=cmd_hw_roofline)
 
     p = sub.add_parser("bits", help="how many bits do we need: accuracy vs bits (table + plot)")
     p.add_argument("checkpoint", help="trained checkpoint (.pt)")

@@ -71,11 +71,17 @@ HOROWITZ_45NM = EnergyTable(
 )
 
 
-def _positive(value: Any, what: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value \
-            or value == float("inf"):
+def positive_number(value: Any, what: str, where: str) -> float:
+    """``value`` as a finite positive float (YAML may give ``4.0e12`` as a string), else HardwareError."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 < number < float("inf"):
         raise HardwareError(f"{where}: {what} must be a positive number, got {value!r}")
-    return float(value)
+    return float(number)
 
 
 def load_table(path: str | Path) -> EnergyTable:
@@ -107,7 +113,7 @@ def load_table(path: str | Path) -> EnergyTable:
         for op, v in table.items():
             if op not in OPERATIONS:
                 raise HardwareError(f"{p}: {key}: unknown operation {op!r} (known: {', '.join(OPERATIONS)})")
-            out[op] = _positive(v, f"{key}.{op}", str(p))
+            out[op] = positive_number(v, f"{key}.{op}", str(p))
     missing = [op for op in OPERATIONS if op not in energy]
     if missing:
         raise HardwareError(f"{p}: energy_pj lacks {missing[0]!r}")

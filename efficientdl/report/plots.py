@@ -102,3 +102,44 @@ def ratio_accuracy(points: Mapping[str, Sequence[tuple[float, float]]], path: st
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def roofline(devices: Mapping[str, tuple[float, float]], points: Sequence[tuple[str, str, float, float]],
+             path: str | os.PathLike, title: str = "roofline") -> None:
+    """Log-log roofline plot (Williams et al. 2009; the TPU paper's Figures 5–8).
+
+    Args:
+        devices: ``{label: (peak ops/s, bandwidth bytes/s)}`` — one roof per entry.
+        points: ``(label, device label, intensity ops/byte, attainable ops/s)``; points with
+            the same label prefix before ``" → "`` are joined by an arrow (how compression
+            moves a layer).
+        path: PNG file to write.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    xs = [p[2] for p in points] or [1.0]
+    lo = min(min(xs) / 4, min(peak / bw for peak, bw in devices.values()) / 4)
+    hi = max(max(xs) * 4, max(peak / bw for peak, bw in devices.values()) * 4)
+    grid = np.logspace(np.log10(lo), np.log10(hi), 200)
+    colors = {}
+    for i, (label, (peak, bw)) in enumerate(devices.items()):
+        line, = ax.loglog(grid, np.minimum(peak, grid * bw) / 1e12, label=f"{label} roof")
+        colors[label] = line.get_color()
+    by_name: dict[str, list] = {}
+    for label, dev, x, y in points:
+        ax.scatter([x], [y / 1e12], color=colors.get(dev, "k"), zorder=3, s=18)
+        ax.annotate(label, (x, y / 1e12), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        by_name.setdefault(label.split(" → ")[0] + dev, []).append((x, y))
+    for pts in by_name.values():
+        if len(pts) == 2:
+            (x0, y0), (x1, y1) = pts
+            ax.annotate("", xy=(x1, y1 / 1e12), xytext=(x0, y0 / 1e12),
+                        arrowprops={"arrowstyle": "->", "color": "0.4", "lw": 0.8})
+    ax.set_xlabel("operational intensity (ops per weight byte)")
+    ax.set_ylabel("attainable TOPS")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -325,3 +325,21 @@ def test_hw_formats(capsys):
     assert "Q99.99" in assert_one_line_error(capsys, code, "hw formats")
     code = main(["hw", "formats", "--energy-table", "/nonexistent.yaml"])
     assert "no such file" in assert_one_line_error(capsys, code, "hw formats")
+
+
+def test_hw_roofline(files, tmp_path, capsys):
+    assert main(["hw", "roofline", "-o", str(tmp_path / "tpu"), "--json"]) == 0
+    apps = {(a["device"], a["name"]): a for a in json.loads(capsys.readouterr().out)["applications"]}
+    assert apps[("tpu-v1", "MLP0")]["attainable_tops"] == pytest.approx(200 * 34e9 / 1e12)
+    assert apps[("tpu-v1", "CNN0")]["bound"] == "compute"
+    assert (tmp_path / "tpu" / "roofline.png").stat().st_size > 0
+    argv = ["hw", "roofline", str(files["edlz"]), "--batch", "4", "--test-subset", "10", "-o", str(tmp_path / "m"),
+            "--json"]
+    assert main(argv) == 0
+    layers = json.loads(capsys.readouterr().out)["layers"]
+    dense = {l["name"]: l for l in layers if l["storage"] == "dense"}
+    comp = {l["name"]: l for l in layers if l["storage"] == "compressed"}
+    assert dense["fc1"]["weight_bytes"] == 4 * 784 * 300 and dense["fc1"]["ops"] == 2 * 784 * 300 * 4
+    assert comp["fc1"]["weight_bytes"] < dense["fc1"]["weight_bytes"]
+    code = main(["hw", "roofline", "--device", "tpu-v9"])
+    assert "unknown device" in assert_one_line_error(capsys, code, "hw roofline")
