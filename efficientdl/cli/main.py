@@ -438,17 +438,8 @@ def cmd_hw_roofline(args: argparse.Namespace) -> int:
         header = ["device", "application", "ops / weight byte", "attainable TOPS", "bound"]
         title = "TPU paper applications (Jouppi et al. ISCA'17)"
     else:
-        from .. import format as fmt
-        from ..compress.workload import file_workload, model_workload
-
         roofs[device.name] = (device.peak(args.precision), device.bandwidth_bytes_per_s)
-        src = _input_file(args.model)
-        ds = _load_data(args)
-        x = next(iter(ds.test))[0][:1]
-        if _is_container(src):
-            workloads = {"dense": model_workload(fmt.load(src), x), "compressed": file_workload(src, x)}
-        else:
-            workloads = {"dense": model_workload(_load_model(src), x)}
+        src, workloads = _workloads(args)
         result["layers"] = []
         for label, layers in workloads.items():
             for layer in layers:
@@ -467,6 +458,47 @@ def cmd_hw_roofline(args: argparse.Namespace) -> int:
         title = f"{src.name} on {device.name}, batch {args.batch}, {args.precision}"
     plots.roofline(roofs, points, out_dir / "roofline.png", title)
     text = markdown_table(rows, header) + f"\n\nplot: {out_dir / 'roofline.png'}"
+    _emit(args, result, text)
+    return 0
+
+
+def _workloads(args: argparse.Namespace) -> tuple[Path, dict]:
+    """Dense (and, for a compressed file, compressed) workloads of the model in ``args.model``."""
+    from .. import format as fmt
+    from ..compress.workload import file_workload, model_workload
+
+    src = _input_file(args.model)
+    ds = _load_data(args)
+    x = next(iter(ds.test))[0][:1]
+    if _is_container(src):
+        return src, {"dense": model_workload(fmt.load(src), x), "compressed": file_workload(src, x)}
+    return src, {"dense": model_workload(_load_model(src), x)}
+
+
+def cmd_hw_energy(args: argparse.Namespace) -> int:
+    from ..hardware.energy import HOROWITZ_45NM, inference_energy, load_table
+    from ..report import markdown_table, plots
+
+    table = load_table(args.energy_table) if args.energy_table else HOROWITZ_45NM
+    src, workloads = _workloads(args)
+    out_dir = _output_dir(args.output)
+    result = {"file": str(src), "batch": args.batch, "on_chip_bytes": args.on_chip_kib * 1024,
+              "arithmetic": args.arithmetic, "energy_table": table.name, "storage": {}}
+    for label, layers in workloads.items():
+        e = inference_energy(layers, args.batch, args.on_chip_kib * 1024, args.arithmetic, table,
+                             skip_zeros=label == "compressed")
+        result["storage"][label] = e.to_dict() | {"weight_bytes": sum(l.weight_bytes for l in layers)}
+    rows = [[label, d["weight_bytes"], "yes" if d["weights_on_chip"] else "no", d["arithmetic_pj"] / 1e3,
+             d["on_chip_pj"] / 1e3, d["dram_pj"] / 1e3, d["total_pj"] / 1e3] for label, d in result["storage"].items()]
+    text = markdown_table(rows, ["storage", "weight bytes", "weights on chip", "arithmetic nJ", "on-chip nJ",
+                                 "DRAM nJ", "total nJ"])
+    if "compressed" in result["storage"]:
+        result["ratio"] = result["storage"]["dense"]["total_pj"] / result["storage"]["compressed"]["total_pj"]
+        text += f"\n\ndense / compressed energy: {result['ratio']:.1f}×"
+    plots.energy_bars(result["storage"], out_dir / "energy.png",
+                      f"{src.name}: batch {args.batch}, {args.arithmetic}, {args.on_chip_kib} KiB on chip")
+    text += f"\nmodel: {table.source}; weights read once per batch, from SRAM if all fit on chip, else DRAM"
+    text += f"\nplot: {out_dir / 'energy.png'}"
     _emit(args, result, text)
     return 0
 
@@ -638,7 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_sensitivity)
 
-    hw = sub.add_parser("hw", help="hardware models: number formats, roofline")
+    hw = sub.add_parser("hw", help="hardware models: number formats, energy, roofline")
     hw_sub = hw.add_subparsers(dest="hw_command", metavar="HW_COMMAND", parser_class=_Parser, required=True)
     p = hw_sub.add_parser("formats", help="range, precision, energy and area of number formats")
     p.add_argument("--fixed", nargs="*", default=["Q7.8", "Q3.4"], help="fixed-point formats Qm.n to add")
@@ -655,6 +687,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="runs/roofline", help="output directory for roofline.png")
     common(p)
     p.set_defaults(func=cmd_hw_roofline)
+
+    p = hw_sub.add_parser("energy", help="energy per inference: arithmetic, on-chip memory, DRAM (45 nm table)")
+    p.add_argument("model", help="checkpoint (.pt) or compressed file (.edlz; compared with its dense form)")
+    p.add_argument("--batch", type=_positive_int, default=1, help="samples per weight fetch (default 1)")
+    p.add_argument("--on-chip-kib", type=_nonneg_int, default=1024, help="on-chip memory for weights (default 1024)")
+    p.add_argument("--arithmetic", choices=["fp32", "fp16", "int32", "int8"], default="fp32")
+    p.add_argument("--energy-table", help="YAML energy table (default: 45 nm, Horowitz ISSCC'14)")
+    p.add_argument("-o", "--output", default="runs/energy", help="output directory for energy.png")
+    common(p)
+    p.set_defaults(func=cmd_hw_energy)
 
     p = sub.add_parser("bits", help="how many bits do we need: accuracy vs bits (table + plot)")
     p.add_argument("checkpoint", help="trained checkpoint (.pt)")

@@ -118,3 +118,68 @@ def load_table(path: str | Path) -> EnergyTable:
     if missing:
         raise HardwareError(f"{p}: energy_pj lacks {missing[0]!r}")
     return EnergyTable(str(d.get("name", p.stem)), str(d.get("source", str(p))), energy, area)
+
+
+@dataclass(frozen=True)
+class EnergyBreakdown:
+    """Energy of one inference (per sample), split as in the lecture's energy argument.
+
+    Attributes:
+        arithmetic_pj: multiplies and adds of the MACs performed.
+        on_chip_pj: SRAM reads of weights (when they fit on chip) and activation reads/writes.
+        dram_pj: DRAM reads of the weights (when they do not fit on chip), shared by the batch.
+        weights_on_chip: whether all weights fit the on-chip memory.
+    """
+
+    arithmetic_pj: float
+    on_chip_pj: float
+    dram_pj: float
+    weights_on_chip: bool
+
+    @property
+    def total_pj(self) -> float:
+        return self.arithmetic_pj + self.on_chip_pj + self.dram_pj
+
+    def to_dict(self) -> dict:
+        return {"arithmetic_pj": self.arithmetic_pj, "on_chip_pj": self.on_chip_pj, "dram_pj": self.dram_pj,
+                "total_pj": self.total_pj, "weights_on_chip": self.weights_on_chip}
+
+
+def inference_energy(layers, batch: int = 1, on_chip_bytes: float = 1 << 20, arithmetic: str = "fp32",
+                     table: EnergyTable = HOROWITZ_45NM, skip_zeros: bool = False) -> EnergyBreakdown:
+    """Energy per sample of running ``layers`` at a batch size.
+
+    Model (one 32-bit access = one table entry; a weight stream of ``b`` bits costs
+    ``b / 32`` accesses):
+
+    * arithmetic: ``MACs × (E_mult + E_add)`` in the ``arithmetic`` format, where MACs
+      are the dense count, or with ``skip_zeros`` only those on nonzero weights (and
+      nonzero activations of fc layers) — what a sparse engine does;
+    * weights: read once per batch — from SRAM (``sram_read_32b``) when the whole
+      model's stored weights fit ``on_chip_bytes``, else from DRAM (``dram_read_32b``);
+      divided by the batch;
+    * activations: each input and output activation read or written once from SRAM.
+
+    Args:
+        layers: :class:`~efficientdl.hardware.workload.LayerWorkload` list.
+        batch: samples sharing one fetch of the weights (≥ 1).
+        on_chip_bytes: on-chip memory available for weights.
+        arithmetic: ``"fp32"``, ``"fp16"``, ``"int32"`` or ``"int8"`` (a format of the table).
+        table: the energy table.
+        skip_zeros: count only the useful MACs.
+
+    Returns:
+        The :class:`EnergyBreakdown`, per sample.
+    """
+    if batch < 1:
+        raise HardwareError(f"batch must be ≥ 1, got {batch}")
+    if not on_chip_bytes >= 0:
+        raise HardwareError(f"on-chip memory must be ≥ 0 bytes, got {on_chip_bytes}")
+    mac_pj = table.energy(f"{arithmetic}_mult") + table.energy(f"{arithmetic}_add")
+    weight_bytes = sum(layer.weight_bytes for layer in layers)
+    fits = weight_bytes <= on_chip_bytes
+    macs = sum(layer.effective_macs if skip_zeros else layer.macs for layer in layers)
+    weight_pj = weight_bytes / 4 * table.energy("sram_read_32b" if fits else "dram_read_32b") / batch
+    act_pj = sum((layer.input_elements + layer.output_elements) * layer.activation_bits / 32 for layer in layers) \
+        * table.energy("sram_read_32b")
+    return EnergyBreakdown(macs * mac_pj, act_pj + (weight_pj if fits else 0.0), 0.0 if fits else weight_pj, fits)

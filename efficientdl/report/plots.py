@@ -143,3 +143,27 @@ def roofline(devices: Mapping[str, tuple[float, float]], points: Sequence[tuple[
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def energy_bars(breakdowns: Mapping[str, Mapping[str, float]], path: str | os.PathLike,
+                title: str = "energy per inference") -> None:
+    """Stacked bars of energy per inference (arithmetic, on-chip memory, DRAM) in nJ.
+
+    Args:
+        breakdowns: ``{label: {"arithmetic_pj", "on_chip_pj", "dram_pj"}}``.
+        path: PNG file to write.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(breakdowns), 4.2))
+    labels = list(breakdowns)
+    bottom = np.zeros(len(labels))
+    for key, name in (("arithmetic_pj", "arithmetic"), ("on_chip_pj", "on-chip SRAM"), ("dram_pj", "DRAM")):
+        vals = np.array([breakdowns[l][key] / 1e3 for l in labels])
+        ax.bar(labels, vals, bottom=bottom, label=name)
+        bottom += vals
+    ax.set_ylabel("nJ per inference")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -343,3 +343,17 @@ def test_hw_roofline(files, tmp_path, capsys):
     assert comp["fc1"]["weight_bytes"] < dense["fc1"]["weight_bytes"]
     code = main(["hw", "roofline", "--device", "tpu-v9"])
     assert "unknown device" in assert_one_line_error(capsys, code, "hw roofline")
+
+
+def test_hw_energy(files, tmp_path, capsys):
+    argv = ["hw", "energy", str(files["edlz"]), "--test-subset", "10", "-o", str(tmp_path), "--json"]
+    assert main(argv + ["--on-chip-kib", "1024"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    dense, comp = d["storage"]["dense"], d["storage"]["compressed"]
+    assert dense["weight_bytes"] == 4 * 266_200 and not dense["weights_on_chip"]      # 1.06 MB > 1 MiB
+    assert dense["dram_pj"] == pytest.approx(266_200 * 640)
+    assert comp["weights_on_chip"] and comp["dram_pj"] == 0
+    assert d["ratio"] == pytest.approx(dense["total_pj"] / comp["total_pj"]) and d["ratio"] > 100
+    assert (tmp_path / "energy.png").stat().st_size > 0
+    code = main(["hw", "energy", str(tmp_path / "missing.edlz")])
+    assert "no such file" in assert_one_line_error(capsys, code, "hw energy")

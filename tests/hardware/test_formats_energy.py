@@ -97,3 +97,24 @@ def test_table_from_yaml_round_trip(tmp_path):
     table = load_table(path)
     assert table.name == "half" and table.energy("dram_read_32b") == 320.0
     assert FP32.energy_pj("mult", table) == 1.85
+
+
+def test_inference_energy_by_hand():
+    from efficientdl.hardware.energy import inference_energy
+    from efficientdl.hardware.workload import LayerWorkload
+
+    # 100 fp32 weights (400 B), 100 MACs, 10 inputs + 10 outputs
+    dense = [LayerWorkload("fc", "fc", 100, 100, 100, 32, 10, 10)]
+    e = inference_energy(dense, batch=1, on_chip_bytes=1000)
+    assert e.weights_on_chip
+    assert e.arithmetic_pj == pytest.approx(100 * (3.7 + 0.9))
+    assert e.on_chip_pj == pytest.approx(100 * 5 + 20 * 5) and e.dram_pj == 0
+    e = inference_energy(dense, batch=4, on_chip_bytes=100)               # does not fit: DRAM, shared by 4
+    assert not e.weights_on_chip and e.dram_pj == pytest.approx(100 * 640 / 4)
+    assert e.on_chip_pj == pytest.approx(20 * 5)
+    sparse = [LayerWorkload("fc", "fc", 100, 100, 10, 8, 10, 10, input_density=0.5)]   # 10 B of weights
+    e = inference_energy(sparse, on_chip_bytes=100, arithmetic="int8", skip_zeros=True)
+    assert e.arithmetic_pj == pytest.approx(100 * 0.1 * 0.5 * (0.2 + 0.03))
+    assert e.on_chip_pj == pytest.approx(10 / 4 * 5 + 20 * 5)
+    with pytest.raises(HardwareError, match="batch"):
+        inference_energy(dense, batch=0)
