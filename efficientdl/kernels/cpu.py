@@ -157,6 +157,20 @@ def pack(codes: np.ndarray, codebook: np.ndarray, partitions: int = 0, entry_bit
     return PackedMatrix((rows, cols), row_start, colptr, entries, code_bits, table)
 
 
+def pack_rows(codes: np.ndarray, codebook: np.ndarray, entry_bits: int = 0) -> PackedMatrix:
+    """The row-major twin of :func:`pack`: ``W`` stored row by row (CSR), relative column indices.
+
+    It is the column layout of ``Wᵀ`` with one partition: its ``colptr[0]`` is the row
+    pointer of ``W`` and each entry's ``delta`` counts the zero columns skipped.  The
+    row-major kernels accumulate each output in registers (no scatter), which is faster
+    when most activations are nonzero or when there are many right-hand sides.
+
+    Returns:
+        A :class:`PackedMatrix` of shape ``(cols, rows)``.
+    """
+    return pack(np.asarray(codes).T, codebook, partitions=1, entry_bits=entry_bits)
+
+
 def unpack(m: PackedMatrix) -> np.ndarray:
     """The dense ``(rows, cols)`` matrix of cluster indices (for tests and conversions)."""
     out = np.zeros(m.shape, np.int64)
@@ -237,25 +251,83 @@ def _spmm_py(row_start, colptr, entries, code_bits, codebook, x, y):  # pragma: 
                     y[row, b] += w * x[j, b]
 
 
+def _rows_mv_py(rowptr, entries, code_bits, codebook, x, y, chunks):  # pragma: no cover - compiled
+    mask = (1 << code_bits) - 1
+    rows = rowptr.size - 1
+    for p in prange(chunks):
+        for r in range(p * rows // chunks, (p + 1) * rows // chunks):
+            acc0 = codebook[0]                   # the exact zero, in x's dtype
+            acc1 = codebook[0]
+            col = -1
+            k = rowptr[r]
+            end = rowptr[r + 1]
+            while k + 2 <= end:                  # two independent accumulators
+                e0 = np.int64(entries[k])
+                e1 = np.int64(entries[k + 1])
+                c0 = col + (e0 >> code_bits) + 1
+                col = c0 + (e1 >> code_bits) + 1
+                acc0 += codebook[e0 & mask] * x[c0]
+                acc1 += codebook[e1 & mask] * x[col]
+                k += 2
+            if k < end:
+                e = np.int64(entries[k])
+                col += (e >> code_bits) + 1
+                acc0 += codebook[e & mask] * x[col]
+            y[r] = acc0 + acc1
+
+
+def _rows_mm_py(rowptr, entries, code_bits, codebook, x, y, chunks):  # pragma: no cover - compiled
+    mask = (1 << code_bits) - 1
+    rows = rowptr.size - 1
+    n = x.shape[1]
+    for p in prange(chunks):
+        for r in range(p * rows // chunks, (p + 1) * rows // chunks):
+            col = -1
+            for k in range(rowptr[r], rowptr[r + 1]):
+                e = np.int64(entries[k])
+                col += (e >> code_bits) + 1
+                w = codebook[e & mask]
+                for b in range(n):
+                    y[r, b] += w * x[col, b]
+
+
 # The same loops compiled twice: threads over the partitions, and serially (prange acts as
-# range) for small products, where waking the thread pool costs more than the work.
+# range) for small products, where waking the thread pool costs more than the work.  Only
+# the parallel versions are cached on disk: numba's cache is keyed by the Python function,
+# so two compilations of one function would overwrite each other's entries.
 _spmv_parallel = numba.njit(parallel=True, fastmath=True, cache=True)(_spmv_py)
 _spmm_parallel = numba.njit(parallel=True, fastmath=True, cache=True)(_spmm_py)
-_spmv_serial = numba.njit(fastmath=True, cache=True)(_spmv_py)
-_spmm_serial = numba.njit(fastmath=True, cache=True)(_spmm_py)
+_rows_mv_parallel = numba.njit(parallel=True, fastmath=True, cache=True)(_rows_mv_py)
+_rows_mm_parallel = numba.njit(parallel=True, fastmath=True, cache=True)(_rows_mm_py)
+_spmv_serial = numba.njit(fastmath=True)(_spmv_py)
+_spmm_serial = numba.njit(fastmath=True)(_spmm_py)
+_rows_mv_serial = numba.njit(fastmath=True)(_rows_mv_py)
+_rows_mm_serial = numba.njit(fastmath=True)(_rows_mm_py)
+
+#: with a row-major twin, a matrix-vector product uses it when more than this share of the
+#: activations is nonzero (the column kernel pays a scatter per visited entry, about twice
+#: the row kernel's gather; measured on the EIE layers)
+ROWS_ABOVE_DENSITY = 0.5
 
 #: products that visit fewer entries (× right-hand sides) than this run on one thread
 SERIAL_WORK = 1 << 15
 
 
-def matmul(m: PackedMatrix, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def matmul(m: PackedMatrix, x: np.ndarray, out: np.ndarray | None = None,
+           twin: PackedMatrix | None = None) -> np.ndarray:
     """``y = W x`` for a packed ``W`` of shape ``(R, C)``.
+
+    With only the column layout ``m``, every product skips zero activations (whole
+    columns).  Given also the row-major twin (:func:`pack_rows`), products with
+    several right-hand sides, and matrix-vector products whose activations are mostly
+    nonzero (> :data:`ROWS_ABOVE_DENSITY`), run on the row kernels instead.
 
     Args:
         m: the packed matrix.
         x: float32 or float64, C-contiguous, shape ``(C,)`` (matrix-vector) or
             ``(C, N)`` (N columns, e.g. a batch or im2col patches).
         out: optional C-contiguous array of the result's shape and dtype to write into.
+        twin: optional row-major twin of ``m`` (shape ``(C, R)``).
 
     Returns:
         ``y`` of shape ``(R,)`` or ``(R, N)``, dtype of ``x``.
@@ -277,14 +349,26 @@ def matmul(m: PackedMatrix, x: np.ndarray, out: np.ndarray | None = None) -> np.
         if out.shape != shape or out.dtype != x.dtype or not out.flags.c_contiguous:
             raise ValueError(f"out must be a C-contiguous {x.dtype} array of shape {shape}")
         out.fill(0)
+    if twin is not None and twin.shape != (cols, rows):
+        raise ValueError(f"twin must be the row-major twin of shape ({cols}, {rows}), got {twin.shape}")
     codebook = m.codebook.astype(x.dtype, copy=False)
     n = 1 if x.ndim == 1 else x.shape[1]
-    work = m.entries.size * n
+    if n == 0:
+        return out
+    nonzero = np.count_nonzero(x) if x.ndim == 1 else cols
+    if twin is not None and (x.ndim == 2 or nonzero > ROWS_ABOVE_DENSITY * cols):
+        work = twin.entries.size * n
+        chunks = numba.get_num_threads() if work >= SERIAL_WORK else 1
+        if x.ndim == 1:
+            kernel = _rows_mv_serial if chunks == 1 else _rows_mv_parallel
+        else:
+            kernel = _rows_mm_serial if chunks == 1 else _rows_mm_parallel
+        kernel(twin.colptr[0], twin.entries, twin.code_bits, codebook, x, out, chunks)
+        return out
+    work = m.entries.size * n * nonzero // max(1, cols)
     if x.ndim == 1:
-        work = work * np.count_nonzero(x) // max(1, cols)
         kernel = _spmv_serial if work < SERIAL_WORK or m.partitions == 1 else _spmv_parallel
     else:
         kernel = _spmm_serial if work < SERIAL_WORK or m.partitions == 1 else _spmm_parallel
-    if n:
-        kernel(m.row_start, m.colptr, m.entries, m.code_bits, codebook, x, out)
+    kernel(m.row_start, m.colptr, m.entries, m.code_bits, codebook, x, out)
     return out

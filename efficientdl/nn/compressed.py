@@ -30,41 +30,57 @@ from ..kernels import cpu
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
+def _signed_view(entries: np.ndarray) -> np.ndarray:
+    """Entries as signed integers of the same width (torch's widely supported dtypes)."""
+    return entries.view({1: np.int8, 2: np.int16, 4: np.int32}[entries.itemsize])
+
+
 class _PackedWeight(nn.Module):
     """Shared base: the packed matrix as buffers (so ``.to(device)`` moves it) + the kernels."""
 
-    def _set_packed(self, m: cpu.PackedMatrix, bias: torch.Tensor | None) -> None:
+    def _set_packed(self, codes: np.ndarray, codebook: np.ndarray, bias: torch.Tensor | None,
+                    partitions: int) -> None:
+        m = cpu.pack(codes, codebook, partitions)
+        twin = cpu.pack_rows(codes, codebook)
         self.shape = m.shape
         self.code_bits = m.code_bits
         self.register_buffer("row_start", torch.from_numpy(m.row_start))
         self.register_buffer("colptr", torch.from_numpy(m.colptr))
-        self.register_buffer("entries", torch.from_numpy(m.entries.view(np.int8 if m.entries.itemsize == 1 else
-                                                                         np.int16 if m.entries.itemsize == 2
-                                                                         else np.int32)))
+        self.register_buffer("entries", torch.from_numpy(_signed_view(m.entries)))
         self.register_buffer("codebook", torch.from_numpy(m.codebook))
+        self.register_buffer("rowptr", torch.from_numpy(twin.colptr[0].copy()))
+        self.register_buffer("row_entries", torch.from_numpy(_signed_view(twin.entries)))
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
-        self._entry_dtype = m.entries.dtype
-        self._packed = m if self.entries.device.type == "cpu" else None
+        self._entry_dtypes = (m.entries.dtype, twin.entries.dtype)
+        self._packed = (m, twin) if self.entries.device.type == "cpu" else None
         self._gpu_cache = None
 
     def _apply(self, fn, *args, **kwargs):
         self._packed, self._gpu_cache = None, None      # buffers may have moved: rebuild views lazily
         return super()._apply(fn, *args, **kwargs)
 
-    def packed(self) -> cpu.PackedMatrix:
-        """The weight in the CPU kernel's layout (views of the CPU buffers, no copy)."""
+    def _layouts(self) -> tuple[cpu.PackedMatrix, cpu.PackedMatrix]:
         if self._packed is not None:
             return self._packed
-        entries = self.entries.cpu().numpy().view(self._entry_dtype)
+        codebook = self.codebook.cpu().numpy()
         m = cpu.PackedMatrix(self.shape, self.row_start.cpu().numpy(), self.colptr.cpu().numpy(),
-                             entries, self.code_bits, self.codebook.cpu().numpy())
+                             self.entries.cpu().numpy().view(self._entry_dtypes[0]), self.code_bits, codebook)
+        twin = cpu.PackedMatrix((self.shape[1], self.shape[0]), np.array([0, self.shape[1]], np.int64),
+                                self.rowptr.cpu().numpy()[None, :],
+                                self.row_entries.cpu().numpy().view(self._entry_dtypes[1]), self.code_bits, codebook)
         if self.entries.device.type == "cpu":
-            self._packed = m
-        return m
+            self._packed = (m, twin)
+        return m, twin
+
+    def packed(self) -> cpu.PackedMatrix:
+        """The weight in the CPU kernel's column layout (views of the CPU buffers, no copy)."""
+        return self._layouts()[0]
 
     def weight_bytes(self) -> int:
-        """Resident bytes of the weight in memory (entries, pointers, codebook; bias excluded)."""
-        return sum(t.numel() * t.element_size() for t in (self.row_start, self.colptr, self.entries, self.codebook))
+        """Resident bytes of the weight in memory: both layouts (column-partitioned for sparse
+        activations, row-major twin for dense activations and batches) and the codebook."""
+        return sum(t.numel() * t.element_size() for t in (self.row_start, self.colptr, self.entries, self.codebook,
+                                                          self.rowptr, self.row_entries))
 
     def dense_weight_bytes(self) -> int:
         """Bytes the same weight takes as a dense fp32 matrix."""
@@ -85,7 +101,8 @@ class _PackedWeight(nn.Module):
             return gpu.matmul(self._gpu_cache, x_cols)
         if x_cols.dtype not in _FLOAT_DTYPES:
             raise ModelError(f"compressed layer needs float32 or float64 input on the CPU, got {x_cols.dtype}")
-        y = cpu.matmul(self.packed(), x_cols.detach().contiguous().numpy())
+        m, twin = self._layouts()
+        y = cpu.matmul(m, x_cols.detach().contiguous().numpy(), twin=twin)
         return torch.from_numpy(y)
 
 
@@ -113,7 +130,7 @@ class CompressedLinear(_PackedWeight):
         self.out_features, self.in_features = codes.shape
         if bias is not None and tuple(bias.shape) != (self.out_features,):
             raise ModelError(f"bias shape {tuple(bias.shape)} does not match {self.out_features} outputs")
-        self._set_packed(cpu.pack(codes, codebook, partitions), bias)
+        self._set_packed(codes, codebook, bias, partitions)
 
     @classmethod
     def from_linear(cls, layer: nn.Linear, codes: np.ndarray, codebook: np.ndarray,
@@ -164,7 +181,7 @@ class CompressedConv2d(_PackedWeight):
         self.stride, self.padding, self.dilation = pair(stride), pair(padding), pair(dilation)
         if bias is not None and tuple(bias.shape) != (self.out_channels,):
             raise ModelError(f"bias shape {tuple(bias.shape)} does not match {self.out_channels} output channels")
-        self._set_packed(cpu.pack(codes.reshape(self.out_channels, -1), codebook, partitions), bias)
+        self._set_packed(codes.reshape(self.out_channels, -1), codebook, bias, partitions)
 
     @classmethod
     def from_conv(cls, layer: nn.Conv2d, codes: np.ndarray, codebook: np.ndarray,
@@ -261,5 +278,6 @@ def runtime_memory(model: nn.Module) -> list[dict]:
                         "dense_bytes": m.dense_weight_bytes(),
                         "ratio": m.dense_weight_bytes() / max(1, m.weight_bytes()),
                         "entries": int(m.entries.numel()), "entry_bits": 8 * m.entries.element_size(),
+                        "row_entry_bits": 8 * m.row_entries.element_size(),
                         "partitions": int(m.row_start.numel() - 1)})
     return out

@@ -27,11 +27,14 @@ SHAPES = [(1, 1), (1, 7), (7, 1), (33, 17), (64, 300), (300, 100), (5, 1000)]
 @pytest.mark.parametrize("n", [None, 1, 3, 64])
 @pytest.mark.parametrize("density", [0.0, 0.05, 0.3, 1.0])
 @pytest.mark.parametrize("threads", ["serial", "parallel"])
-def test_matches_dense_math(rows, cols, n, density, threads, monkeypatch):
+@pytest.mark.parametrize("layout", ["columns", "rows"])
+def test_matches_dense_math(rows, cols, n, density, threads, layout, monkeypatch):
     monkeypatch.setattr(cpu, "SERIAL_WORK", 1 << 62 if threads == "serial" else 0)
+    monkeypatch.setattr(cpu, "ROWS_ABOVE_DENSITY", 0.0)          # the row kernel for any nonzero input
     codes, codebook, x = random_case(rows, cols, density, 0.5, n=n, seed=rows * cols)
     m = cpu.pack(codes, codebook, partitions=3)
-    y = cpu.matmul(m, x)
+    twin = cpu.pack_rows(codes, codebook) if layout == "rows" else None
+    y = cpu.matmul(m, x, twin=twin)
     assert y.shape == ((rows,) if n is None else (rows, n))
     np.testing.assert_allclose(y, dense_reference(codes, codebook, x), rtol=1e-5, atol=1e-5)
 
@@ -111,3 +114,13 @@ def test_bad_input_is_rejected():
         cpu.pack(codes.ravel(), codebook)
     with pytest.raises(ValueError, match="entry_bits"):
         cpu.pack(codes, codebook, entry_bits=12)
+
+
+def test_row_twin_is_the_transposed_layout():
+    codes, codebook, x = random_case(40, 70, 0.2, 1.0)
+    twin = cpu.pack_rows(codes, codebook, entry_bits=16)
+    assert twin.shape == (70, 40) and twin.partitions == 1
+    np.testing.assert_array_equal(cpu.unpack(twin), codes.T)
+    np.testing.assert_array_equal(np.diff(twin.colptr[0]), np.count_nonzero(codes, axis=1))
+    with pytest.raises(ValueError, match="twin"):
+        cpu.matmul(cpu.pack(codes, codebook), x, twin=cpu.pack(codes, codebook))

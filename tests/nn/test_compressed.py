@@ -112,9 +112,12 @@ def test_compressed_runtime_equals_dense_decoded_model(tmp_path):
     mem = {m["name"]: m for m in runtime_memory(fast)}
     assert set(mem) == {"features.0", "fc1", "fc2"}
     assert mem["fc1"]["dense_bytes"] == 4 * 40 * 128
-    assert mem["fc1"]["weight_bytes"] == (fast.fc1.entries.numel() * fast.fc1.entries.element_size()
-                                          + fast.fc1.colptr.numel() * fast.fc1.colptr.element_size()
-                                          + 8 * fast.fc1.row_start.numel() + 4 * 16)
+    fc1 = fast.fc1
+    assert mem["fc1"]["weight_bytes"] == (fc1.entries.numel() * fc1.entries.element_size()
+                                          + fc1.colptr.numel() * fc1.colptr.element_size()
+                                          + 8 * fc1.row_start.numel() + 4 * 16
+                                          + fc1.row_entries.numel() * fc1.row_entries.element_size()
+                                          + fc1.rowptr.numel() * fc1.rowptr.element_size())
 
 
 def test_runtime_name_is_checked(tmp_path):
@@ -139,4 +142,4 @@ def test_module_conversions_keep_the_layer_working():
     assert layer.codebook.dtype == torch.float64
     torch.testing.assert_close(layer(x.double()), expected.double(), rtol=1e-5, atol=1e-5)
     state = layer.state_dict()
-    assert set(state) == {"row_start", "colptr", "entries", "codebook", "bias"}
+    assert set(state) == {"row_start", "colptr", "entries", "codebook", "rowptr", "row_entries", "bias"}
