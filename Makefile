@@ -28,7 +28,9 @@ test: install data
 bench: install data
 	$(PY) benchmarks/huffman_bench.py --json runs/bench/huffman.json
 	$(PY) benchmarks/kmeans_bench.py --json runs/bench/kmeans.json
-	$(PY) benchmarks/deep_compression.py --json runs/bench/deep_compression.json
+	$(PY) benchmarks/deep_compression.py --out-dir runs/bench
+	$(PY) benchmarks/eie_layers.py --json runs/bench/eie_layers.json \
+		--models runs/bench/lenet300-s96-b3.edlz runs/bench/lenet5-s95-b5_4.edlz
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
