@@ -25,6 +25,11 @@ top of a column).  The products are
     y[r, :] += codebook[code] · x[j, :]    for every entry of every active column j,
 
 computed in parallel over partitions (no two threads write the same row).
+
+A row-major twin (:func:`pack_rows`: the same format for ``Wᵀ``, one partition) lets
+the row kernels compute ``y[r, :] = Σ codebook[code] · x[c, :]`` over the entries of
+row ``r``, accumulating in registers instead of scattering; :func:`matmul` uses it for
+several right-hand sides and for mostly-nonzero activations.
 """
 
 from __future__ import annotations
