@@ -503,6 +503,27 @@ def cmd_hw_energy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipe_check(args: argparse.Namespace) -> int:
+    from .. import models
+    from ..compress import load_recipe
+    from ..compress.pipeline import check_against_model
+
+    src = _input_file(args.recipe)
+    recipe = load_recipe(src)
+    if args.checkpoint:
+        model = _load_model(_input_file(args.checkpoint))
+    else:
+        try:
+            model = models.create(recipe.data["model"])
+        except EdlError as e:
+            raise UsageError(f"{recipe.where('model')}: {e}") from None
+    check_against_model(recipe, model)
+    stages = [s for s in ("dense", "prune", "quantize", "encode") if recipe.data.get(s) is not None]
+    _emit(args, {"recipe": str(src), "valid": True, "model": recipe.data["model"], "stages": stages},
+          f"{src}: valid recipe for {recipe.data['model']} (stages: {', '.join(stages)})")
+    return 0
+
+
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     from .. import compress
     from ..report import markdown_table, plots
@@ -698,6 +719,14 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_hw_energy)
 
+    rc = sub.add_parser("recipe", help="recipes: check one before running it")
+    rc_sub = rc.add_subparsers(dest="recipe_command", metavar="RECIPE_COMMAND", parser_class=_Parser, required=True)
+    p = rc_sub.add_parser("check", help="validate a recipe (keys, ranges, layer names) without running anything")
+    p.add_argument("recipe", help="YAML recipe")
+    p.add_argument("--checkpoint", help="check layer names against this model instead of the recipe's registry model")
+    common(p, data=False)
+    p.set_defaults(func=cmd_recipe_check)
+
     p = sub.add_parser("bits", help="how many bits do we need: accuracy vs bits (table + plot)")
     p.add_argument("checkpoint", help="trained checkpoint (.pt)")
     p.add_argument("-o", "--output", default="runs/bits", help="output directory")
@@ -716,7 +745,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return 2
-    command = " ".join(c for c in (args.command, getattr(args, "hw_command", None)) if c)
+    command = " ".join(c for c in (args.command, getattr(args, "hw_command", None),
+                                   getattr(args, "recipe_command", None)) if c)
     try:
         return args.func(args)
     except EdlError as e:

@@ -104,6 +104,21 @@ def _stage_size(stage: StageReport, model: nn.Module, index_bits: Any, coding: s
     return data
 
 
+def check_against_model(recipe: Recipe, model: nn.Module) -> None:
+    """Check that every per-layer key of a validated recipe names a layer or layer type of ``model``.
+
+    Raises:
+        RecipeError: ``FILE:LINE: stage.key: 'name' matches no prunable layer (known: …)``.
+    """
+    r = recipe.data
+    for stage, key in (("prune", "sparsity"), ("prune", "quality"), ("quantize", "bits"), ("encode", "index_bits")):
+        spec = (r.get(stage) or {}).get(key)
+        try:
+            check_spec_keys(spec, model, f"{stage}.{key}")
+        except RecipeError as e:
+            raise RecipeError(f"{recipe.where(stage, key)}: {e}") from None
+
+
 def run(
     model: nn.Module,
     train_loader: Iterable,
@@ -135,12 +150,7 @@ def run(
 
     r = recipe.data
     seed = r.get("seed", 0)
-    for stage, key in (("prune", "sparsity"), ("prune", "quality"), ("quantize", "bits"), ("encode", "index_bits")):
-        spec = (r.get(stage) or {}).get(key)
-        try:
-            check_spec_keys(spec, model, f"{stage}.{key}")
-        except RecipeError as e:
-            raise RecipeError(f"{recipe.where(stage, key)}: {e}") from None
+    check_against_model(recipe, model)
     index_bits = (r.get("encode") or {}).get("index_bits")
     coding = (r.get("encode") or {}).get("coding", "huffman")
 

@@ -15,6 +15,8 @@ from efficientdl import data, format as fmt, models
 from efficientdl.cli.main import main
 from efficientdl.train import save_checkpoint
 
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
 TINY_RECIPE = """\
 model: lenet300
 data: digits
@@ -357,3 +359,24 @@ def test_hw_energy(files, tmp_path, capsys):
     assert (tmp_path / "energy.png").stat().st_size > 0
     code = main(["hw", "energy", str(tmp_path / "missing.edlz")])
     assert "no such file" in assert_one_line_error(capsys, code, "hw energy")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("model: lenet300\nprune:\n  sparsity: {fc9: 0.5}\n", "bad.yaml:3: prune.sparsity: 'fc9' matches no prunable layer"),
+    ("model: lenet300\nprune:\n  sparsity: 1.5\n", "bad.yaml:3: prune.sparsity: must be ≤ 1"),
+    ("model: nonet\n", "bad.yaml:1: unknown model 'nonet'"),
+    ("model: lenet300\nprune:\n  sparsity: 0.5\n  colour: red\n", "bad.yaml:4"),
+])
+def test_recipe_check_reports_file_line_and_runs_nothing(tmp_path, capsys, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    code = main(["recipe", "check", str(path)])
+    assert message in assert_one_line_error(capsys, code, "recipe check")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_recipe_check_accepts_the_shipped_recipes(capsys):
+    for name in ("lenet300", "lenet5"):
+        assert main(["recipe", "check", str(RECIPES / f"{name}.yaml"), "--json"]) == 0
+        d = json.loads(capsys.readouterr().out)
+        assert d["valid"] and d["model"] == name and d["stages"] == ["dense", "prune", "quantize", "encode"]
