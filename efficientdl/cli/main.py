@@ -503,6 +503,29 @@ def cmd_hw_energy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hw_systolic(args: argparse.Namespace) -> int:
+    from ..hardware.systolic import SystolicConfig, simulate_layers
+    from ..report import markdown_table
+
+    config = SystolicConfig(rows=args.rows, cols=args.cols, clock_hz=args.clock_mhz * 1e6,
+                            bandwidth_bytes_per_s=args.bandwidth_gbs * 1e9)
+    src, workloads = _workloads(args)
+    layers = simulate_layers(workloads["dense"], args.batch, config)
+    total_cycles = sum(r["total_cycles"] for r in layers)
+    macs = sum(r["m"] * r["k"] * r["n"] for r in layers)
+    result = {"file": str(src), "batch": args.batch, "config": config.__dict__, "layers": layers,
+              "total_cycles": total_cycles, "latency_us": total_cycles / config.clock_hz * 1e6,
+              "utilisation": macs / (total_cycles * config.rows * config.cols) if total_cycles else 0.0}
+    rows = [[r["name"], f"{r['m']}×{r['k']}×{r['n']}", r["tiles"], r["compute_cycles"], r["stall_cycles"],
+             r["total_cycles"], 100 * r["utilisation"], r["bound"]] for r in layers]
+    text = markdown_table(rows, ["layer", "M×K×N", "tiles", "compute cycles", "stall cycles", "total cycles",
+                                 "utilisation %", "bound"])
+    text += (f"\n\n{config.rows}×{config.cols} array at {args.clock_mhz:g} MHz, {args.bandwidth_gbs:g} GB/s: "
+             f"{result['latency_us']:.1f} µs per batch of {args.batch}, utilisation {100 * result['utilisation']:.2f}%")
+    _emit(args, result, text)
+    return 0
+
+
 def cmd_recipe_check(args: argparse.Namespace) -> int:
     from .. import models
     from ..compress import load_recipe
@@ -691,7 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_sensitivity)
 
-    hw = sub.add_parser("hw", help="hardware models: number formats, energy, roofline")
+    hw = sub.add_parser("hw", help="hardware models: number formats, energy, roofline, systolic array")
     hw_sub = hw.add_subparsers(dest="hw_command", metavar="HW_COMMAND", parser_class=_Parser, required=True)
     p = hw_sub.add_parser("formats", help="range, precision, energy and area of number formats")
     p.add_argument("--fixed", nargs="*", default=["Q7.8", "Q3.4"], help="fixed-point formats Qm.n to add")
@@ -718,6 +741,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="runs/energy", help="output directory for energy.png")
     common(p)
     p.set_defaults(func=cmd_hw_energy)
+
+    p = hw_sub.add_parser("systolic", help="a TPU-style weight-stationary systolic array: cycles, stalls, utilisation")
+    p.add_argument("model", help="checkpoint (.pt) or compressed file (.edlz)")
+    p.add_argument("--batch", type=_positive_int, default=1, help="samples per weight fetch (default 1)")
+    p.add_argument("--rows", type=_positive_int, default=256)
+    p.add_argument("--cols", type=_positive_int, default=256)
+    p.add_argument("--clock-mhz", type=_positive_float, default=700.0)
+    p.add_argument("--bandwidth-gbs", type=_positive_float, default=34.0, help="DRAM bandwidth (default TPU v1: 34)")
+    common(p)
+    p.set_defaults(func=cmd_hw_systolic)
 
     rc = sub.add_parser("recipe", help="recipes: check one before running it")
     rc_sub = rc.add_subparsers(dest="recipe_command", metavar="RECIPE_COMMAND", parser_class=_Parser, required=True)
