@@ -526,6 +526,97 @@ def cmd_hw_systolic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eie_layers(args: argparse.Namespace, config) -> tuple[list[dict], list[str]]:
+    """The layers ``edl hw eie`` simulates: benchmark layers by name, or a compressed file's fc layers."""
+    from ..hardware import eie
+
+    names = list(eie.BENCHMARK_LAYERS) if args.source == "all" else [args.source]
+    if all(n in eie.BENCHMARK_LAYERS for n in names):
+        out = []
+        for i, name in enumerate(names):
+            cols, rows, wd, ad, paper_us, reference_us = eie.BENCHMARK_LAYERS[name]
+            codes, codebook, act = eie.random_layer(rows, cols, wd, ad, seed=args.seed + i)
+            out.append({"name": name, "codes": codes, "codebook": codebook, "bias": None, "activations": act,
+                        "paper_us": paper_us, "reference_us": reference_us})
+        return out, []
+    src = Path(args.source)
+    if not src.exists():
+        raise UsageError(f"{src}: no such file, and not a benchmark layer "
+                         f"(one of {', '.join(eie.BENCHMARK_LAYERS)}, or all)")
+    from ..compress.workload import shared_fc_layers
+
+    src = _input_file(args.source)
+    ds = _load_data(args)
+    return shared_fc_layers(src, next(iter(ds.test))[0])
+
+
+def cmd_hw_eie(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..hardware import eie
+    from ..report import markdown_table, plots
+
+    base = eie.EIEConfig(pes=args.pes, fifo_depth=args.fifo_depth, sram_line_bits=args.sram_line_bits,
+                         clock_hz=args.clock_mhz * 1e6)
+    layers, skipped = _eie_layers(args, base)
+    out_dir = _output_dir(args.output)
+    results, rows = [], []
+    fifo_series, pe_speedup, pe_eff = {}, {}, {}
+    for layer in layers:
+        bits = max(4, int(len(layer["codebook"]) - 1).bit_length())
+        config = eie.EIEConfig(pes=args.pes, fifo_depth=args.fifo_depth, sram_line_bits=args.sram_line_bits,
+                               clock_hz=args.clock_mhz * 1e6, weight_bits=bits,
+                               index_bits=(8 if bits <= 4 else 16) - bits)
+        encoded = eie.encode_layer(layer["codes"], layer["codebook"], config, layer["bias"])
+        r = eie.simulate(encoded, layer["activations"], config)
+        dense = np.asarray(layer["codebook"], np.float64)[layer["codes"]] @ np.maximum(layer["activations"], 0)
+        if layer["bias"] is not None:
+            dense = dense + layer["bias"]
+        error = float(np.abs(r.output - dense).max() / max(1e-30, np.abs(dense).max()))
+        d = {"name": layer["name"], "rows": encoded.rows, "cols": encoded.cols,
+             "weight_density": float(np.count_nonzero(layer["codes"]) / max(1, layer["codes"].size)),
+             "activation_density": float(np.mean(np.asarray(layer["activations"]) > 0)),
+             **r.summary(), "max_rel_error": error,
+             "paper_us": layer.get("paper_us"), "reference_us": layer.get("reference_us")}
+        results.append(d)
+        ref = f"{d['reference_us']:.1f} / {d['paper_us']:.1f}" if d["reference_us"] else "–"
+        rows.append([d["name"], f"{d['cols']}×{d['rows']}", 100 * d["weight_density"], 100 * d["activation_density"],
+                     d["cycles"], d["latency_us"], ref, d["efficiency"], d["utilisation"],
+                     d["energy_total_pj"] / 1e3, f"{error:.1e}"])
+        if args.sweep:
+            fifo_series[d["name"]] = [(depth, eie.simulate(encoded, layer["activations"], eie.EIEConfig(
+                pes=args.pes, fifo_depth=depth, weight_bits=bits, index_bits=config.index_bits)).efficiency)
+                for depth in (2, 4, 8, 16, 32, 64, 128, 256)]
+            base_cycles, speed, eff = None, [], []
+            for pes in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+                cfg = eie.EIEConfig(pes=pes, fifo_depth=args.fifo_depth, weight_bits=bits,
+                                    index_bits=config.index_bits)
+                rp = eie.simulate(eie.encode_layer(layer["codes"], layer["codebook"], cfg, layer["bias"]),
+                                  layer["activations"], cfg)
+                base_cycles = base_cycles or rp.cycles
+                speed.append((pes, base_cycles / rp.cycles))
+                eff.append((pes, rp.efficiency))
+            pe_speedup[d["name"]], pe_eff[d["name"]] = speed, eff
+            d["sweep"] = {"fifo_efficiency": fifo_series[d["name"]], "pe_speedup": speed, "pe_efficiency": eff}
+    text = markdown_table(rows, ["layer", "in×out", "weight %", "act %", "cycles", "µs", "C++ sim / paper µs",
+                                 "efficiency", "utilisation", "energy nJ", "max rel error"])
+    text += (f"\n\n{args.pes} PEs, FIFO depth {args.fifo_depth}, {args.clock_mhz:g} MHz; "
+             "efficiency = effective non-zeros / PEs / cycles; error vs dense float64 math")
+    if skipped:
+        text += f"\nnot simulated (EIE runs weight-shared fc layers): {', '.join(skipped)}"
+    if args.sweep and results:
+        plots.curves(fifo_series, out_dir / "eie_fifo_depth.png", "activation FIFO depth", "load-balance efficiency",
+                     "EIE: efficiency vs FIFO depth", xscale="log", percent_y=True)
+        plots.curves(pe_speedup, out_dir / "eie_pe_speedup.png", "processing elements", "speedup over 1 PE",
+                     "EIE scalability", xscale="log", percent_y=False)
+        plots.curves(pe_eff, out_dir / "eie_pe_efficiency.png", "processing elements", "load-balance efficiency",
+                     "EIE scalability: efficiency", xscale="log", percent_y=True)
+        text += f"\nplots: {out_dir}/eie_fifo_depth.png, eie_pe_speedup.png, eie_pe_efficiency.png"
+    _emit(args, {"config": {"pes": args.pes, "fifo_depth": args.fifo_depth, "clock_mhz": args.clock_mhz,
+                            "sram_line_bits": args.sram_line_bits}, "layers": results, "skipped": skipped}, text)
+    return 0
+
+
 def cmd_recipe_check(args: argparse.Namespace) -> int:
     from .. import models
     from ..compress import load_recipe
@@ -714,7 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_sensitivity)
 
-    hw = sub.add_parser("hw", help="hardware models: number formats, energy, roofline, systolic array")
+    hw = sub.add_parser("hw", help="hardware models: number formats, energy, roofline, EIE, systolic array")
     hw_sub = hw.add_subparsers(dest="hw_command", metavar="HW_COMMAND", parser_class=_Parser, required=True)
     p = hw_sub.add_parser("formats", help="range, precision, energy and area of number formats")
     p.add_argument("--fixed", nargs="*", default=["Q7.8", "Q3.4"], help="fixed-point formats Qm.n to add")
@@ -751,6 +842,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bandwidth-gbs", type=_positive_float, default=34.0, help="DRAM bandwidth (default TPU v1: 34)")
     common(p)
     p.set_defaults(func=cmd_hw_systolic)
+
+    p = hw_sub.add_parser("eie", help="cycle-level EIE simulation of a compressed file's fc layers or a benchmark layer")
+    p.add_argument("source", help="compressed file (.edlz), an EIE benchmark layer (Alex-6, …, NT-LSTM) or all")
+    p.add_argument("--pes", type=_positive_int, default=64, help="processing elements (default 64)")
+    p.add_argument("--fifo-depth", type=_positive_int, default=8, help="activation FIFO depth ≥ 2 (default 8)")
+    p.add_argument("--sram-line-bits", type=_positive_int, default=64)
+    p.add_argument("--clock-mhz", type=_positive_float, default=800.0)
+    p.add_argument("--sweep", action="store_true", help="also sweep FIFO depth 2–256 and PEs 1–256 (plots)")
+    p.add_argument("-o", "--output", default="runs/eie", help="output directory for the sweep plots")
+    common(p)
+    p.set_defaults(func=cmd_hw_eie)
 
     rc = sub.add_parser("recipe", help="recipes: check one before running it")
     rc_sub = rc.add_subparsers(dest="recipe_command", metavar="RECIPE_COMMAND", parser_class=_Parser, required=True)

@@ -81,3 +81,43 @@ def file_workload(path: str | os.PathLike, example_input: torch.Tensor,
             bits = (layer.weight_bits + (layer.index_bits or 0)) * layer.entries / layer.nonzero
             storage[module] = (layer.nonzero, bits)
     return model_workload(model, example_input, storage=storage)
+
+
+def shared_fc_layers(path: str | os.PathLike, example_input: torch.Tensor,
+                     model: nn.Module | None = None) -> list[dict]:
+    """The weight-shared fully connected layers of a compressed file, with their inputs.
+
+    For EIE-style simulation: each entry has ``name``, ``codes`` (``(out, in)`` cluster
+    indices, 0 = pruned), ``codebook``, ``bias`` and ``activations`` (the layer's input
+    on ``example_input``, one sample).
+
+    Returns:
+        ``(layers, skipped)``: the layers, and the names of compressible layers left out
+        (convolutions, layers without weight sharing).
+    """
+    from .. import format as fmt
+
+    c = fmt.read(path)
+    model = fmt.load(c, model=model)
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, module in compressible_layers(model):
+        hooks.append(module.register_forward_hook(
+            lambda m, i, o, name=name: inputs.__setitem__(name, i[0][0].detach().flatten())))
+    try:
+        with torch.no_grad():
+            model.eval()(example_input[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    layers, skipped = [], []
+    for name, module in compressible_layers(model):
+        key = f"{name}.weight"
+        if not isinstance(module, nn.Linear) or key not in c.codebooks or name not in inputs:
+            skipped.append(name)
+            continue
+        codes, codebook = c.codebooks[key]
+        bias = module.bias.detach().numpy().astype("float64") if module.bias is not None else None
+        layers.append({"name": name, "codes": codes, "codebook": codebook, "bias": bias,
+                       "activations": inputs[name].numpy().astype("float64")})
+    return layers, skipped

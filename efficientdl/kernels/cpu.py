@@ -87,7 +87,7 @@ def _entry_bits_choices(code_bits: int) -> list[int]:
 
 
 def pack(codes: np.ndarray, codebook: np.ndarray, partitions: int = 0, entry_bits: int = 0,
-         visit_cost: float = 1.0) -> PackedMatrix:
+         visit_cost: float = 1.0, row_start: np.ndarray | None = None) -> PackedMatrix:
     """Pack a matrix of cluster indices into the kernel's layout.
 
     Args:
@@ -100,6 +100,8 @@ def pack(codes: np.ndarray, codebook: np.ndarray, partitions: int = 0, entry_bit
             ``entries × (bytes per entry + visit_cost)`` (memory plus the work of
             visiting an entry — fillers cost a visit).
         visit_cost: the cost of one visit in units of one byte of memory.
+        row_start: explicit partition boundaries (``P + 1`` increasing row numbers from 0
+            to ``rows``; partitions may be empty), overriding ``partitions``.
 
     Returns:
         The :class:`PackedMatrix`.
@@ -116,9 +118,16 @@ def pack(codes: np.ndarray, codebook: np.ndarray, partitions: int = 0, entry_bit
     code_bits = max(1, int(codebook.size - 1).bit_length())
     table = np.zeros(1 << code_bits, np.float32)
     table[:codebook.size] = codebook
-    p_count = partitions or numba.get_num_threads()
-    p_count = max(1, min(p_count, rows)) if rows else 1
-    row_start = (np.arange(p_count + 1, dtype=np.int64) * rows) // p_count
+    if row_start is not None:
+        row_start = np.asarray(row_start, np.int64)
+        if (row_start.ndim != 1 or row_start.size < 2 or row_start[0] != 0 or row_start[-1] != rows
+                or np.any(np.diff(row_start) < 0)):
+            raise ValueError(f"row_start must rise from 0 to {rows}")
+        p_count = row_start.size - 1
+    else:
+        p_count = partitions or numba.get_num_threads()
+        p_count = max(1, min(p_count, rows)) if rows else 1
+        row_start = (np.arange(p_count + 1, dtype=np.int64) * rows) // p_count
 
     r, c = np.nonzero(codes)
     part = np.searchsorted(row_start, r, side="right") - 1

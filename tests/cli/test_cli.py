@@ -380,3 +380,22 @@ def test_recipe_check_accepts_the_shipped_recipes(capsys):
         assert main(["recipe", "check", str(RECIPES / f"{name}.yaml"), "--json"]) == 0
         d = json.loads(capsys.readouterr().out)
         assert d["valid"] and d["model"] == name and d["stages"] == ["dense", "prune", "quantize", "encode"]
+
+
+def test_hw_eie_on_a_benchmark_layer_and_a_file(files, tmp_path, capsys):
+    assert main(["hw", "eie", "NT-We", "--json"]) == 0
+    (layer,) = json.loads(capsys.readouterr().out)["layers"]
+    assert layer["name"] == "NT-We" and layer["reference_us"] == 7.5
+    assert abs(layer["latency_us"] / 7.5 - 1) < 0.1 and layer["max_rel_error"] < 1e-12
+    argv = ["hw", "eie", str(files["edlz"]), "--pes", "8", "--test-subset", "10", "--json", "--sweep",
+            "-o", str(tmp_path)]
+    assert main(argv) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert [l["name"] for l in d["layers"]] == ["fc1", "fc2", "fc3"] and d["skipped"] == []
+    assert all(l["max_rel_error"] < 1e-9 for l in d["layers"])
+    assert d["layers"][0]["sweep"]["pe_speedup"][0] == [1, 1.0]
+    assert (tmp_path / "eie_fifo_depth.png").stat().st_size > 0
+    code = main(["hw", "eie", "Alex-9"])
+    assert "not a benchmark layer" in assert_one_line_error(capsys, code, "hw eie")
+    code = main(["hw", "eie", "NT-We", "--fifo-depth", "1"])
+    assert "fifo_depth" in assert_one_line_error(capsys, code, "hw eie")
