@@ -507,8 +507,11 @@ def cmd_hw_systolic(args: argparse.Namespace) -> int:
     from ..hardware.systolic import SystolicConfig, simulate_layers
     from ..report import markdown_table
 
+    from ..hardware.devices import get_device
+
+    bandwidth = args.bandwidth_gbs * 1e9 if args.bandwidth_gbs else get_device(args.device).bandwidth_bytes_per_s
     config = SystolicConfig(rows=args.rows, cols=args.cols, clock_hz=args.clock_mhz * 1e6,
-                            bandwidth_bytes_per_s=args.bandwidth_gbs * 1e9)
+                            bandwidth_bytes_per_s=bandwidth)
     src, workloads = _workloads(args)
     layers = simulate_layers(workloads["dense"], args.batch, config)
     total_cycles = sum(r["total_cycles"] for r in layers)
@@ -520,13 +523,13 @@ def cmd_hw_systolic(args: argparse.Namespace) -> int:
              r["total_cycles"], 100 * r["utilisation"], r["bound"]] for r in layers]
     text = markdown_table(rows, ["layer", "M×K×N", "tiles", "compute cycles", "stall cycles", "total cycles",
                                  "utilisation %", "bound"])
-    text += (f"\n\n{config.rows}×{config.cols} array at {args.clock_mhz:g} MHz, {args.bandwidth_gbs:g} GB/s: "
+    text += (f"\n\n{config.rows}×{config.cols} array at {args.clock_mhz:g} MHz, {bandwidth / 1e9:g} GB/s: "
              f"{result['latency_us']:.1f} µs per batch of {args.batch}, utilisation {100 * result['utilisation']:.2f}%")
     _emit(args, result, text)
     return 0
 
 
-def _eie_layers(args: argparse.Namespace, config) -> tuple[list[dict], list[str]]:
+def _eie_layers(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     """The layers ``edl hw eie`` simulates: benchmark layers by name, or a compressed file's fc layers."""
     from ..hardware import eie
 
@@ -556,17 +559,15 @@ def cmd_hw_eie(args: argparse.Namespace) -> int:
     from ..hardware import eie
     from ..report import markdown_table, plots
 
-    base = eie.EIEConfig(pes=args.pes, fifo_depth=args.fifo_depth, sram_line_bits=args.sram_line_bits,
-                         clock_hz=args.clock_mhz * 1e6)
-    layers, skipped = _eie_layers(args, base)
+    options = {"pes": args.pes, "fifo_depth": args.fifo_depth, "sram_line_bits": args.sram_line_bits,
+               "clock_hz": args.clock_mhz * 1e6}
+    eie.EIEConfig(**options)                      # a bad option fails before any work
+    layers, skipped = _eie_layers(args)
     out_dir = _output_dir(args.output)
     results, rows = [], []
     fifo_series, pe_speedup, pe_eff = {}, {}, {}
     for layer in layers:
-        bits = max(4, int(len(layer["codebook"]) - 1).bit_length())
-        config = eie.EIEConfig(pes=args.pes, fifo_depth=args.fifo_depth, sram_line_bits=args.sram_line_bits,
-                               clock_hz=args.clock_mhz * 1e6, weight_bits=bits,
-                               index_bits=(8 if bits <= 4 else 16) - bits)
+        config = eie.config_for_codebook(len(layer["codebook"]), **options)
         encoded = eie.encode_layer(layer["codes"], layer["codebook"], config, layer["bias"])
         r = eie.simulate(encoded, layer["activations"], config)
         dense = np.asarray(layer["codebook"], np.float64)[layer["codes"]] @ np.maximum(layer["activations"], 0)
@@ -584,13 +585,12 @@ def cmd_hw_eie(args: argparse.Namespace) -> int:
                      d["cycles"], d["latency_us"], ref, d["efficiency"], d["utilisation"],
                      d["energy_total_pj"] / 1e3, f"{error:.1e}"])
         if args.sweep:
-            fifo_series[d["name"]] = [(depth, eie.simulate(encoded, layer["activations"], eie.EIEConfig(
-                pes=args.pes, fifo_depth=depth, weight_bits=bits, index_bits=config.index_bits)).efficiency)
+            fifo_series[d["name"]] = [(depth, eie.simulate(encoded, layer["activations"], eie.config_for_codebook(
+                len(layer["codebook"]), **(options | {"fifo_depth": depth}))).efficiency)
                 for depth in (2, 4, 8, 16, 32, 64, 128, 256)]
             base_cycles, speed, eff = None, [], []
             for pes in (1, 2, 4, 8, 16, 32, 64, 128, 256):
-                cfg = eie.EIEConfig(pes=pes, fifo_depth=args.fifo_depth, weight_bits=bits,
-                                    index_bits=config.index_bits)
+                cfg = eie.config_for_codebook(len(layer["codebook"]), **(options | {"pes": pes}))
                 rp = eie.simulate(eie.encode_layer(layer["codes"], layer["codebook"], cfg, layer["bias"]),
                                   layer["activations"], cfg)
                 base_cycles = base_cycles or rp.cycles
@@ -614,6 +614,47 @@ def cmd_hw_eie(args: argparse.Namespace) -> int:
         text += f"\nplots: {out_dir}/eie_fifo_depth.png, eie_pe_speedup.png, eie_pe_efficiency.png"
     _emit(args, {"config": {"pes": args.pes, "fifo_depth": args.fifo_depth, "clock_mhz": args.clock_mhz,
                             "sram_line_bits": args.sram_line_bits}, "layers": results, "skipped": skipped}, text)
+    return 0
+
+
+def cmd_hw_compare(args: argparse.Namespace) -> int:
+    from ..hardware import devices as devs
+    from ..hardware import eie
+    from ..hardware.compare import compare
+    from ..report import markdown_table, plots
+
+    src = _input_file(args.model)
+    if not _is_container(src):
+        raise UsageError(f"{src}: hw compare needs a compressed file (EIE runs the compressed layers)")
+    args.source = str(src)
+    fc_layers, _ = _eie_layers(args)
+    if not fc_layers:
+        raise UsageError(f"{src}: no weight-shared fully connected layer to compare on")
+    latency_s = energy_j = 0.0
+    for layer in fc_layers:
+        cfg = eie.config_for_codebook(len(layer["codebook"]), pes=args.pes)
+        r = eie.simulate(eie.encode_layer(layer["codes"], layer["codebook"], cfg, layer["bias"]),
+                         layer["activations"], cfg)
+        latency_s += r.latency_us * 1e-6
+        energy_j += sum(r.energy_pj.values()) * 1e-12
+    _, workloads = _workloads(args)
+    names = {layer["name"] for layer in fc_layers}
+    dense = [w for w in workloads["dense"] if w.name in names]
+    compressed = [w for w in workloads["compressed"] if w.name in names]
+    rows = compare(dense, compressed, latency_s, energy_j, devs.get_device(args.cpu), devs.get_device(args.gpu),
+                   devs.get_device("tpu-v1"), args.batch, eie_label=f"cycle-level model, {args.pes} PEs")
+    out_dir = _output_dir(args.output)
+    plots.comparison_bars([r["platform"] for r in rows], [r["speedup"] for r in rows],
+                          [r["energy_efficiency"] for r in rows], out_dir / "compare.png",
+                          f"{src.name}: layers {', '.join(sorted(names))}, batch {args.batch}")
+    text = markdown_table([[r["platform"], r["method"], r["latency_us"], r["throughput_per_s"], r["energy_uj"],
+                            r["speedup"], r["energy_efficiency"]] for r in rows],
+                          ["platform", "how", "latency µs (batch)", "inferences / s", "energy µJ / inference",
+                           "speedup", "energy efficiency"])
+    text += (f"\n\nlayers: {', '.join(sorted(names))} (EIE runs fully connected layers); "
+             "speedup and efficiency relative to CPU dense; CPU/GPU: roofline × TDP estimates"
+             f"\nplot: {out_dir / 'compare.png'}")
+    _emit(args, {"file": str(src), "batch": args.batch, "layers": sorted(names), "platforms": rows}, text)
     return 0
 
 
@@ -805,7 +846,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_sensitivity)
 
-    hw = sub.add_parser("hw", help="hardware models: number formats, energy, roofline, EIE, systolic array")
+    hw = sub.add_parser("hw", help="hardware models: number formats, energy, roofline, EIE, systolic array, comparison")
     hw_sub = hw.add_subparsers(dest="hw_command", metavar="HW_COMMAND", parser_class=_Parser, required=True)
     p = hw_sub.add_parser("formats", help="range, precision, energy and area of number formats")
     p.add_argument("--fixed", nargs="*", default=["Q7.8", "Q3.4"], help="fixed-point formats Qm.n to add")
@@ -839,7 +880,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=_positive_int, default=256)
     p.add_argument("--cols", type=_positive_int, default=256)
     p.add_argument("--clock-mhz", type=_positive_float, default=700.0)
-    p.add_argument("--bandwidth-gbs", type=_positive_float, default=34.0, help="DRAM bandwidth (default TPU v1: 34)")
+    p.add_argument("--device", default="tpu-v1", help="device whose DRAM bandwidth feeds the array (default tpu-v1)")
+    p.add_argument("--bandwidth-gbs", type=_positive_float, help="DRAM bandwidth, overriding --device")
     common(p)
     p.set_defaults(func=cmd_hw_systolic)
 
@@ -853,6 +895,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="runs/eie", help="output directory for the sweep plots")
     common(p)
     p.set_defaults(func=cmd_hw_eie)
+
+    p = hw_sub.add_parser("compare", help="CPU, GPU, TPU and EIE side by side: latency, throughput, energy")
+    p.add_argument("model", help="compressed file (.edlz)")
+    p.add_argument("--batch", type=_positive_int, default=1, help="inputs per weight fetch (default 1)")
+    p.add_argument("--cpu", default="haswell", help="CPU device (default haswell)")
+    p.add_argument("--gpu", default="k80", help="GPU device (default k80; p100, v100, h100, h200 or YAML)")
+    p.add_argument("--pes", type=_positive_int, default=64, help="EIE processing elements (default 64)")
+    p.add_argument("-o", "--output", default="runs/compare", help="output directory for compare.png")
+    common(p)
+    p.set_defaults(func=cmd_hw_compare)
 
     rc = sub.add_parser("recipe", help="recipes: check one before running it")
     rc_sub = rc.add_subparsers(dest="recipe_command", metavar="RECIPE_COMMAND", parser_class=_Parser, required=True)

@@ -28,6 +28,7 @@ class Device:
         peak_ops: precision → peak operations per second (a MAC is 2 operations).
         bandwidth_bytes_per_s: off-chip memory bandwidth.
         on_chip_bytes: on-chip memory that can hold weights.
+        power_w: thermal design power, for energy estimates (power × time), or None.
     """
 
     name: str
@@ -35,6 +36,7 @@ class Device:
     peak_ops: dict[str, float]
     bandwidth_bytes_per_s: float
     on_chip_bytes: float
+    power_w: float | None = None
 
     def peak(self, precision: str) -> float:
         """Peak ops/s at ``precision``; the closest wider precision when the device lists none."""
@@ -54,17 +56,17 @@ class Device:
 T, G, MiB = 1e12, 1e9, float(1 << 20)
 DEVICES = {d.name: d for d in [
     Device("haswell", "Intel Haswell E5-2699 v3 server CPU (Jouppi et al. ISCA'17, Table 2)",
-           {"int8": 2.6 * T, "fp32": 1.3 * T}, 51 * G, 51 * MiB),
-    Device("k80", "NVIDIA K80, one die (Jouppi et al. ISCA'17, Table 2)", {"fp32": 2.8 * T}, 160 * G, 8 * MiB),
+           {"int8": 2.6 * T, "fp32": 1.3 * T}, 51 * G, 51 * MiB, 145),
+    Device("k80", "NVIDIA K80, one die (Jouppi et al. ISCA'17, Table 2)", {"fp32": 2.8 * T}, 160 * G, 8 * MiB, 150),
     Device("tpu-v1", "Google TPU v1: 256×256 8-bit MACs at 700 MHz (Jouppi et al. ISCA'17)",
-           {"int8": 92 * T}, 34 * G, 28 * MiB),
-    Device("p100", "NVIDIA P100 SXM2 (data sheet)", {"fp16": 21.2 * T, "fp32": 10.6 * T}, 732 * G, 4 * MiB),
+           {"int8": 92 * T}, 34 * G, 28 * MiB, 75),
+    Device("p100", "NVIDIA P100 SXM2 (data sheet)", {"fp16": 21.2 * T, "fp32": 10.6 * T}, 732 * G, 4 * MiB, 300),
     Device("v100", "NVIDIA V100 SXM2 (data sheet; fp16 on tensor cores)", {"fp16": 125 * T, "fp32": 15.7 * T},
-           900 * G, 6 * MiB),
+           900 * G, 6 * MiB, 300),
     Device("h100", "NVIDIA H100 SXM5 (data sheet; dense tensor cores)",
-           {"int8": 1979 * T, "fp16": 989 * T, "bf16": 989 * T, "fp32": 67 * T}, 3350 * G, 50 * MiB),
+           {"int8": 1979 * T, "fp16": 989 * T, "bf16": 989 * T, "fp32": 67 * T}, 3350 * G, 50 * MiB, 700),
     Device("h200", "NVIDIA H200 SXM (data sheet; dense tensor cores)",
-           {"int8": 1979 * T, "fp16": 989 * T, "bf16": 989 * T, "fp32": 67 * T}, 4800 * G, 50 * MiB),
+           {"int8": 1979 * T, "fp16": 989 * T, "bf16": 989 * T, "fp32": 67 * T}, 4800 * G, 50 * MiB, 700),
 ]}
 
 
@@ -76,6 +78,7 @@ def load_device(path: str | Path) -> Device:
         peak_ops: {int8: 4.0e12, fp16: 1.0e12}
         bandwidth_bytes_per_s: 25.6e9
         on_chip_bytes: 4194304
+        power_w: 10            # optional, for energy estimates
 
     Raises:
         HardwareError: a missing file, bad YAML, unknown precision or non-positive figure.
@@ -89,7 +92,7 @@ def load_device(path: str | Path) -> Device:
         raise HardwareError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(d, dict):
         raise HardwareError(f"{p}: expected a mapping")
-    unknown = set(d) - {"name", "description", "peak_ops", "bandwidth_bytes_per_s", "on_chip_bytes"}
+    unknown = set(d) - {"name", "description", "peak_ops", "bandwidth_bytes_per_s", "on_chip_bytes", "power_w"}
     if unknown:
         raise HardwareError(f"{p}: unknown key {sorted(unknown)[0]!r}")
     peaks = d.get("peak_ops")
@@ -101,7 +104,8 @@ def load_device(path: str | Path) -> Device:
     return Device(str(d.get("name", p.stem)), str(d.get("description", str(p))),
                   {k: positive_number(v, f"peak_ops.{k}", str(p)) for k, v in peaks.items()},
                   positive_number(d.get("bandwidth_bytes_per_s"), "bandwidth_bytes_per_s", str(p)),
-                  positive_number(d.get("on_chip_bytes"), "on_chip_bytes", str(p)))
+                  positive_number(d.get("on_chip_bytes"), "on_chip_bytes", str(p)),
+                  positive_number(d["power_w"], "power_w", str(p)) if "power_w" in d else None)
 
 
 def get_device(name_or_path: str) -> Device:

@@ -88,6 +88,13 @@ class EIEConfig:
             raise HardwareError(f"EIE: clock_hz must be a positive number, got {self.clock_hz!r}")
 
 
+def config_for_codebook(codebook_size: int, **kwargs) -> EIEConfig:
+    """An :class:`EIEConfig` whose entries fit a codebook of ``codebook_size`` values:
+    4-bit weights and indices (8-bit entries) up to 16 values, else 16-bit entries."""
+    bits = max(4, int(codebook_size - 1).bit_length())
+    return EIEConfig(weight_bits=bits, index_bits=(8 if bits <= 4 else 16) - bits, **kwargs)
+
+
 @dataclass(frozen=True)
 class EIELayer:
     """A layer in EIE's storage (see the module docstring).

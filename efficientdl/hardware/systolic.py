@@ -77,6 +77,7 @@ class GemmResult:
         utilisation: MACs / (total_cycles · R · C).
         seconds: ``total_cycles / clock``.
         bound: ``"memory"`` when fetching the weights takes longer than computing, else ``"compute"``.
+        activations_fit: whether the layer's input and output activations fit the unified buffer.
     """
 
     m: int
@@ -90,6 +91,7 @@ class GemmResult:
     utilisation: float
     seconds: float
     bound: str
+    activations_fit: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,7 +106,9 @@ def simulate_gemm(m: int, k: int, n: int, config: SystolicConfig = SystolicConfi
     """Cycles of ``(m × k) · (k × n)`` on a weight-stationary array (see the module docstring).
 
     Edge tiles use the whole array's pipeline depth (the skew and drain are fixed by the
-    hardware, not by how many cells hold weights).
+    hardware, not by how many cells hold weights).  The accumulators (32-bit) hold
+    ``accumulator_bytes / (4 · cols)`` input rows per column block (4096 on the TPU); a
+    longer input runs in passes, each streaming every tile again.
     """
     for name, v in (("m", m), ("k", k), ("n", n)):
         if not isinstance(v, (int, np.integer)) or v < 0:
@@ -114,15 +118,21 @@ def simulate_gemm(m: int, k: int, n: int, config: SystolicConfig = SystolicConfi
     col_sizes = [C] * (n // C) + ([n % C] if n % C else [])
     fetches = [math.ceil(kr * nc * config.weight_bytes / config.bandwidth_bytes_per_s * config.clock_hz)
                for kr in row_sizes for nc in col_sizes]          # an edge tile fetches only its weights
-    tiles = len(fetches)
-    per_tile = tile_cycles(m, R, C)
-    compute = tiles * per_tile
-    fetch = sum(fetches)
-    total = (fetches[0] + sum(max(per_tile, f) for f in fetches)) if tiles and m else 0
+    # the accumulators hold 32-bit partial sums of at most `chunk` input rows per column block:
+    # longer inputs run in passes, each fetching the weights again
+    chunk = max(1, config.accumulator_bytes // (4 * C))
+    passes = [min(chunk, m - start) for start in range(0, m, chunk)]
+    tiles = len(fetches) * len(passes)
+    compute = sum(tile_cycles(mm, R, C) for mm in passes) * len(fetches)
+    fetch = sum(fetches) * len(passes)
+    total = 0
+    if fetches and passes:
+        total = fetches[0] + sum(max(tile_cycles(mm, R, C), f) for mm in passes for f in fetches)
     macs = m * k * n
     util = macs / (total * R * C) if total else 0.0
     return GemmResult(m, k, n, tiles, compute, fetch, total, total - compute, util, total / config.clock_hz,
-                      "memory" if fetch > compute else "compute")
+                      "memory" if fetch > compute else "compute",
+                      m * (k + n) * config.weight_bytes <= config.unified_buffer_bytes)
 
 
 def simulate_tile(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, int]:

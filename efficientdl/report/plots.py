@@ -167,3 +167,22 @@ def energy_bars(breakdowns: Mapping[str, Mapping[str, float]], path: str | os.Pa
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def comparison_bars(labels: Sequence[str], speedup: Sequence[float], efficiency: Sequence[float],
+                    path: str | os.PathLike, title: str = "") -> None:
+    """Speedup and energy efficiency of platforms relative to the first, on log scales
+    (the EIE paper's Figures 6–7)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, values, name in ((axes[0], speedup, "speedup"), (axes[1], efficiency, "energy efficiency")):
+        bars = ax.bar(labels, values, color=["0.6"] * (len(labels) - 1) + ["tab:green"])
+        ax.set_yscale("log")
+        ax.set_ylabel(f"{name} (× {labels[0]})")
+        ax.tick_params(axis="x", rotation=30)
+        for b, v in zip(bars, values):
+            ax.annotate(f"{v:.3g}×", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

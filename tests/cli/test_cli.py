@@ -399,3 +399,19 @@ def test_hw_eie_on_a_benchmark_layer_and_a_file(files, tmp_path, capsys):
     assert "not a benchmark layer" in assert_one_line_error(capsys, code, "hw eie")
     code = main(["hw", "eie", "NT-We", "--fifo-depth", "1"])
     assert "fifo_depth" in assert_one_line_error(capsys, code, "hw eie")
+
+
+def test_hw_compare(files, tmp_path, capsys):
+    argv = ["hw", "compare", str(files["edlz"]), "--test-subset", "10", "-o", str(tmp_path), "--json"]
+    assert main(argv) == 0
+    d = json.loads(capsys.readouterr().out)
+    rows = {r["platform"]: r for r in d["platforms"]}
+    assert list(rows) == ["CPU dense", "CPU sparse", "GPU dense", "GPU sparse", "TPU", "EIE"]
+    assert rows["CPU dense"]["speedup"] == 1.0 and rows["CPU dense"]["energy_efficiency"] == 1.0
+    # roofline by hand for the dense CPU: every fc layer is memory-bound on fp32 weights at batch 1
+    bytes_ = 4 * (784 * 300 + 300 * 100 + 100 * 10) + 4 * (784 + 300 + 300 + 100 + 100 + 10)
+    assert rows["CPU dense"]["latency_us"] == pytest.approx(bytes_ / 51e9 * 1e6)
+    assert rows["EIE"]["energy_efficiency"] > rows["GPU sparse"]["energy_efficiency"]
+    assert (tmp_path / "compare.png").stat().st_size > 0
+    code = main(["hw", "compare", str(files["ckpt"])])
+    assert "needs a compressed file" in assert_one_line_error(capsys, code, "hw compare")

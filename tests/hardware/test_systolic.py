@@ -81,3 +81,12 @@ def test_cli_systolic(tmp_path, capsys):
     fc1 = d["layers"][2]
     assert (fc1["m"], fc1["k"], fc1["n"]) == (4, 800, 500)
     assert d["total_cycles"] == sum(l["total_cycles"] for l in d["layers"])
+
+
+def test_accumulator_capacity_splits_long_inputs_into_passes():
+    cfg = SystolicConfig(rows=4, cols=4, clock_hz=1e9, bandwidth_bytes_per_s=1e9, accumulator_bytes=4 * 4 * 10)
+    r = simulate_gemm(25, 4, 4, cfg)                  # 10 rows per pass: passes of 10, 10, 5
+    assert r.tiles == 3 and r.compute_cycles == (10 + 6) * 2 + (5 + 6)
+    assert r.total_cycles == 16 + 16 + 16 + 16 and r.fetch_cycles == 48
+    assert simulate_gemm(8, 2048, 2048).activations_fit
+    assert not simulate_gemm(10_000, 2048, 2048).activations_fit
