@@ -533,6 +533,14 @@ def _eie_layers(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     """The layers ``edl hw eie`` simulates: benchmark layers by name, or a compressed file's fc layers."""
     from ..hardware import eie
 
+    if args.source == "random":
+        if not args.shape:
+            raise UsageError("random needs --shape IN OUT")
+        cols, rows = args.shape
+        codes, codebook, act = eie.random_layer(rows, cols, args.weight_density, args.activation_density,
+                                                seed=args.seed)
+        return [{"name": f"random {cols}×{rows}", "codes": codes, "codebook": codebook, "bias": None,
+                 "activations": act}], []
     names = list(eie.BENCHMARK_LAYERS) if args.source == "all" else [args.source]
     if all(n in eie.BENCHMARK_LAYERS for n in names):
         out = []
@@ -886,7 +894,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_hw_systolic)
 
     p = hw_sub.add_parser("eie", help="cycle-level EIE simulation of a compressed file's fc layers or a benchmark layer")
-    p.add_argument("source", help="compressed file (.edlz), an EIE benchmark layer (Alex-6, …, NT-LSTM) or all")
+    p.add_argument("source", help="compressed file (.edlz), an EIE benchmark layer (Alex-6, …, NT-LSTM), all, "
+                                  "or random (with --shape and the densities)")
+    p.add_argument("--shape", type=_positive_int, nargs=2, metavar=("IN", "OUT"), help="random layer size")
+    p.add_argument("--weight-density", type=_fraction, default=0.1, help="random layer weight density (0.1)")
+    p.add_argument("--activation-density", type=_fraction, default=0.35, help="random input density (0.35)")
     p.add_argument("--pes", type=_positive_int, default=64, help="processing elements (default 64)")
     p.add_argument("--fifo-depth", type=_positive_int, default=8, help="activation FIFO depth ≥ 2 (default 8)")
     p.add_argument("--sram-line-bits", type=_positive_int, default=64)

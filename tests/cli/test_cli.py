@@ -395,6 +395,12 @@ def test_hw_eie_on_a_benchmark_layer_and_a_file(files, tmp_path, capsys):
     assert all(l["max_rel_error"] < 1e-9 for l in d["layers"])
     assert d["layers"][0]["sweep"]["pe_speedup"][0] == [1, 1.0]
     assert (tmp_path / "eie_fifo_depth.png").stat().st_size > 0
+    assert main(["hw", "eie", "random", "--shape", "300", "200", "--weight-density", "0.2", "--pes", "4",
+                 "--json"]) == 0
+    (layer,) = json.loads(capsys.readouterr().out)["layers"]
+    assert (layer["cols"], layer["rows"]) == (300, 200) and abs(layer["weight_density"] - 0.2) < 0.02
+    code = main(["hw", "eie", "random"])
+    assert "--shape" in assert_one_line_error(capsys, code, "hw eie")
     code = main(["hw", "eie", "Alex-9"])
     assert "not a benchmark layer" in assert_one_line_error(capsys, code, "hw eie")
     code = main(["hw", "eie", "NT-We", "--fifo-depth", "1"])
