@@ -8,6 +8,6 @@ and the ``cli``.
 
 __version__ = "0.1.0"
 
-from . import compress, data, format, models, report, train  # noqa: E402
+from . import compress, data, format, hardware, kernels, models, nn, report, train  # noqa: E402
 
-__all__ = ["__version__", "compress", "data", "format", "models", "report", "train"]
+__all__ = ["__version__", "compress", "data", "format", "hardware", "kernels", "models", "nn", "report", "train"]
