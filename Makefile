@@ -32,6 +32,7 @@ bench: install data
 	$(PY) benchmarks/eie_sim.py --json runs/bench/eie_sim.json
 	$(PY) benchmarks/winograd_bench.py --json runs/bench/winograd.json
 	$(PY) benchmarks/lowrank.py --checkpoint runs/bench/lenet300-dense.pt --json runs/bench/lowrank.json
+	$(PY) benchmarks/ternary.py --checkpoint runs/bench/lenet5-dense.pt --json runs/bench/ternary.json
 	$(PY) benchmarks/eie_layers.py --json runs/bench/eie_layers.json \
 		--models runs/bench/lenet300-s96-b3.edlz runs/bench/lenet5-s95-b5_4.edlz
 

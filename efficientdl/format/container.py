@@ -23,6 +23,9 @@ Tensor kinds:
 * ``shared`` (pruned + weight-shared): relative indices, one ``b``-bit codebook index
   per entry (0 is the zero weight, also used by fillers) and the ``2^b − 1``
   float32 centroids.
+* ``codes`` (weight-shared, not much pruned — ternary or binary weights): one ``b``-bit
+  codebook index per element (0 = zero) and the centroids; the encoder picks whichever of
+  ``shared`` and ``codes`` is smaller.
 
 Index and value streams are either Huffman coded (canonical code lengths stored as
 a section, then the bitstream) or packed at fixed width.  The encoder always stores
@@ -178,6 +181,39 @@ def _write_sparse(w: _Writer, name: str, t: torch.Tensor, index_bits: int, codin
     return rec, layer
 
 
+def _write_codes(w: _Writer, name: str, t: torch.Tensor, coding: str, indices: np.ndarray, centroids: np.ndarray,
+                 weight_bits: int) -> tuple[dict, LayerRecord]:
+    """A weight-shared tensor as one code per element (0 = zero), no sparse index."""
+    rec = _tensor_record(name, t)
+    sections: dict[str, list[int]] = {}
+    symbols = np.asarray(indices, np.int64).ravel()
+    value_avg = _encode_stream(w, symbols, weight_bits, coding, sections, "values")
+    sections["codebook"] = w.add(np.asarray(centroids, "<f4").tobytes())
+    rec.update(kind="codes", weight_bits=weight_bits, coding=coding, sections=sections)
+    size = sum(s[1] for s in sections.values())
+    layer = LayerRecord(name, symbols.size, int(np.count_nonzero(symbols)), "codes", float(weight_bits), None,
+                        symbols.size, size, weight_bits_huffman=value_avg if coding == "huffman" else None)
+    return rec, layer
+
+
+def _write_shared(w: _Writer, name: str, t: torch.Tensor, index_bits: int, coding: str, indices: np.ndarray,
+                  centroids: np.ndarray, weight_bits: int, layout: str = "smaller") -> tuple[dict, LayerRecord]:
+    """A weight-shared tensor in the sparse (relative index + codes) or the dense-codes layout.
+
+    With ``layout="smaller"`` both are tried and the smaller kept: pruned layers are
+    smaller with a sparse index; dense or mildly sparse weight-shared layers (ternary and
+    binary weights, say) are smaller as one code per element.
+    """
+    if layout == "smaller":
+        trial = _Writer()
+        _, sparse = _write_sparse(trial, name, t, index_bits, coding, indices, centroids, weight_bits)
+        _, dense = _write_codes(trial, name, t, coding, indices, centroids, weight_bits)
+        layout = "codes" if dense.size_bytes < sparse.size_bytes else "sparse"
+    if layout == "codes":
+        return _write_codes(w, name, t, coding, indices, centroids, weight_bits)
+    return _write_sparse(w, name, t, index_bits, coding, indices, centroids, weight_bits)
+
+
 def _inferred_codebook(t: torch.Tensor, max_bits: int) -> tuple[np.ndarray, np.ndarray, int] | None:
     """Recover (indices, centroids, bits) from a weight with few distinct nonzero values."""
     flat = t.detach().cpu().flatten().numpy().astype(np.float32)
@@ -199,6 +235,7 @@ def encode(
     arch: dict | None = None,
     meta: dict | None = None,
     infer_shared: bool = True,
+    shared_layout: str = "smaller",
 ) -> tuple[bytes, list[LayerRecord]]:
     """Encode a model into the bytes of a compressed file.
 
@@ -217,12 +254,16 @@ def encode(
             ``model.edl_arch`` when the model has one.
         meta: free-form JSON-serialisable metadata (accuracy, recipe, ...).
         infer_shared: detect weight-shared values in plain weights.
+        shared_layout: for weight-shared tensors, ``"smaller"`` (default: the smaller of
+            the two), ``"sparse"`` (relative index + codes) or ``"codes"`` (a code per element).
 
     Returns:
         ``(file_bytes, layer_records)``.
     """
     if coding not in ("huffman", "fixed"):
         raise ValueError(f"coding must be 'huffman' or 'fixed', got {coding!r}")
+    if shared_layout not in ("smaller", "sparse", "codes"):
+        raise ValueError(f"shared_layout must be 'smaller', 'sparse' or 'codes', got {shared_layout!r}")
     index_bits = DEFAULT_INDEX_BITS if index_bits is None else index_bits
     w = _Writer()
     records, layers = [], []
@@ -238,11 +279,11 @@ def encode(
         if weight.numel() == 0:
             rec, layer = _write_dense(w, pname, weight)
         elif sw is not None:
-            rec, layer = _write_sparse(w, pname, weight, ib, coding, sw.indices.flatten().numpy(),
-                                       sw.centroids.detach().numpy(), sw.bits)
+            rec, layer = _write_shared(w, pname, weight, ib, coding, sw.indices.flatten().numpy(),
+                                       sw.centroids.detach().numpy(), sw.bits, shared_layout)
         elif inferred is not None and weight.dtype == torch.float32:
             idx, cb, bits = inferred
-            rec, layer = _write_sparse(w, pname, weight, ib, coding, idx, cb, bits)
+            rec, layer = _write_shared(w, pname, weight, ib, coding, idx, cb, bits, shared_layout)
         elif weight.dtype == torch.float32 and (weight_mask(module) is not None
                                                 or int(torch.count_nonzero(weight)) * 2 <= weight.numel()):
             rec, layer = _write_sparse(w, pname, weight, ib, coding)
@@ -386,11 +427,27 @@ def _decode_stream(rec: dict, key: str, bits: int, count: int, blob: memoryview,
             symbols = huffman_decode(table, payload, count)
         except FormatError as e:
             raise FormatError(f"{where}: '{rec['name']}' {key} stream: {e}") from None
+        used_bits = int(table[symbols].astype(np.int64).sum()) if symbols.size else 0
+        if (used_bits + 7) // 8 != len(payload):       # the stream must hold exactly `count` symbols
+            raise FormatError(f"{where}: '{rec['name']}' {key} stream holds {len(payload)} bytes, "
+                              f"its {count} symbols need {(used_bits + 7) // 8}")
         return symbols.astype(np.int64), len(payload) + table.size
     try:
         return unpack_fixed(payload, bits, count), len(payload)
     except FormatError as e:
         raise FormatError(f"{where}: '{rec['name']}' {key} stream: {e}") from None
+
+
+def _codebook(rec: dict, bits: int, symbols: np.ndarray, blob: memoryview, where: str) -> np.ndarray:
+    """The codebook section (entry 0, the zero, implied), checked against the symbols that use it."""
+    name = rec["name"]
+    cb_bytes = _section(rec, "codebook", blob, where)
+    if len(cb_bytes) != 4 * ((1 << bits) - 1):
+        raise FormatError(f"{where}: tensor '{name}' codebook has {len(cb_bytes)} bytes, expected {4 * ((1 << bits) - 1)}")
+    codebook = np.concatenate([[0.0], np.frombuffer(cb_bytes, "<f4")]).astype(np.float32)
+    if symbols.size and symbols.max() >= codebook.size:
+        raise FormatError(f"{where}: tensor '{name}' uses a codebook index out of range")
+    return codebook
 
 
 def _decode_tensor(rec: dict, blob: memoryview, where: str, budget: list[int]) -> tuple[torch.Tensor, LayerRecord, Any]:
@@ -419,8 +476,21 @@ def _decode_tensor(rec: dict, blob: memoryview, where: str, budget: list[int]) -
         t = torch.from_numpy(arr.copy())
         nz = int(np.count_nonzero(arr))
         return t, LayerRecord(name, numel, nz, "dense", 8.0 * itemsize, None, numel, len(data)), None
-    if kind not in ("sparse", "shared") or rec["dtype"] != "float32" or rec.get("coding") not in ("huffman", "fixed"):
+    if kind not in ("sparse", "shared", "codes") or rec["dtype"] != "float32" \
+            or rec.get("coding") not in ("huffman", "fixed"):
         raise FormatError(f"{where}: tensor '{name}' has an unknown kind or coding")
+    if kind == "codes":
+        wb = _int(rec.get("weight_bits"), 1, MAX_WEIGHT_BITS, "weight_bits", where)
+        payload_bytes = rec.get("sections", {}).get("values") if isinstance(rec.get("sections"), dict) else None
+        if not isinstance(payload_bytes, list) or len(payload_bytes) != 3 or not isinstance(payload_bytes[1], int) \
+                or numel > 8 * payload_bytes[1]:
+            raise FormatError(f"{where}: tensor '{name}' declares {numel} codes its stream cannot hold")
+        symbols, value_bytes = _decode_stream(rec, "values", wb, numel, blob, where)
+        codebook = _codebook(rec, wb, symbols, blob, where)
+        layer = LayerRecord(name, numel, int(np.count_nonzero(symbols)), "codes", float(wb), None, numel,
+                            value_bytes + 4 * (codebook.size - 1))
+        return (torch.from_numpy(codebook[symbols].astype(np.float32).reshape(shape)), layer,
+                (symbols.reshape(shape), codebook))
     ib = _int(rec.get("index_bits"), 1, MAX_INDEX_BITS, "index_bits", where)
     entries = _int(rec.get("entries"), 0, 8 * len(blob), "entries", where)
     if numel > entries << ib or (numel > 0) != (entries > 0):
@@ -443,14 +513,9 @@ def _decode_tensor(rec: dict, blob: memoryview, where: str, budget: list[int]) -
     else:
         wb = _int(rec.get("weight_bits"), 1, MAX_WEIGHT_BITS, "weight_bits", where)
         symbols, value_bytes = _decode_stream(rec, "values", wb, entries, blob, where)
-        cb_bytes = _section(rec, "codebook", blob, where)
-        if len(cb_bytes) != 4 * ((1 << wb) - 1):
-            raise FormatError(f"{where}: tensor '{name}' codebook has {len(cb_bytes)} bytes, expected {4 * ((1 << wb) - 1)}")
-        codebook = np.concatenate([[0.0], np.frombuffer(cb_bytes, "<f4")]).astype(np.float32)
-        if symbols.size and symbols.max() >= codebook.size:
-            raise FormatError(f"{where}: tensor '{name}' uses a codebook index out of range")
+        codebook = _codebook(rec, wb, symbols, blob, where)
         flat[positions] = codebook[symbols]
-        value_bytes += len(cb_bytes)
+        value_bytes += 4 * (codebook.size - 1)
         indices = np.zeros(numel, np.int64)
         indices[positions] = symbols
         codebook_info = (indices.reshape(shape), codebook)

@@ -21,7 +21,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -220,7 +220,8 @@ class Trainer:
         return distillation_loss(logits, teacher_logits, y, self.kd_temperature, self.kd_alpha)
 
     def fit(
-        self, model: nn.Module, epochs: int | None = None, lr: float | None = None, description: str = "train"
+        self, model: nn.Module, epochs: int | None = None, lr: float | None = None, description: str = "train",
+        on_epoch: Callable[[nn.Module, dict], None] | None = None,
     ) -> list[dict]:
         """Train ``model`` in place.
 
@@ -229,6 +230,8 @@ class Trainer:
             epochs: overrides the trainer's ``epochs``.
             lr: overrides the trainer's base learning rate.
             description: label of the progress bar and epoch lines.
+            on_epoch: called after each epoch with the model and that epoch's record
+                (e.g. to follow how learned scales evolve).
 
         Returns:
             One dict per epoch: ``epoch`` (1-based), ``lr`` (at the epoch's start),
@@ -272,6 +275,8 @@ class Trainer:
             with progress:
                 for epoch in range(epochs):
                     history.append(self._epoch(model, optimizer, base_lr, epoch, epochs, steps_per_epoch, progress, description))
+                    if on_epoch is not None:
+                        on_epoch(model, history[-1])
         finally:
             model.train(was_training)
             if self.teacher is not None:

@@ -71,7 +71,7 @@ def mixed():
 
 @pytest.fixture(scope="module", params=["huffman", "fixed"])
 def encoded(request, mixed):
-    data, layers = fmt.encode(mixed, arch=None, coding=request.param)
+    data, layers = fmt.encode(mixed, arch=None, coding=request.param, shared_layout="sparse")
     return data, layers, request.param
 
 
@@ -411,7 +411,7 @@ def test_random_sparse_matrices_round_trip(rows, cols, density, bits, index_bits
             layer.weight.copy_(torch.from_numpy(w))
         apply_mask(layer, torch.from_numpy(keep))
         expected = torch.from_numpy(w)
-    data, layers = fmt.encode(layer, index_bits=index_bits, coding=coding)
+    data, layers = fmt.encode(layer, index_bits=index_bits, coding=coding, shared_layout="sparse")
     c = fmt.decode(data)
     assert torch.equal(c.tensors["weight"], expected)
     assert torch.equal(c.tensors["bias"], layer.bias.detach())
@@ -445,3 +445,46 @@ def test_info_and_load_on_crafted_headers(tmp_path, mixed, case):
             call(path)
         except (FormatError, ModelError) as e:
             assert "\n" not in str(e)
+
+
+# --------------------------------------------------------------------------- dense codes layout
+@pytest.mark.parametrize("coding", ["huffman", "fixed"])
+def test_codes_layout_round_trip_and_choice(coding):
+    torch.manual_seed(0)
+    dense_shared = nn.Linear(50, 40)                  # ternary-like: 3 values, a third zero
+    with torch.no_grad():
+        dense_shared.weight.copy_(torch.randint(-1, 2, (40, 50)).float() * 0.25)
+    data, layers = fmt.encode(dense_shared, coding=coding)
+    rec = {r.name: r for r in layers}["weight"]
+    assert rec.kind == "codes" and rec.weight_bits == 2 and rec.index_bits is None
+    c = fmt.decode(data)
+    assert torch.equal(c.tensors["weight"], dense_shared.weight.detach())
+    codes, codebook = c.codebooks["weight"]
+    np.testing.assert_array_equal(codebook[codes], dense_shared.weight.detach().numpy())
+    sparse_data, sparse_layers = fmt.encode(dense_shared, coding=coding, shared_layout="sparse")
+    assert len(data) < len(sparse_data)
+    pruned = nn.Linear(200, 100)                      # 95% pruned: the sparse index wins
+    with torch.no_grad():
+        pruned.weight.copy_((torch.rand(100, 200) < 0.05).float() * 0.5)
+    assert {r.name: r for r in fmt.encode(pruned, coding=coding)[1]}["weight"].kind == "shared"
+
+
+@pytest.mark.parametrize("case", ["shape fewer", "shape more", "codebook index", "huge"])
+def test_crafted_codes_headers_are_refused(case):
+    layer = nn.Linear(30, 20)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randint(-1, 2, (20, 30)).float())
+    data, _ = fmt.encode(layer, coding="huffman", shared_layout="codes")
+
+    def mutate(h):
+        t = next(t for t in h["tensors"] if t["name"] == "weight")
+        if case == "shape fewer":
+            t["shape"] = [20, 29]
+        elif case == "shape more":
+            t["shape"] = [20, 31]
+        elif case == "codebook index":
+            t["weight_bits"] = 1
+        else:
+            t["shape"] = [10 ** 6, 10 ** 6]
+
+    assert_format_error(reheader(data, mutate))
