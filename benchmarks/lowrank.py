@@ -20,9 +20,11 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from efficientdl import data, models, train  # noqa: E402
+from efficientdl import train  # noqa: E402
 from efficientdl.compress.lowrank import low_rank  # noqa: E402
+from _dense import dense_model  # noqa: E402
 from efficientdl.report import markdown_table  # noqa: E402
 
 
@@ -33,14 +35,7 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=3)
     parser.add_argument("--json", type=pathlib.Path, default=ROOT / "runs" / "bench" / "lowrank.json")
     args = parser.parse_args()
-    train.set_seed(0)
-    ds = data.load("fashion-mnist", fallback=False)
-    if args.checkpoint and args.checkpoint.exists():
-        dense = train.load_checkpoint(args.checkpoint)
-    else:
-        dense = models.create("lenet300")
-        train.Trainer(ds.train, ds.test, epochs=20, lr=0.05, seed=0, progress=False).fit(dense)
-    base = train.evaluate(dense, ds.test)
+    dense, ds, base = dense_model("lenet300", args.checkpoint)
     print(f"dense: {100 * base:.2f}%", flush=True)
     rows = []
     for reduction in args.reductions:

@@ -24,10 +24,12 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from efficientdl import data, models, train  # noqa: E402
+from efficientdl import models, train  # noqa: E402
 from efficientdl import format as fmt  # noqa: E402
 from efficientdl.compress.ternary import ternarize, ternary_state  # noqa: E402
+from _dense import dense_model  # noqa: E402
 from efficientdl.report import markdown_table, plots  # noqa: E402
 
 
@@ -40,14 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     out = args.json.parent
     out.mkdir(parents=True, exist_ok=True)
-    train.set_seed(0)
-    ds = data.load("fashion-mnist", fallback=False)
-    if args.checkpoint and args.checkpoint.exists():
-        dense = train.load_checkpoint(args.checkpoint)
-    else:
-        dense = models.create("lenet5")
-        train.Trainer(ds.train, ds.test, epochs=15, lr=0.05, seed=0, progress=False).fit(dense)
-    base = train.evaluate(dense, ds.test)
+    dense, ds, base = dense_model("lenet5", args.checkpoint)
     original_bytes = 4 * sum(p.numel() for p in dense.parameters())
     print(f"fp32 LeNet-5: {100 * base:.2f}%, {original_bytes:,} bytes", flush=True)
     rows, trace = [], []
