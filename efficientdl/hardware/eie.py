@@ -150,10 +150,11 @@ def encode_layer(codes: np.ndarray, codebook: np.ndarray, config: EIEConfig = EI
     order = np.concatenate([np.arange(p, rows, n) for p in range(n)]).astype(np.int64)
     counts = np.array([len(range(p, rows, n)) for p in range(n)], np.int64)
     row_start = np.concatenate([[0], np.cumsum(counts)])
-    bias_codes = (bias[order] != 0).astype(np.int64)          # the bias column: one entry per nonzero bias
+    dtype = codes.dtype if np.issubdtype(codes.dtype, np.integer) else np.int64
+    bias_codes = (bias[order] != 0).astype(dtype)             # the bias column: one entry per nonzero bias
     table = np.zeros(1 << config.weight_bits)
     table[:codebook.size] = codebook
-    full = np.concatenate([codes[order].astype(np.int64), bias_codes[:, None]], axis=1)
+    full = np.concatenate([codes[order].astype(dtype, copy=False), bias_codes[:, None]], axis=1)
     try:
         packed = cpu.pack(full, np.where(np.arange(table.size) == 0, 0.0, 1.0), row_start=row_start,
                           entry_bits=config.index_bits + config.weight_bits)

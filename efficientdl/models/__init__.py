@@ -75,8 +75,10 @@ def create(name: str, num_classes: int = 10, in_channels: int = 1, **kwargs: Any
 
 
 from efficientdl.models.lenet import LeNet5, LeNet300  # noqa: E402  (registry must exist first)
+from efficientdl.models.squeezenet import SqueezeNet  # noqa: E402
 
 register("lenet300")(LeNet300)
 register("lenet5")(LeNet5)
+register("squeezenet")(SqueezeNet)
 
 __all__ = ["create", "available", "register", "LeNet300", "LeNet5"]
