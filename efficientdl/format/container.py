@@ -538,16 +538,26 @@ def decode(data: bytes, where: str = "<bytes>") -> Container:
         FormatError: the bytes are not a valid file of this version (one-line message).
     """
     header, blob = _parse_header(data, where)
-    blob_end = 0
+    spans = []
     for rec in header["tensors"]:
         secs = rec.get("sections") if isinstance(rec, dict) else None
         for sec in secs.values() if isinstance(secs, dict) else ():
-            if isinstance(sec, list) and len(sec) == 3 and all(isinstance(x, int) for x in sec[:2]):
-                blob_end = max(blob_end, sec[0] + sec[1])
+            if isinstance(sec, list) and len(sec) == 3 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                               for x in sec[:2]):
+                spans.append((sec[0], sec[1]))
+    blob_end = max((off + length for off, length in spans), default=0)
     if blob_end > len(blob):
         raise FormatError(f"{where}: truncated file ({len(blob)} data bytes, sections need {blob_end})")
-    if blob_end < len(blob):
-        raise FormatError(f"{where}: {len(blob) - blob_end} unexpected bytes after the last section")
+    # the writer lays sections back to back: they must tile the data exactly (no gap, no overlap),
+    # so a section moved or resized — even with its checksum recomputed — is refused
+    position = 0
+    for off, length in sorted(spans):
+        if off != position:
+            raise FormatError(f"{where}: sections {'overlap' if off < position else 'leave a gap'} at byte {off} "
+                              "(corrupted file)")
+        position += length
+    if position < len(blob):
+        raise FormatError(f"{where}: {len(blob) - position} unexpected bytes after the last section")
     tensors, layers, codebooks = {}, [], {}
     budget = [MAX_TOTAL_ELEMENTS]
     for rec in header["tensors"]:
