@@ -79,8 +79,17 @@ class SqueezeNet(nn.Module):
             if i in pools_after:
                 layers.append(pool())
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(channels, num_classes, 1), nn.ReLU(inplace=True),
-                                        nn.AdaptiveAvgPool2d(1))
+        final = nn.Conv2d(channels, num_classes, 1)
+        self.classifier = nn.Sequential(nn.Dropout(0.5), final, nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1))
+        # the reference initialisation: Kaiming-uniform convolutions, zero biases, and a small
+        # final layer (N(0, 0.01)) so that the ReLU before the pooling starts alive
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                if m is final:
+                    nn.init.normal_(m.weight, 0.0, 0.01)
+                else:
+                    nn.init.kaiming_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x)).flatten(1)
