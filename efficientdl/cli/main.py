@@ -213,6 +213,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dsd(args: argparse.Namespace) -> int:
+    import copy
+
+    from .. import models
+    from ..train import save_checkpoint
+    from ..train.dsd import dense_baseline, dsd
+
+    out = _output_file(args.output)
+    _seed(args)
+    ds = _load_data(args)
+    model = models.create(args.model, num_classes=ds.num_classes, in_channels=ds.input_shape[0])
+    initial = copy.deepcopy(model)
+    trainer = _trainer(args, ds)
+    result = dsd(model, trainer, args.sparsity, tuple(args.phase_epochs), args.lr, args.redense_lr_scale)
+    save_checkpoint(model, out)
+    text = (f"{args.model} DSD: dense {100 * result['dense']:.2f}% → sparse ({100 * args.sparsity:.0f}% pruned) "
+            f"{100 * result['sparse']:.2f}% → re-dense {100 * result['redense']:.2f}%  → {out}")
+    if args.baseline:
+        result["baseline"] = dense_baseline(initial, _trainer(args, ds), sum(args.phase_epochs), args.lr)
+        text += f"\ndense baseline, {sum(args.phase_epochs)} epochs: {100 * result['baseline']:.2f}%"
+    result.pop("history")
+    _emit(args, {"model": args.model, "checkpoint": str(out), **result}, text)
+    return 0
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from .. import compress
     from ..train import evaluate, save_checkpoint
@@ -786,6 +811,17 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     training(p, 20, 0.05)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("dsd", help="Dense-Sparse-Dense training (Han et al. ICLR'17)")
+    p.add_argument("--model", default="lenet300", help="registry name (default lenet300)")
+    p.add_argument("-o", "--output", required=True, help="checkpoint to write (.pt)")
+    p.add_argument("--sparsity", type=_fraction, default=0.5, help="sparse-phase sparsity (default 0.5)")
+    p.add_argument("--phase-epochs", type=_nonneg_int, nargs=3, default=[10, 10, 10], metavar=("DENSE", "SPARSE", "REDENSE"))
+    p.add_argument("--redense-lr-scale", type=_positive_float, default=0.1, help="re-dense lr = lr × this (0.1)")
+    p.add_argument("--baseline", action="store_true", help="also train the dense baseline for the same total epochs")
+    common(p)
+    training(p, 10, 0.05)
+    p.set_defaults(func=cmd_dsd)
 
     p = sub.add_parser("prune", help="magnitude pruning with retraining")
     p.add_argument("checkpoint", help="checkpoint (.pt) or compressed file (.edlz)")

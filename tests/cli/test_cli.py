@@ -421,3 +421,15 @@ def test_hw_compare(files, tmp_path, capsys):
     assert (tmp_path / "compare.png").stat().st_size > 0
     code = main(["hw", "compare", str(files["ckpt"])])
     assert "needs a compressed file" in assert_one_line_error(capsys, code, "hw compare")
+
+
+def test_dsd_command(tmp_path, capsys):
+    argv = ["dsd", "--phase-epochs", "1", "1", "1", "--sparsity", "0.6", "--data", "digits", "--train-subset", "300",
+            "--test-subset", "100", "--baseline", "-o", str(tmp_path / "dsd.pt"), "--json"]
+    assert main(argv) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert {"dense", "sparse", "redense", "baseline"} <= set(d) and d["sparsity"]["fc1"] == pytest.approx(0.6, abs=0.01)
+    state = torch.load(tmp_path / "dsd.pt", weights_only=True)["state_dict"]
+    assert set(state) == {f"fc{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias")}     # the mask is lifted
+    code = main(["dsd", "--sparsity", "1.5", "-o", str(tmp_path / "x.pt")])
+    assert code == 2
