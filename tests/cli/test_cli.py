@@ -431,5 +431,6 @@ def test_dsd_command(tmp_path, capsys):
     assert {"dense", "sparse", "redense", "baseline"} <= set(d) and d["sparsity"]["fc1"] == pytest.approx(0.6, abs=0.01)
     state = torch.load(tmp_path / "dsd.pt", weights_only=True)["state_dict"]
     assert set(state) == {f"fc{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias")}     # the mask is lifted
-    code = main(["dsd", "--sparsity", "1.5", "-o", str(tmp_path / "x.pt")])
-    assert code == 2
+    with pytest.raises(SystemExit) as exit_info:                 # argparse: one line, status 2
+        main(["dsd", "--sparsity", "1.5", "-o", str(tmp_path / "x.pt")])
+    assert exit_info.value.code == 2 and "expected a number in [0, 1]" in capsys.readouterr().err
