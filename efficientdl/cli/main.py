@@ -184,7 +184,7 @@ def _trainer(args: argparse.Namespace, ds, teacher=None, **overrides):
     from ..train import Trainer
 
     opts = dict(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                schedule=args.schedule)
+                schedule=args.schedule, precision=getattr(args, "precision", "fp32"))
     opts.update(overrides)
     return Trainer(ds.train, ds.test, seed=args.seed, progress=not (args.no_progress or args.json),
                    teacher=teacher, **opts)
@@ -804,6 +804,9 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--momentum", type=_fraction, default=0.9)
         g.add_argument("--weight-decay", type=_fraction, default=weight_decay)
         g.add_argument("--schedule", choices=["cosine", "step", "constant"], default="cosine")
+        g.add_argument("--precision", choices=["fp32", "mixed", "bf16", "fp16"], default="fp32",
+                       help="fp32; mixed: fp16 model + fp32 master weights + dynamic loss scaling; "
+                            "bf16 / fp16: torch.amp autocast (fp16 with a GradScaler)")
 
     p = sub.add_parser("train", help="train a registry model")
     p.add_argument("--model", default="lenet300", help="registry name: lenet300, lenet5 (default lenet300)")

@@ -33,6 +33,9 @@ from torch.nn.utils import parametrize
 from efficientdl.errors import DataError, ModelError, RecipeError
 
 SCHEDULES = ("cosine", "step", "constant")
+PRECISIONS = ("fp32", "mixed", "bf16", "fp16")
+#: precisions that run under torch.autocast (bf16 without scaling; fp16 with a GradScaler)
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def set_seed(seed: int) -> None:
@@ -67,9 +70,13 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "c
     was_training = model.training
     model.eval()
     correct = total = 0
+    first = next(model.parameters(), None)
+    dtype = first.dtype if first is not None and first.is_floating_point() else None   # an fp16 model takes fp16 input
     try:
         for x, y in loader:
             x, y = x.to(device), y.to(device)
+            if dtype is not None and x.is_floating_point() and x.dtype != dtype:
+                x = x.to(dtype)
             correct += int((model(x).argmax(dim=1) == y).sum())
             total += int(y.numel())
     finally:
@@ -170,7 +177,10 @@ class Trainer:
         kd_temperature: float = 4.0,
         kd_alpha: float = 0.9,
         console: Console | None = None,
+        precision: str = "fp32",
     ) -> None:
+        if precision not in PRECISIONS:
+            raise RecipeError(f"trainer: unknown precision {precision!r} (expected one of {', '.join(PRECISIONS)})")
         if schedule not in SCHEDULES:
             raise RecipeError(f"trainer: unknown schedule {schedule!r} (expected one of {', '.join(SCHEDULES)})")
         self._check_epochs(epochs)
@@ -193,6 +203,7 @@ class Trainer:
         self.kd_temperature = kd_temperature
         self.kd_alpha = kd_alpha
         self.console = console if console is not None else Console(stderr=True)
+        self.precision = precision
 
     @staticmethod
     def _check_epochs(epochs: Any) -> None:
@@ -255,7 +266,18 @@ class Trainer:
         if self.teacher is not None:
             self.teacher.to(self.device).eval()
         parameters = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(parameters, lr=base_lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        make_sgd = lambda ps: torch.optim.SGD(ps, lr=base_lr, momentum=self.momentum,  # noqa: E731
+                                              weight_decay=self.weight_decay)
+        self._mixed = self._grad_scaler = None
+        if self.precision == "mixed":
+            from .mixed_precision import MixedPrecisionOptimizer
+
+            self._mixed = MixedPrecisionOptimizer(model, make_sgd)
+            optimizer = self._mixed.optimizer
+        else:
+            optimizer = make_sgd(parameters)
+            if self.precision == "fp16":
+                self._grad_scaler = torch.amp.GradScaler(self.device.type)
         try:
             steps_per_epoch = len(self.train_loader)  # type: ignore[arg-type]
         except TypeError:
@@ -281,6 +303,10 @@ class Trainer:
             model.train(was_training)
             if self.teacher is not None:
                 self.teacher.train(teacher_was_training)
+            if self._mixed is not None:                 # hand back an fp32 model holding the master weights
+                with torch.no_grad():
+                    for p, master in zip(self._mixed.params, self._mixed.master):
+                        p.data = master.detach().clone()
         return history
 
     def _epoch(
@@ -300,17 +326,35 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = lr_now
             x, y = x.to(self.device), y.to(self.device)
-            logits = model(x)
-            loss = self._loss(logits, x, y)
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
+            if self._mixed is not None:                 # fp16 model, fp32 master weights, loss scaling
+                out = {}
+
+                def closure():
+                    out["logits"] = model(x.half()).float()
+                    return self._loss(out["logits"], x, y)
+
+                loss_value = self._mixed.step(closure)
+                logits = out["logits"]
+            else:
+                with torch.autocast(self.device.type, dtype=AUTOCAST.get(self.precision, torch.bfloat16),
+                                    enabled=self.precision in AUTOCAST):
+                    logits = model(x)
+                    loss = self._loss(logits.float(), x, y)
+                loss_value = float(loss.detach())
+            if not math.isfinite(loss_value) and self._mixed is None:
                 raise ModelError(
                     f"{description}: training diverged at epoch {epoch + 1} step {step + 1} "
                     f"(loss is {loss_value}; expected a finite loss, try a lower learning rate than {base_lr})"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if self._mixed is None:
+                optimizer.zero_grad(set_to_none=True)
+                if self._grad_scaler is not None:
+                    self._grad_scaler.scale(loss).backward()
+                    self._grad_scaler.step(optimizer)
+                    self._grad_scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
             batch = int(y.numel())
             loss_sum += loss_value * batch
             correct += int((logits.detach().argmax(dim=1) == y).sum())
@@ -320,6 +364,9 @@ class Trainer:
         if seen == 0:
             raise DataError(f"{description}: the training loader yielded no samples (expected at least one batch)")
         record = {"epoch": epoch + 1, "lr": epoch_lr, "train_loss": loss_sum / seen, "train_accuracy": correct / seen}
+        if self._mixed is not None:
+            record["skipped_steps"] = self._mixed.scaler.skipped
+            record["loss_scale"] = self._mixed.scaler.scale
         if self.test_loader is not None:
             record["test_accuracy"] = evaluate(model, self.test_loader, self.device)
         record["seconds"] = time.perf_counter() - started

@@ -65,3 +65,28 @@ def test_amp_bf16_step_on_cpu():
     loss = amp_step(model, opt, lambda: F.cross_entropy(model(torch.randn(8, 4)), torch.randint(0, 3, (8,))),
                     torch.bfloat16)
     assert loss > 0 and not torch.equal(before, model.weight.detach())
+
+
+@pytest.mark.parametrize("precision", ["mixed", "bf16", "fp16"])
+def test_trainer_precisions_train_and_return_fp32(precision):
+    from efficientdl.data import TensorLoader
+    from efficientdl.train import Trainer, evaluate
+
+    torch.manual_seed(0)
+    x = torch.randn(512, 10)
+    y = (x[:, :3].sum(1) > 0).long()
+    loader = TensorLoader(x, y, batch_size=64, shuffle=True, seed=0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
+    history = Trainer(loader, loader, epochs=4, lr=0.1, seed=0, progress=False, precision=precision).fit(model)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert evaluate(model, loader) > 0.85
+    if precision == "mixed":
+        assert history[-1]["skipped_steps"] >= 0 and history[-1]["loss_scale"] >= 1.0
+
+
+def test_unknown_precision_is_refused():
+    from efficientdl.errors import RecipeError
+    from efficientdl.train import Trainer
+
+    with pytest.raises(RecipeError, match="precision"):
+        Trainer([], precision="fp8")
