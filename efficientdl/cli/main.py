@@ -213,6 +213,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    import copy
+
+    from .. import models
+    from ..train import evaluate, save_checkpoint
+    from ..train.distill import TeacherEnsemble
+
+    out = _output_file(args.output)
+    teachers = [_load_model(_input_file(t)).eval() for t in args.teacher]
+    _seed(args)
+    ds = _load_data(args)
+    teacher = teachers[0] if len(teachers) == 1 else TeacherEnsemble(teachers, args.temperature)
+    student = models.create(args.model, num_classes=ds.num_classes, in_channels=ds.input_shape[0])
+    hard = copy.deepcopy(student)
+    result = {"model": args.model, "train_size": ds.train.dataset_size,
+              "teacher_accuracy": [evaluate(t, ds.test) for t in teachers]}
+    _trainer(args, ds, teacher=teacher, kd_temperature=args.temperature, kd_alpha=args.alpha).fit(
+        student, description="distilled student")
+    result["student_accuracy"] = evaluate(student, ds.test)
+    save_checkpoint(student, out)
+    text = (f"teachers: {', '.join(f'{100 * a:.2f}%' for a in result['teacher_accuracy'])}; student on "
+            f"{result['train_size']} images with soft targets (T = {args.temperature}, α = {args.alpha}): "
+            f"{100 * result['student_accuracy']:.2f}% → {out}")
+    if args.baseline:
+        _trainer(args, ds).fit(hard, description="hard-label student")
+        result["hard_label_accuracy"] = evaluate(hard, ds.test)
+        text += f"\nthe same student on the same images with hard labels only: {100 * result['hard_label_accuracy']:.2f}%"
+    _emit(args, result, text)
+    return 0
+
+
 def cmd_dsd(args: argparse.Namespace) -> int:
     import copy
 
@@ -814,6 +845,18 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     training(p, 20, 0.05)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="train a student on soft targets of one or several teachers (Hinton et al.)")
+    p.add_argument("--teacher", action="append", required=True,
+                   help="teacher checkpoint (.pt) or compressed file (.edlz); repeat to average several")
+    p.add_argument("--model", default="lenet300", help="student registry name (default lenet300)")
+    p.add_argument("-o", "--output", required=True, help="student checkpoint to write (.pt)")
+    p.add_argument("--temperature", type=_positive_float, default=4.0, help="softening temperature T (4)")
+    p.add_argument("--alpha", type=_fraction, default=0.9, help="weight of the soft-target term (0.9)")
+    p.add_argument("--baseline", action="store_true", help="also train the same student with hard labels only")
+    common(p)
+    training(p, 20, 0.05)
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("dsd", help="Dense-Sparse-Dense training (Han et al. ICLR'17)")
     p.add_argument("--model", default="lenet300", help="registry name (default lenet300)")

@@ -434,3 +434,16 @@ def test_dsd_command(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:                 # argparse: one line, status 2
         main(["dsd", "--sparsity", "1.5", "-o", str(tmp_path / "x.pt")])
     assert exit_info.value.code == 2 and "expected a number in [0, 1]" in capsys.readouterr().err
+
+
+def test_distill_command_with_a_compressed_teacher(files, tmp_path, capsys):
+    argv = ["distill", "--teacher", str(files["edlz"]), "--teacher", str(files["ckpt"]), "--data", "digits",
+            "--train-subset", "200", "--test-subset", "100", "--epochs", "1", "--baseline",
+            "-o", str(tmp_path / "student.pt"), "--json"]
+    assert main(argv) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert len(d["teacher_accuracy"]) == 2 and d["train_size"] == 200
+    assert 0 <= d["student_accuracy"] <= 1 and 0 <= d["hard_label_accuracy"] <= 1
+    assert (tmp_path / "student.pt").exists()
+    code = main(["distill", "--teacher", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "s.pt")])
+    assert "no such file" in assert_one_line_error(capsys, code, "distill")
