@@ -198,19 +198,43 @@ def _seed(args: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
+    out = _output_file(args.output)
+    if args.nproc_per_node > 1:
+        from ..train.parallel import spawn
+
+        _load_data(argparse.Namespace(**{**vars(args), "json": True}))   # fail on bad data before spawning
+        spawn(_train_process, args.nproc_per_node, args, str(out))
+        return 0
+    _train_process(0, 1, args, str(out))
+    return 0
+
+
+def _train_process(rank: int, world_size: int, args: argparse.Namespace, out: str) -> None:
+    """Train on this process's share of every batch (DDP when ``world_size > 1``); rank 0 reports."""
+    import torch
+
     from .. import models
     from ..train import evaluate, save_checkpoint
+    from ..train.parallel import ShardedLoader
 
-    out = _output_file(args.output)
     _seed(args)
+    quiet = rank > 0
+    if quiet:
+        args.no_progress, args.json = True, True
     ds = _load_data(args)
     model = models.create(args.model, num_classes=ds.num_classes, in_channels=ds.input_shape[0])
-    history = _trainer(args, ds).fit(model, description=args.model)
-    acc = evaluate(model, ds.test)
-    save_checkpoint(model, out)
-    _emit(args, {"model": args.model, "accuracy": acc, "checkpoint": str(out), "history": history},
-          f"{args.model}: test accuracy {100 * acc:.2f}% → {out}")
-    return 0
+    net = model
+    if world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model)
+        ds.train = ShardedLoader(ds.train, rank, world_size)
+    history = _trainer(args, ds).fit(net, description=args.model)
+    if rank == 0:
+        acc = evaluate(model, ds.test)
+        save_checkpoint(model, out)
+        _emit(args, {"model": args.model, "accuracy": acc, "checkpoint": out, "history": history,
+                     "processes": world_size},
+              f"{args.model}: test accuracy {100 * acc:.2f}% → {out}"
+              + (f" ({world_size} processes, data parallel)" if world_size > 1 else ""))
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -842,6 +866,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a registry model")
     p.add_argument("--model", default="lenet300", help="registry name: lenet300, lenet5 (default lenet300)")
     p.add_argument("-o", "--output", required=True, help="checkpoint to write (.pt)")
+    p.add_argument("--nproc-per-node", type=_positive_int, default=1,
+                   help="data-parallel processes on this machine (DDP, gloo on CPU; default 1)")
     common(p)
     training(p, 20, 0.05)
     p.set_defaults(func=cmd_train)

@@ -447,3 +447,14 @@ def test_distill_command_with_a_compressed_teacher(files, tmp_path, capsys):
     assert (tmp_path / "student.pt").exists()
     code = main(["distill", "--teacher", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "s.pt")])
     assert "no such file" in assert_one_line_error(capsys, code, "distill")
+
+
+def test_train_data_parallel_two_processes(tmp_path, capfd):
+    out = tmp_path / "ddp.pt"
+    argv = ["train", "--nproc-per-node", "2", "--data", "digits", "--epochs", "1", "--train-subset", "256",
+            "--test-subset", "64", "-o", str(out), "--json"]
+    assert main(argv) == 0
+    d = json.loads(capfd.readouterr().out)            # rank 0 reports from its own process
+    assert d["processes"] == 2 and 0 <= d["accuracy"] <= 1
+    assert set(torch.load(out, weights_only=True)["state_dict"]) == {f"fc{i}.{p}" for i in (1, 2, 3)
+                                                                     for p in ("weight", "bias")}

@@ -1,0 +1,126 @@
+"""Data-parallel training with ``torch.distributed`` (DistributedDataParallel).
+
+Each of ``N`` processes holds a full copy of the model and takes its contiguous share of
+every global batch; after the backward pass DDP all-reduces (averages) the gradients, so
+every replica applies the same update.  With equal shares, the average of the per-process
+mean losses is the mean loss of the global batch, so ``N`` processes follow the same
+trajectory as one process on the whole batch (up to floating-point summation order).
+
+The backend is ``gloo`` on CPU and ``nccl`` on CUDA; processes rendezvous through a file
+(``init_method="file://…"``), so nothing listens on the network.  For several machines,
+launch the same script with ``torchrun`` (see the README).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+
+def _global_batches(n: int, global_batch: int, steps: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    order = torch.cat([torch.randperm(n, generator=g) for _ in range((steps * global_batch) // n + 1)])
+    return [order[i * global_batch:(i + 1) * global_batch] for i in range(steps)]
+
+
+def _train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batches, lr: float, rank: int,
+                 world_size: int) -> None:
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    for idx in batches:
+        share = idx.chunk(world_size)[rank]                    # this process's contiguous share of the batch
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x[share]), y[share]).backward()
+        optimizer.step()
+
+
+def _worker(rank: int, world_size: int, init_file: str, model_factory: Callable[[], nn.Module],
+            x: torch.Tensor, y: torch.Tensor, batches, lr: float, seed: int, out_file: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(seed)
+        model = nn.parallel.DistributedDataParallel(model_factory())
+        _train_steps(model, x, y, batches, lr, rank, world_size)
+        if rank == 0:
+            torch.save(model.module.state_dict(), out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def data_parallel_train(model_factory: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor,
+                        global_batch: int, steps: int, lr: float, world_size: int = 2,
+                        seed: int = 0) -> dict[str, torch.Tensor]:
+    """Train ``steps`` SGD steps on ``world_size`` CPU processes with DDP (gloo).
+
+    Args:
+        model_factory: builds the model (called after seeding, in every process, so all
+            replicas start identical; a picklable top-level callable).
+        x, y: the training tensors (shared with the workers).
+        global_batch: samples per step over all processes (divisible by ``world_size``).
+        steps: optimizer steps.
+        lr: SGD learning rate (momentum 0.9).
+        world_size: processes; 1 trains in this process without ``torch.distributed``.
+        seed: seeds the model initialisation and the batch order.
+
+    Returns:
+        The final state dict (from rank 0).
+    """
+    if world_size < 1 or global_batch % world_size:
+        raise ValueError(f"global batch {global_batch} must split evenly over {world_size} processes")
+    batches = _global_batches(len(x), global_batch, steps, seed)
+    if world_size == 1:
+        torch.manual_seed(seed)
+        model = model_factory()
+        _train_steps(model, x, y, batches, lr, 0, 1)
+        return model.state_dict()
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file, out_file = os.path.join(tmp, "rendezvous"), os.path.join(tmp, "state.pt")
+        mp.spawn(_worker, args=(world_size, init_file, model_factory, x, y, batches, lr, seed, out_file),
+                 nprocs=world_size, join=True)
+        return torch.load(out_file, weights_only=True)
+
+
+class ShardedLoader:
+    """This process's contiguous share of every batch of a loader (for DDP training).
+
+    Batches too small to give every process at least one sample are skipped by all
+    processes alike, so the replicas stay in step.
+    """
+
+    def __init__(self, loader, rank: int, world_size: int) -> None:
+        self.loader, self.rank, self.world_size = loader, rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(epoch)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            if len(y) < self.world_size:
+                continue
+            yield x.chunk(self.world_size)[self.rank], y.chunk(self.world_size)[self.rank]
+
+
+def spawn(fn: Callable, world_size: int, *args) -> None:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` processes joined in a gloo
+    process group (file rendezvous in a temporary directory)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_group_worker, args=(world_size, os.path.join(tmp, "rendezvous"), fn, args),
+                 nprocs=world_size, join=True)
+
+
+def _group_worker(rank: int, world_size: int, init_file: str, fn: Callable, args: tuple) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        fn(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()
