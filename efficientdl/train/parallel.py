@@ -124,3 +124,81 @@ def _group_worker(rank: int, world_size: int, init_file: str, fn: Callable, args
         fn(rank, world_size, *args)
     finally:
         dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- model parallel
+class RowParallelLinear(nn.Module):
+    """A fully connected layer split by output activations: process ``r`` of ``N`` holds
+    rows ``r·out/N …`` of ``W`` (and of the bias), computes its block of ``y = W x + b``,
+    and the blocks are gathered from every process (``all_gather``) into the full output.
+
+    Args:
+        layer: the full layer (each process keeps only its rows).
+        rank, world_size: this process and the group size (``out_features`` divisible by it).
+    """
+
+    def __init__(self, layer: nn.Linear, rank: int, world_size: int) -> None:
+        super().__init__()
+        if layer.out_features % world_size:
+            raise ValueError(f"{layer.out_features} outputs do not split over {world_size} processes")
+        rows = layer.out_features // world_size
+        self.part = nn.Linear(layer.in_features, rows, bias=layer.bias is not None)
+        with torch.no_grad():
+            self.part.weight.copy_(layer.weight[rank * rows:(rank + 1) * rows])
+            if layer.bias is not None:
+                self.part.bias.copy_(layer.bias[rank * rows:(rank + 1) * rows])
+        self.world_size = world_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        local = self.part(x).contiguous()
+        blocks = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(blocks, local)
+        return torch.cat(blocks, dim=-1)
+
+
+class OutputChannelParallelConv2d(nn.Module):
+    """A convolution split by output maps: process ``r`` holds filters ``r·C_out/N …``;
+    the output maps are gathered from every process and concatenated."""
+
+    def __init__(self, conv: nn.Conv2d, rank: int, world_size: int) -> None:
+        super().__init__()
+        if conv.out_channels % world_size or conv.groups != 1:
+            raise ValueError(f"{conv.out_channels} output maps (groups=1) do not split over {world_size} processes")
+        maps = conv.out_channels // world_size
+        self.part = nn.Conv2d(conv.in_channels, maps, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                              bias=conv.bias is not None)
+        with torch.no_grad():
+            self.part.weight.copy_(conv.weight[rank * maps:(rank + 1) * maps])
+            if conv.bias is not None:
+                self.part.bias.copy_(conv.bias[rank * maps:(rank + 1) * maps])
+        self.world_size = world_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        local = self.part(x).contiguous()
+        blocks = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(blocks, local)
+        return torch.cat(blocks, dim=1)
+
+
+def pipeline_forward(stage: nn.Module, x: torch.Tensor | None, rank: int, world_size: int) -> torch.Tensor | None:
+    """Run a network split by layers: process ``r`` holds stage ``r``.
+
+    Rank 0 feeds ``x``; each stage receives its input from the previous rank (shape first,
+    then data), computes, and sends to the next; the last rank returns the output (the
+    others return None).
+    """
+    if rank > 0:
+        ndim = torch.empty(1, dtype=torch.int64)
+        dist.recv(ndim, rank - 1)
+        shape = torch.empty(int(ndim), dtype=torch.int64)
+        dist.recv(shape, rank - 1)
+        x = torch.empty(tuple(shape.tolist()))
+        dist.recv(x, rank - 1)
+    with torch.no_grad():
+        y = stage(x).contiguous()
+    if rank < world_size - 1:
+        dist.send(torch.tensor([y.dim()], dtype=torch.int64), rank + 1)
+        dist.send(torch.tensor(y.shape, dtype=torch.int64), rank + 1)
+        dist.send(y, rank + 1)
+        return None
+    return y

@@ -21,3 +21,28 @@ def test_two_processes_match_one():
         torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6)
     torch.manual_seed(0)
     assert not torch.equal(one["0.weight"], small_mlp().state_dict()["0.weight"])   # it did train
+
+
+def _model_parallel_worker(rank, world_size):
+    from efficientdl.train.parallel import OutputChannelParallelConv2d, RowParallelLinear, pipeline_forward
+
+    torch.manual_seed(0)                                   # every process builds the same full layers
+    fc, conv = nn.Linear(10, 8), nn.Conv2d(3, 6, 3, padding=1)
+    x, img = torch.randn(4, 10), torch.randn(2, 3, 7, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(RowParallelLinear(fc, rank, world_size)(x), fc(x))
+        torch.testing.assert_close(OutputChannelParallelConv2d(conv, rank, world_size)(img), conv(img))
+    net = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3))
+    stages = [net[:2], net[2:]]
+    out = pipeline_forward(stages[rank], x if rank == 0 else None, rank, world_size)
+    if rank == world_size - 1:
+        with torch.no_grad():
+            torch.testing.assert_close(out, net(x))
+    else:
+        assert out is None
+
+
+def test_model_parallel_layers_and_pipeline_equal_the_single_process_network():
+    from efficientdl.train.parallel import spawn
+
+    spawn(_model_parallel_worker, 2)
