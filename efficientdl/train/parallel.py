@@ -127,6 +127,24 @@ def _group_worker(rank: int, world_size: int, init_file: str, fn: Callable, args
 
 
 # --------------------------------------------------------------------------- model parallel
+def _own_block(part: nn.Module, full: nn.Module, rank: int) -> nn.Module:
+    """Copy block ``rank`` of ``full``'s output dimension (weight rows and bias) into ``part``."""
+    n = part.weight.shape[0]
+    with torch.no_grad():
+        part.weight.copy_(full.weight[rank * n:(rank + 1) * n])
+        if full.bias is not None:
+            part.bias.copy_(full.bias[rank * n:(rank + 1) * n])
+    return part
+
+
+def _gather(local: torch.Tensor, world_size: int, dim: int) -> torch.Tensor:
+    """Every process's block, concatenated along ``dim`` in rank order."""
+    local = local.contiguous()
+    blocks = [torch.empty_like(local) for _ in range(world_size)]
+    dist.all_gather(blocks, local)
+    return torch.cat(blocks, dim=dim)
+
+
 class RowParallelLinear(nn.Module):
     """A fully connected layer split by output activations: process ``r`` of ``N`` holds
     rows ``r·out/N …`` of ``W`` (and of the bias), computes its block of ``y = W x + b``,
@@ -142,18 +160,11 @@ class RowParallelLinear(nn.Module):
         if layer.out_features % world_size:
             raise ValueError(f"{layer.out_features} outputs do not split over {world_size} processes")
         rows = layer.out_features // world_size
-        self.part = nn.Linear(layer.in_features, rows, bias=layer.bias is not None)
-        with torch.no_grad():
-            self.part.weight.copy_(layer.weight[rank * rows:(rank + 1) * rows])
-            if layer.bias is not None:
-                self.part.bias.copy_(layer.bias[rank * rows:(rank + 1) * rows])
+        self.part = _own_block(nn.Linear(layer.in_features, rows, bias=layer.bias is not None), layer, rank)
         self.world_size = world_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        local = self.part(x).contiguous()
-        blocks = [torch.empty_like(local) for _ in range(self.world_size)]
-        dist.all_gather(blocks, local)
-        return torch.cat(blocks, dim=-1)
+        return _gather(self.part(x), self.world_size, dim=-1)
 
 
 class OutputChannelParallelConv2d(nn.Module):
@@ -165,19 +176,13 @@ class OutputChannelParallelConv2d(nn.Module):
         if conv.out_channels % world_size or conv.groups != 1:
             raise ValueError(f"{conv.out_channels} output maps (groups=1) do not split over {world_size} processes")
         maps = conv.out_channels // world_size
-        self.part = nn.Conv2d(conv.in_channels, maps, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                              bias=conv.bias is not None)
-        with torch.no_grad():
-            self.part.weight.copy_(conv.weight[rank * maps:(rank + 1) * maps])
-            if conv.bias is not None:
-                self.part.bias.copy_(conv.bias[rank * maps:(rank + 1) * maps])
+        part = nn.Conv2d(conv.in_channels, maps, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                         bias=conv.bias is not None)
+        self.part = _own_block(part, conv, rank)
         self.world_size = world_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        local = self.part(x).contiguous()
-        blocks = [torch.empty_like(local) for _ in range(self.world_size)]
-        dist.all_gather(blocks, local)
-        return torch.cat(blocks, dim=1)
+        return _gather(self.part(x), self.world_size, dim=1)
 
 
 def pipeline_forward(stage: nn.Module, x: torch.Tensor | None, rank: int, world_size: int) -> torch.Tensor | None:
