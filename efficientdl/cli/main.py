@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -265,6 +266,27 @@ def cmd_distill(args: argparse.Namespace) -> int:
         result["hard_label_accuracy"] = evaluate(hard, ds.test)
         text += f"\nthe same student on the same images with hard labels only: {100 * result['hard_label_accuracy']:.2f}%"
     _emit(args, result, text)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from ..report import markdown_table
+    from ..train.sweep import grid, sweep
+
+    _load_data(argparse.Namespace(**{**vars(args), "json": True}))     # bad data fails before the pool starts
+    fixed = {"model": args.model, "data": args.data, "data_dir": args.data_dir, "momentum": args.momentum,
+             "schedule": args.schedule, "seed": args.seed, "train_subset": args.train_subset,
+             "test_subset": args.test_subset}
+    configs = [{**fixed, **c} for c in grid(lr=args.lrs, weight_decay=args.weight_decays,
+                                              batch_size=args.batch_sizes, epochs=args.epochs_list)]
+    results = sweep(configs, args.jobs)
+    rows = [[r["lr"], r["weight_decay"], r["batch_size"], r["epochs"], 100 * r["accuracy"]] for r in results]
+    text = markdown_table(rows, ["lr", "weight decay", "batch", "epochs", "test accuracy %"])
+    best = results[0]
+    text += (f"\n\nbest: lr {best['lr']}, weight decay {best['weight_decay']}, batch {best['batch_size']}, "
+             f"{best['epochs']} epochs → {100 * best['accuracy']:.2f}% ({len(results)} runs, "
+             f"{min(args.jobs or os.cpu_count() or 1, len(results))} at a time)")
+    _emit(args, {"runs": results, "best": best}, text)
     return 0
 
 
@@ -883,6 +905,18 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     training(p, 20, 0.05)
     p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("sweep", help="hyper-parameter parallel: train a grid of configurations concurrently")
+    p.add_argument("--model", default="lenet300", help="registry name (default lenet300)")
+    p.add_argument("--lrs", type=_float_list, default=[0.01, 0.05, 0.1], help="learning rates: 0.01,0.05,0.1")
+    p.add_argument("--weight-decays", type=_float_list, default=[5e-4], help="weight decays (5e-4)")
+    p.add_argument("--batch-sizes", type=_int_list, default=[128], help="batch sizes (128)")
+    p.add_argument("--epochs-list", type=_int_list, default=[3], help="epochs (3)")
+    p.add_argument("--jobs", type=_positive_int, help="concurrent runs (default: the cores)")
+    p.add_argument("--momentum", type=_fraction, default=0.9)
+    p.add_argument("--schedule", choices=["cosine", "step", "constant"], default="cosine")
+    common(p)
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("dsd", help="Dense-Sparse-Dense training (Han et al. ICLR'17)")
     p.add_argument("--model", default="lenet300", help="registry name (default lenet300)")

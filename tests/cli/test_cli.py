@@ -458,3 +458,12 @@ def test_train_data_parallel_two_processes(tmp_path, capfd):
     assert d["processes"] == 2 and 0 <= d["accuracy"] <= 1
     assert set(torch.load(out, weights_only=True)["state_dict"]) == {f"fc{i}.{p}" for i in (1, 2, 3)
                                                                      for p in ("weight", "bias")}
+
+
+def test_sweep_command(capsys):
+    argv = ["sweep", "--lrs", "0.01,0.1", "--epochs-list", "1", "--data", "digits", "--train-subset", "200",
+            "--test-subset", "60", "--jobs", "2", "--json"]
+    assert main(argv) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert len(d["runs"]) == 2 and d["best"] == d["runs"][0]
+    assert d["runs"][0]["accuracy"] >= d["runs"][1]["accuracy"]
