@@ -42,13 +42,14 @@ def _train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batches, lr
 def _worker(rank: int, world_size: int, init_file: str, model_factory: Callable[[], nn.Module],
             x: torch.Tensor, y: torch.Tensor, batches, lr: float, seed: int, out_file: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    _init_group(init_file, rank, world_size)
     try:
         torch.manual_seed(seed)
         model = nn.parallel.DistributedDataParallel(model_factory())
         _train_steps(model, x, y, batches, lr, rank, world_size)
         if rank == 0:
             torch.save(model.module.state_dict(), out_file)
+        dist.barrier()                          # leave together: a rank that exits early aborts the others
     finally:
         dist.destroy_process_group()
 
@@ -118,10 +119,18 @@ def spawn(fn: Callable, world_size: int, *args) -> None:
                  nprocs=world_size, join=True)
 
 
-def _group_worker(rank: int, world_size: int, init_file: str, fn: Callable, args: tuple) -> None:
+def _init_group(init_file: str, rank: int, world_size: int) -> None:
+    # gloo picks a network interface from the host name; on one machine the loopback is the
+    # one that always exists (containers often resolve the host name to an unusable address)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+
+
+def _group_worker(rank: int, world_size: int, init_file: str, fn: Callable, args: tuple) -> None:
+    _init_group(init_file, rank, world_size)
     try:
         fn(rank, world_size, *args)
+        dist.barrier()                          # leave together: a rank that exits early aborts the others
     finally:
         dist.destroy_process_group()
 
