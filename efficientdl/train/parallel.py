@@ -14,6 +14,7 @@ launch the same script with ``torchrun`` (see the README).
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from typing import Callable
 
@@ -52,6 +53,7 @@ def _worker(rank: int, world_size: int, init_file: str, model_factory: Callable[
         dist.barrier()                          # leave together: a rank that exits early aborts the others
     finally:
         dist.destroy_process_group()
+    _exit_quietly()
 
 
 def data_parallel_train(model_factory: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor,
@@ -133,6 +135,16 @@ def _group_worker(rank: int, world_size: int, init_file: str, fn: Callable, args
         dist.barrier()                          # leave together: a rank that exits early aborts the others
     finally:
         dist.destroy_process_group()
+    _exit_quietly()
+
+
+def _exit_quietly() -> None:
+    """End a finished worker without running C++ static destructors: at interpreter exit a
+    communication thread still alive can make the runtime abort ("terminate called without
+    an active exception"), which would turn a successful run into a failed one."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # --------------------------------------------------------------------------- model parallel
