@@ -228,3 +228,98 @@ def pipeline_forward(stage: nn.Module, x: torch.Tensor | None, rank: int, world_
         dist.send(y, rank + 1)
         return None
     return y
+
+
+# --------------------------------------------------------------------------- parameter server
+class _Server:
+    """The parameters ``p`` and a version counter, on the server process (rank 0)."""
+
+    def __init__(self, params: list[torch.Tensor]) -> None:
+        import threading
+
+        self.params = params
+        self.version = 0
+        self.staleness: list[int] = []
+        self.lock = threading.Lock()
+
+
+_SERVER: _Server | None = None
+
+
+def _ps_fetch() -> tuple[int, list[torch.Tensor]]:
+    with _SERVER.lock:
+        return _SERVER.version, [p.clone() for p in _SERVER.params]
+
+
+def _ps_push(deltas: list[torch.Tensor], fetched_version: int) -> int:
+    """``p′ = p + Δp``; the staleness of Δp is how many updates landed since its parameters were fetched."""
+    with _SERVER.lock:
+        _SERVER.staleness.append(_SERVER.version - fetched_version)
+        for p, d in zip(_SERVER.params, deltas):
+            p.add_(d)
+        _SERVER.version += 1
+        return _SERVER.version
+
+
+def _ps_process(rank: int, world_size: int, init_file: str, model_factory, x, y, steps: int, lr: float,
+                batch: int, seed: int, out_file: str) -> None:
+    import torch.distributed.rpc as rpc
+
+    global _SERVER
+    torch.set_num_threads(1)
+    os.environ.setdefault("TP_SOCKET_IFNAME", "lo")
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.manual_seed(seed)
+    model = model_factory()
+    if rank == 0:
+        _SERVER = _Server([p.detach().clone() for p in model.parameters()])
+    options = rpc.TensorPipeRpcBackendOptions(init_method=f"file://{init_file}", num_worker_threads=8)
+    rpc.init_rpc(f"ps{rank}", rank=rank, world_size=world_size, rpc_backend_options=options)
+    if rank > 0:                                # a worker: its shard of the data, plain SGD steps
+        shard = torch.arange(len(x))[rank - 1::world_size - 1]
+        g = torch.Generator().manual_seed(seed + rank)
+        for _ in range(steps):
+            version, params = rpc.rpc_sync("ps0", _ps_fetch)
+            with torch.no_grad():
+                for p, v in zip(model.parameters(), params):
+                    p.copy_(v)
+            idx = shard[torch.randint(len(shard), (batch,), generator=g)]
+            model.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            rpc.rpc_sync("ps0", _ps_push, args=([-lr * p.grad for p in model.parameters()], version))
+    rpc.shutdown()                              # waits for every worker's outstanding calls
+    if rank == 0:
+        with torch.no_grad():
+            for p, v in zip(model.parameters(), _SERVER.params):
+                p.copy_(v)
+        torch.save({"state_dict": model.state_dict(), "staleness": _SERVER.staleness,
+                    "version": _SERVER.version}, out_file)
+    _exit_quietly()
+
+
+def parameter_server_train(model_factory: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor,
+                           workers: int = 2, steps: int = 50, lr: float = 0.1, batch: int = 32,
+                           seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
+    """Asynchronous SGD with a parameter server (Dean et al., NIPS'12 "DistBelief").
+
+    Process 0 holds the parameters; each of ``workers`` processes repeatedly fetches them,
+    computes ``Δp = −lr · ∇L`` on a minibatch of its own shard of the data, and pushes
+    ``Δp``; the server applies ``p′ = p + Δp`` at once, without waiting for the others, so
+    a worker's update may be computed on parameters that are already ``k`` updates old (its
+    staleness ``k``).  Runs on ``torch.distributed.rpc`` (TensorPipe, file rendezvous).
+
+    Returns:
+        ``(state_dict, stats)`` with ``stats``: ``updates``, ``staleness`` (one value per
+        update), ``mean_staleness`` and ``max_staleness``.
+    """
+    if workers < 1:
+        raise ValueError(f"a parameter server needs at least one worker, got {workers}")
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file, out_file = os.path.join(tmp, "rendezvous"), os.path.join(tmp, "state.pt")
+        mp.spawn(_ps_process, args=(workers + 1, init_file, model_factory, x, y, steps, lr, batch, seed, out_file),
+                 nprocs=workers + 1, join=True)
+        result = torch.load(out_file, weights_only=True)
+    stale = result["staleness"]
+    return result["state_dict"], {"updates": result["version"], "staleness": stale,
+                                  "mean_staleness": sum(stale) / max(1, len(stale)),
+                                  "max_staleness": max(stale, default=0)}

@@ -46,3 +46,18 @@ def test_model_parallel_layers_and_pipeline_equal_the_single_process_network():
     from efficientdl.train.parallel import spawn
 
     spawn(_model_parallel_worker, 2)
+
+
+def test_parameter_server_applies_every_worker_update_asynchronously():
+    from efficientdl.train.parallel import parameter_server_train
+
+    torch.manual_seed(0)
+    x = torch.randn(300, 12)
+    y = (x[:, :3].sum(1) > 0).long() + (x[:, 3] > 1).long()
+    state, stats = parameter_server_train(small_mlp, x, y, workers=2, steps=40, lr=0.2, batch=32)
+    assert stats["updates"] == 80 and len(stats["staleness"]) == 80
+    assert min(stats["staleness"]) >= 0 and stats["max_staleness"] <= 80
+    model = small_mlp()
+    before = nn.functional.cross_entropy(model(x), y).item()
+    model.load_state_dict(state)
+    assert nn.functional.cross_entropy(model(x), y).item() < before          # the pushed updates trained it
