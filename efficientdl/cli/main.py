@@ -200,6 +200,18 @@ def _seed(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
     out = _output_file(args.output)
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and "RANK" in os.environ:     # launched by torchrun: one process of the group
+        import torch
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", init_method="env://")
+        try:
+            _train_process(dist.get_rank(), dist.get_world_size(), args, str(out))
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+        return 0
     if args.nproc_per_node > 1:
         from ..train.parallel import spawn
 

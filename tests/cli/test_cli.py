@@ -467,3 +467,17 @@ def test_sweep_command(capsys):
     d = json.loads(capsys.readouterr().out)
     assert len(d["runs"]) == 2 and d["best"] == d["runs"][0]
     assert d["runs"][0]["accuracy"] >= d["runs"][1]["accuracy"]
+
+
+def test_train_under_torchrun(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed next to this Python")
+    out = tmp_path / "tr.pt"
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "efficientdl", "train",
+                           "--data", "digits", "--epochs", "1", "--train-subset", "256", "--test-subset", "64",
+                           "-o", str(out), "--json"], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["processes"] == 2 and out.exists()
