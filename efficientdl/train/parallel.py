@@ -13,15 +13,26 @@ launch the same script with ``torchrun`` (see the README).
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 import tempfile
+import time
 from typing import Callable
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
+
+from ..errors import EdlError
+
+#: a collective waits at most this long for the other processes (a dead peer ends the run)
+COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=300)
+
+
+class TrainingError(EdlError):
+    """A distributed training run failed (a process raised or died)."""
 
 
 def _global_batches(n: int, global_batch: int, steps: int, seed: int) -> list[torch.Tensor]:
@@ -47,9 +58,12 @@ def _worker(rank: int, world_size: int, init_file: str, model_factory: Callable[
     try:
         torch.manual_seed(seed)
         model = nn.parallel.DistributedDataParallel(model_factory())
+        dist.barrier()
+        start = time.perf_counter()
         _train_steps(model, x, y, batches, lr, rank, world_size)
+        dist.barrier()
         if rank == 0:
-            torch.save(model.module.state_dict(), out_file)
+            torch.save({"state_dict": model.module.state_dict(), "seconds": time.perf_counter() - start}, out_file)
         dist.barrier()                          # leave together: a rank that exits early aborts the others
     finally:
         dist.destroy_process_group()
@@ -58,7 +72,7 @@ def _worker(rank: int, world_size: int, init_file: str, model_factory: Callable[
 
 def data_parallel_train(model_factory: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor,
                         global_batch: int, steps: int, lr: float, world_size: int = 2,
-                        seed: int = 0) -> dict[str, torch.Tensor]:
+                        seed: int = 0, timing: dict | None = None) -> dict[str, torch.Tensor]:
     """Train ``steps`` SGD steps on ``world_size`` CPU processes with DDP (gloo).
 
     Args:
@@ -70,6 +84,7 @@ def data_parallel_train(model_factory: Callable[[], nn.Module], x: torch.Tensor,
         lr: SGD learning rate (momentum 0.9).
         world_size: processes; 1 trains in this process without ``torch.distributed``.
         seed: seeds the model initialisation and the batch order.
+        timing: if given, receives ``seconds``: the training steps' wall time (process start-up excluded).
 
     Returns:
         The final state dict (from rank 0).
@@ -80,13 +95,18 @@ def data_parallel_train(model_factory: Callable[[], nn.Module], x: torch.Tensor,
     if world_size == 1:
         torch.manual_seed(seed)
         model = model_factory()
+        start = time.perf_counter()
         _train_steps(model, x, y, batches, lr, 0, 1)
+        if timing is not None:
+            timing["seconds"] = time.perf_counter() - start
         return model.state_dict()
     with tempfile.TemporaryDirectory() as tmp:
         init_file, out_file = os.path.join(tmp, "rendezvous"), os.path.join(tmp, "state.pt")
-        mp.spawn(_worker, args=(world_size, init_file, model_factory, x, y, batches, lr, seed, out_file),
-                 nprocs=world_size, join=True)
-        return torch.load(out_file, weights_only=True)
+        _spawn(_worker, (world_size, init_file, model_factory, x, y, batches, lr, seed, out_file), world_size)
+        result = torch.load(out_file, weights_only=True)
+    if timing is not None:
+        timing["seconds"] = result["seconds"]
+    return result["state_dict"]
 
 
 class ShardedLoader:
@@ -115,17 +135,33 @@ class ShardedLoader:
 
 def spawn(fn: Callable, world_size: int, *args) -> None:
     """Run ``fn(rank, world_size, *args)`` in ``world_size`` processes joined in a gloo
-    process group (file rendezvous in a temporary directory)."""
+    process group (file rendezvous in a temporary directory).
+
+    Raises:
+        TrainingError: a process failed or died; the others are stopped (no hang).
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_group_worker, args=(world_size, os.path.join(tmp, "rendezvous"), fn, args),
-                 nprocs=world_size, join=True)
+        _spawn(_group_worker, (world_size, os.path.join(tmp, "rendezvous"), fn, args), world_size)
+
+
+def _spawn(worker: Callable, args: tuple, world_size: int) -> None:
+    """``mp.spawn`` whose failures become one clear error: when one process raises or dies,
+    torch stops the others, and the collectives time out instead of waiting forever."""
+    try:
+        mp.spawn(worker, args=args, nprocs=world_size, join=True)
+    except mp.ProcessRaisedException as e:
+        last = str(e).strip().splitlines()[-1] if str(e).strip() else "an exception"
+        raise TrainingError(f"a training process failed: {last}") from None
+    except mp.ProcessExitedException as e:
+        raise TrainingError(f"a training process died ({e}); the other processes were stopped") from None
 
 
 def _init_group(init_file: str, rank: int, world_size: int) -> None:
     # gloo picks a network interface from the host name; on one machine the loopback is the
     # one that always exists (containers often resolve the host name to an unusable address)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+                            timeout=COLLECTIVE_TIMEOUT)
 
 
 def _group_worker(rank: int, world_size: int, init_file: str, fn: Callable, args: tuple) -> None:
@@ -316,8 +352,8 @@ def parameter_server_train(model_factory: Callable[[], nn.Module], x: torch.Tens
         raise ValueError(f"a parameter server needs at least one worker, got {workers}")
     with tempfile.TemporaryDirectory() as tmp:
         init_file, out_file = os.path.join(tmp, "rendezvous"), os.path.join(tmp, "state.pt")
-        mp.spawn(_ps_process, args=(workers + 1, init_file, model_factory, x, y, steps, lr, batch, seed, out_file),
-                 nprocs=workers + 1, join=True)
+        _spawn(_ps_process, (workers + 1, init_file, model_factory, x, y, steps, lr, batch, seed, out_file),
+               workers + 1)
         result = torch.load(out_file, weights_only=True)
     stale = result["staleness"]
     return result["state_dict"], {"updates": result["version"], "staleness": stale,

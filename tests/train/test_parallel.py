@@ -61,3 +61,37 @@ def test_parameter_server_applies_every_worker_update_asynchronously():
     before = nn.functional.cross_entropy(model(x), y).item()
     model.load_state_dict(state)
     assert nn.functional.cross_entropy(model(x), y).item() < before          # the pushed updates trained it
+
+
+def _failing_worker(rank, world_size):
+    if rank == 1:
+        raise RuntimeError("boom in rank 1")
+    import torch.distributed as dist
+
+    dist.barrier()                                          # would wait forever for the dead peer
+
+
+def _dying_worker(rank, world_size):
+    import os
+
+    if rank == 1:
+        os._exit(3)
+
+
+def test_a_failing_or_dying_process_stops_the_run_with_a_clear_error():
+    import pytest
+
+    from efficientdl.train.parallel import TrainingError, spawn
+
+    with pytest.raises(TrainingError, match="training process failed"):   # the first process to fail reports
+        spawn(_failing_worker, 2)
+    with pytest.raises(TrainingError, match="died"):
+        spawn(_dying_worker, 2)
+
+
+def test_timing_is_reported():
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 12), torch.randint(0, 3, (64,))
+    timing = {}
+    data_parallel_train(small_mlp, x, y, global_batch=16, steps=2, lr=0.1, world_size=2, timing=timing)
+    assert timing["seconds"] > 0
