@@ -22,3 +22,13 @@ def dense_model(name: str, checkpoint: pathlib.Path | None):
         model = models.create(name)
         train.Trainer(ds.train, ds.test, epochs=epochs, lr=lr, seed=0, progress=False).fit(model)
     return model, ds, train.evaluate(model, ds.test)
+
+
+def fashion_tensors(train_size: int):
+    """``(dataset, x, y)``: Fashion-MNIST with the first ``train_size`` images of a seeded
+    permutation as two tensors (for the distributed benchmarks, which shard them)."""
+    import torch
+
+    ds = data.load("fashion-mnist", fallback=False, train_subset=train_size)
+    xs, ys = zip(*list(ds.train))
+    return ds, torch.cat(xs), torch.cat(ys)

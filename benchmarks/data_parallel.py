@@ -17,8 +17,10 @@ import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from efficientdl import data, models, train  # noqa: E402
+from _dense import fashion_tensors  # noqa: E402
+from efficientdl import models, train  # noqa: E402
 from efficientdl.report import markdown_table  # noqa: E402
 from efficientdl.train.parallel import data_parallel_train  # noqa: E402
 
@@ -34,9 +36,7 @@ def main() -> None:
     parser.add_argument("--json", type=pathlib.Path, default=ROOT / "runs" / "bench" / "data_parallel.json")
     args = parser.parse_args()
     torch.set_num_threads(1)                     # one thread per process, in both runs
-    ds = data.load("fashion-mnist", fallback=False, train_subset=args.steps * args.global_batch)
-    xs, ys = zip(*list(ds.train))
-    x, y = torch.cat(xs), torch.cat(ys)
+    ds, x, y = fashion_tensors(args.steps * args.global_batch)
     rows = []
     for world in (1, 2):
         timing = {}

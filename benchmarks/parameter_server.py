@@ -21,8 +21,10 @@ import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from efficientdl import data, models, train  # noqa: E402
+from _dense import fashion_tensors  # noqa: E402
+from efficientdl import models, train  # noqa: E402
 from efficientdl.report import markdown_table  # noqa: E402
 from efficientdl.train.parallel import parameter_server_train  # noqa: E402
 
@@ -36,9 +38,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=600)
     parser.add_argument("--json", type=pathlib.Path, default=ROOT / "runs" / "bench" / "parameter_server.json")
     args = parser.parse_args()
-    ds = data.load("fashion-mnist", fallback=False, train_subset=20000)
-    xs, ys = zip(*list(ds.train))
-    x, y = torch.cat(xs), torch.cat(ys)
+    ds, x, y = fashion_tensors(20000)
     rows = []
     for workers in (1, 2, 4):
         start = time.perf_counter()
