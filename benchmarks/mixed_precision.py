@@ -43,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--underflow-epochs", type=int, default=2)
     parser.add_argument("--json", type=pathlib.Path, default=ROOT / "runs" / "bench" / "mixed_precision.json")
     args = parser.parse_args()
     ds = data.load("fashion-mnist", fallback=False)
@@ -74,6 +75,32 @@ def main() -> None:
         rows.append({"method": label, "accuracy": acc, "seconds": seconds,
                      "skipped_steps": mp.scaler.skipped if mp else 0, "final_scale": mp.scaler.scale if mp else None})
         print(f"{label}: {100 * acc:.2f}% in {seconds:.0f} s", flush=True)
+    # a network whose gradients underflow in fp16: the loss multiplied by 2^-20 and the learning
+    # rate by 2^20 — the same training in exact arithmetic (and in fp32), but the fp16 gradients
+    # fall below 2^-24 unless the loss is scaled back up
+    tiny = 2.0 ** -20
+    underflow_rows = []
+    for label in ("fp32", "mixed, no scaling (S = 1)", "mixed, dynamic scale"):
+        train.set_seed(0)
+        model = models.create("lenet300")
+        sgd = lambda ps: torch.optim.SGD(ps, lr=args.lr / tiny, momentum=0.9)  # noqa: E731
+        mp = None
+        if label.startswith("mixed"):
+            scaler = LossScaler(scale=2.0 ** 15, dynamic=True) if "dynamic" in label else LossScaler(1.0, False)
+            mp = MixedPrecisionOptimizer(model, sgd, scaler)
+        else:
+            opt = sgd(model.parameters())
+        for _ in range(args.underflow_epochs):
+            for x, y in ds.train:
+                if mp:
+                    mp.step(lambda: F.cross_entropy(model(x.half()).float(), y) * tiny)
+                else:
+                    opt.zero_grad()
+                    (F.cross_entropy(model(x), y) * tiny).backward()
+                    opt.step()
+        acc = accuracy(model, ds.test, torch.float16 if mp else torch.float32)
+        underflow_rows.append({"method": label, "accuracy": acc, "skipped_steps": mp.scaler.skipped if mp else 0})
+        print(f"loss × 2^-20, {label}: {100 * acc:.2f}%", flush=True)
     # why scale: gradients of a freshly initialised network on one batch, in fp32
     train.set_seed(0)
     model = models.create("lenet300")
@@ -99,10 +126,14 @@ def main() -> None:
     text = markdown_table([[r["method"], 100 * r["accuracy"], r["skipped_steps"], r["final_scale"] or "–",
                             r["seconds"]] for r in rows],
                           ["training", "test accuracy %", "skipped steps", "final loss scale", "seconds"])
+    text += "\n\nloss × 2^-20, lr × 2^20 (gradients that underflow in fp16):\n\n" + markdown_table(
+        [[r["method"], 100 * r["accuracy"], r["skipped_steps"]] for r in underflow_rows],
+        ["training", "test accuracy %", "skipped steps"])
     text += "\n\n" + markdown_table([[s, 100 * v["underflow"], 100 * v["overflow"]] for s, v in diag["scales"].items()],
                                     ["loss scale", "gradients flushed to zero in fp16 %", "overflowing %"])
     print(text)
-    args.json.write_text(json.dumps({"runs": rows, "underflow": diag["scales"], "epochs": args.epochs}, indent=2))
+    args.json.write_text(json.dumps({"runs": rows, "underflow_runs": underflow_rows, "underflow": diag["scales"],
+                                     "epochs": args.epochs}, indent=2))
     args.json.with_suffix(".md").write_text(text)
 
 
