@@ -39,6 +39,17 @@ def accuracy(model, loader, dtype) -> float:
     return correct / total
 
 
+def setup(label: str, lr: float):
+    """``(model, mixed-precision optimizer or None, plain optimizer or None)`` for one method."""
+    train.set_seed(0)
+    model = models.create("lenet300")
+    sgd = lambda ps: torch.optim.SGD(ps, lr=lr, momentum=0.9)  # noqa: E731
+    if label.startswith("mixed"):
+        scaler = LossScaler(scale=2.0 ** 15, dynamic=True) if "dynamic" in label else LossScaler(1.0, False)
+        return model, MixedPrecisionOptimizer(model, sgd, scaler), None
+    return model, None, sgd(model.parameters())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
@@ -49,15 +60,7 @@ def main() -> None:
     ds = data.load("fashion-mnist", fallback=False)
     rows = []
     for label in ("fp32", "mixed, dynamic scale", "mixed, no scaling (S = 1)", "torch.amp bf16"):
-        train.set_seed(0)
-        model = models.create("lenet300")
-        sgd = lambda ps: torch.optim.SGD(ps, lr=args.lr, momentum=0.9)  # noqa: E731
-        mp = None
-        if label.startswith("mixed"):
-            scaler = LossScaler(scale=2.0 ** 15, dynamic=True) if "dynamic" in label else LossScaler(1.0, False)
-            mp = MixedPrecisionOptimizer(model, sgd, scaler)
-        else:
-            opt = sgd(model.parameters())
+        model, mp, opt = setup(label, args.lr)
         dtype = torch.float16 if mp else torch.float32
         start = time.perf_counter()
         for _ in range(args.epochs):
@@ -81,15 +84,7 @@ def main() -> None:
     tiny = 2.0 ** -20
     underflow_rows = []
     for label in ("fp32", "mixed, no scaling (S = 1)", "mixed, dynamic scale"):
-        train.set_seed(0)
-        model = models.create("lenet300")
-        sgd = lambda ps: torch.optim.SGD(ps, lr=args.lr / tiny, momentum=0.9)  # noqa: E731
-        mp = None
-        if label.startswith("mixed"):
-            scaler = LossScaler(scale=2.0 ** 15, dynamic=True) if "dynamic" in label else LossScaler(1.0, False)
-            mp = MixedPrecisionOptimizer(model, sgd, scaler)
-        else:
-            opt = sgd(model.parameters())
+        model, mp, opt = setup(label, args.lr / tiny)
         for _ in range(args.underflow_epochs):
             for x, y in ds.train:
                 if mp:
