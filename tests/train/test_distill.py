@@ -19,3 +19,12 @@ def test_ensemble_averages_soft_targets():
     torch.testing.assert_close(torch.softmax(single / 4.0, 1), torch.softmax(teachers[0](x) / 4.0, 1))
     with pytest.raises(ValueError):
         TeacherEnsemble([])
+
+
+def test_distillation_loss_is_cross_entropy_when_alpha_is_zero():
+    from efficientdl.train import distillation_loss
+
+    torch.manual_seed(1)
+    s, t, y = torch.randn(5, 4), torch.randn(5, 4), torch.randint(0, 4, (5,))
+    torch.testing.assert_close(distillation_loss(s, t, y, temperature=3.0, alpha=0.0),
+                               torch.nn.functional.cross_entropy(s, y))
