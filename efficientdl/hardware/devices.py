@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-import yaml
 
-from .energy import HardwareError, positive_number
+from .energy import HardwareError, positive_number, read_yaml_mapping
 
 PRECISIONS = ("int8", "fp16", "bf16", "fp32")
 
@@ -83,18 +82,8 @@ def load_device(path: str | Path) -> Device:
     Raises:
         HardwareError: a missing file, bad YAML, unknown precision or non-positive figure.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise HardwareError(f"{p}: no such file")
-    try:
-        d = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise HardwareError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(d, dict):
-        raise HardwareError(f"{p}: expected a mapping")
-    unknown = set(d) - {"name", "description", "peak_ops", "bandwidth_bytes_per_s", "on_chip_bytes", "power_w"}
-    if unknown:
-        raise HardwareError(f"{p}: unknown key {sorted(unknown)[0]!r}")
+    p, d = read_yaml_mapping(path, {"name", "description", "peak_ops", "bandwidth_bytes_per_s", "on_chip_bytes",
+                                    "power_w"})
     peaks = d.get("peak_ops")
     if not isinstance(peaks, dict) or not peaks:
         raise HardwareError(f"{p}: 'peak_ops' must map precisions ({', '.join(PRECISIONS)}) to ops/s")

@@ -84,6 +84,27 @@ def positive_number(value: Any, what: str, where: str) -> float:
     return float(number)
 
 
+def read_yaml_mapping(path: str | Path, keys: set[str]) -> tuple[Path, dict]:
+    """``(path, mapping)`` of a YAML file whose top level is a mapping with only ``keys``.
+
+    Raises:
+        HardwareError: a missing file, bad YAML, not a mapping, or an unknown key.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise HardwareError(f"{p}: no such file")
+    try:
+        d = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise HardwareError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise HardwareError(f"{p}: expected a mapping")
+    unknown = set(d) - keys
+    if unknown:
+        raise HardwareError(f"{p}: unknown key {sorted(unknown)[0]!r}")
+    return p, d
+
+
 def load_table(path: str | Path) -> EnergyTable:
     """Read an energy table from YAML.
 
@@ -94,18 +115,9 @@ def load_table(path: str | Path) -> EnergyTable:
         HardwareError: missing file, bad YAML, an unknown or missing operation, a
             non-positive figure (one line naming the problem).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise HardwareError(f"{p}: no such file")
-    try:
-        d = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise HardwareError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(d, dict) or not isinstance(d.get("energy_pj"), dict):
+    p, d = read_yaml_mapping(path, {"name", "source", "energy_pj", "area_um2"})
+    if not isinstance(d.get("energy_pj"), dict):
         raise HardwareError(f"{p}: expected a mapping with an 'energy_pj' mapping")
-    unknown = set(d) - {"name", "source", "energy_pj", "area_um2"}
-    if unknown:
-        raise HardwareError(f"{p}: unknown key {sorted(unknown)[0]!r}")
     energy, area = {}, {}
     for key, table, out in (("energy_pj", d["energy_pj"], energy), ("area_um2", d.get("area_um2") or {}, area)):
         if not isinstance(table, dict):
