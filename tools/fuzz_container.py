@@ -36,7 +36,6 @@ import time
 import tracemalloc
 import zlib
 
-import numpy as np
 import torch
 from torch import nn
 

@@ -56,7 +56,6 @@ def winograd_matrices(m: int, r: int = FILTER) -> tuple[torch.Tensor, torch.Tens
     """
     alpha = m + r - 1
     pts = _points(alpha - 1)
-    n = alpha - 1
     at = [[Fraction(0)] * alpha for _ in range(m)]
     g = [[Fraction(0)] * r for _ in range(alpha)]
     bt = [[Fraction(0)] * alpha for _ in range(alpha)]

@@ -3,7 +3,6 @@ multiplication counts."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from efficientdl.errors import ModelError
