@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import RecipeError
+from ..models.transforms import record_transform, register_transform
 from .layers import layer_setting
 
 
@@ -95,7 +96,9 @@ def low_rank(model: nn.Module, rank: Any = None, energy: Any = None, reduction: 
         layers: only these layer names (default: every ``nn.Linear``).
 
     Returns:
-        ``(model, {layer name: info})`` (see :func:`svd_linear`).
+        ``(model, {layer name: info})`` (see :func:`svd_linear`).  The chosen ranks are
+        recorded in ``model.edl_arch["transforms"]`` so that a saved file rebuilds the
+        factorised structure (:func:`efficientdl.models.rebuild`).
     """
     report = {}
     for name, module in list(model.named_modules()):
@@ -109,4 +112,16 @@ def low_rank(model: nn.Module, rank: Any = None, energy: Any = None, reduction: 
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
         report[name] = info
+    if report:
+        record_transform(model, "svd", ranks={name: info["rank"] for name, info in report.items()})
     return model, report
+
+
+@register_transform("svd")
+def _replay_svd(model: nn.Module, ranks: dict[str, int]) -> None:
+    """Rebuild the factorised layers of :func:`low_rank` (their weights come from the file)."""
+    modules = dict(model.named_modules())
+    for name in ranks:
+        if type(modules.get(name)) is not nn.Linear:
+            raise ValueError(f"'{name}' is not an nn.Linear layer of the model")
+    low_rank(model, rank={name: int(r) for name, r in ranks.items()}, layers=list(ranks))

@@ -635,13 +635,7 @@ def load(path: str | os.PathLike | Container, model: nn.Module | None = None, ru
     if model is None:
         from .. import models
 
-        arch = c.header.get("arch")
-        if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
-            raise ModelError(f"{path}: the file names no registry architecture; pass the model to load into")
-        kwargs = arch.get("kwargs") or {}
-        if not isinstance(kwargs, dict):
-            raise FormatError(f"{path}: architecture arguments are malformed")
-        model = models.create(arch["name"], **kwargs)
+        model = models.rebuild(c.header.get("arch"), str(path))
     load_into(model, c)
     if runtime == "compressed":
         from ..nn import to_runtime

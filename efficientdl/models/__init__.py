@@ -74,6 +74,31 @@ def create(name: str, num_classes: int = 10, in_channels: int = 1, **kwargs: Any
     return model
 
 
+def rebuild(arch: Any, where: str = "architecture") -> nn.Module:
+    """Build the model an ``edl_arch`` record describes: the registry model, then its
+    recorded structural transforms (:func:`efficientdl.models.transforms.apply_transforms`).
+
+    Args:
+        arch: ``{"name": ..., "kwargs": {...}, "transforms": [...]}`` as stored in a file.
+        where: the file named in error messages.
+
+    Returns:
+        The model, freshly initialised, whose parameter names and shapes fit the record.
+
+    Raises:
+        ModelError: no valid record, an unknown name, or transforms that do not apply.
+    """
+    from .transforms import apply_transforms
+
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
+        raise ModelError(f"{where}: no registry architecture is recorded; pass the model to load into")
+    kwargs = arch.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ModelError(f"{where}: architecture arguments are malformed")
+    model = create(arch["name"], **kwargs)
+    return apply_transforms(model, arch.get("transforms"), where)
+
+
 from efficientdl.models.lenet import LeNet5, LeNet300  # noqa: E402  (registry must exist first)
 from efficientdl.models.squeezenet import SqueezeNet  # noqa: E402
 
@@ -81,4 +106,4 @@ register("lenet300")(LeNet300)
 register("lenet5")(LeNet5)
 register("squeezenet")(SqueezeNet)
 
-__all__ = ["create", "available", "register", "LeNet300", "LeNet5"]
+__all__ = ["create", "available", "rebuild", "register", "LeNet300", "LeNet5"]

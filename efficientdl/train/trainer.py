@@ -470,7 +470,7 @@ def load_checkpoint(path: str | os.PathLike) -> nn.Module:
         ModelError: no architecture record, unknown architecture, or weights that
             do not fit it.
     """
-    from efficientdl.models import create
+    from efficientdl.models import rebuild
 
     path = Path(path)
     if not path.is_file():
@@ -485,7 +485,7 @@ def load_checkpoint(path: str | os.PathLike) -> nn.Module:
     arch = payload.get("arch")
     if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or not isinstance(arch.get("kwargs", {}), dict):
         raise ModelError(f"{path}: checkpoint has no architecture record (expected arch = {{'name': ..., 'kwargs': ...}})")
-    model = create(arch["name"], **arch.get("kwargs", {}))
+    model = rebuild(arch, str(path))
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as error:

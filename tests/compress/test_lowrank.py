@@ -47,3 +47,32 @@ def test_low_rank_on_a_model_per_layer():
     assert list(report) == ["0"] and report["0"]["rank"] == 5
     assert isinstance(model[0], nn.Sequential) and isinstance(model[2], nn.Linear)
     assert model(torch.randn(2, 20)).shape == (2, 10)
+
+
+def test_factorised_model_survives_file_and_checkpoint_round_trip(tmp_path):
+    from efficientdl import format as fmt, models, train
+
+    torch.manual_seed(0)
+    model = models.create("lenet300")
+    model, report = low_rank(model, rank={"fc1": 17, "fc2": 9})
+    assert model.edl_arch["transforms"] == [{"op": "svd", "ranks": {"fc1": 17, "fc2": 9}}]
+    x = torch.randn(5, 1, 28, 28)
+    expected = model.eval()(x)
+    fmt.save(model, tmp_path / "m.edlz", coding="fixed")
+    rebuilt = fmt.load(tmp_path / "m.edlz")
+    assert rebuilt.fc1[0].weight.shape == (17, 784) and rebuilt.fc2[1].weight.shape == (100, 9)
+    assert torch.equal(rebuilt(x), expected)
+    train.save_checkpoint(model, tmp_path / "m.pt")
+    assert torch.equal(train.load_checkpoint(tmp_path / "m.pt")(x), expected)
+
+
+def test_unknown_transform_is_refused_in_one_line():
+    from efficientdl import models
+    from efficientdl.errors import ModelError
+
+    arch = {"name": "lenet300", "kwargs": {}, "transforms": [{"op": "no-such-op"}]}
+    with pytest.raises(ModelError, match="unknown transform 'no-such-op'"):
+        models.rebuild(arch, "f.edlz")
+    arch["transforms"] = [{"op": "svd", "ranks": {"no_layer": 3}}]
+    with pytest.raises(ModelError):
+        models.rebuild(arch, "f.edlz")
