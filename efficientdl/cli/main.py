@@ -361,12 +361,46 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     ds = _load_data(args)
     before = evaluate(model, ds.test)
     trainer = _trainer(args, ds)
+    if args.method != "kmeans":
+        return _quantize_linear(args, model, ds, trainer, before, out)
     finetune = (lambda m: trainer.fit(m, description="centroids")) if args.epochs else None
-    model, report = compress.share(model, bits=args.bits, init=args.init, seed=args.seed, finetune=finetune)
+    bits = args.bits if args.bits is not None else {"Conv2d": 8, "Linear": 5}
+    model, report = compress.share(model, bits=bits, init=args.init, seed=args.seed, finetune=finetune)
     report.accuracy_before, report.accuracy_after = before, evaluate(model, ds.test)
     save_checkpoint(model, out)
     _emit(args, report.to_dict(),
           f"accuracy {100 * before:.2f}% → {100 * report.accuracy_after:.2f}% with bits {report.settings['bits']} → {out}")
+    return 0
+
+
+def _quantize_linear(args: argparse.Namespace, model, ds, trainer, before: float, out: Path) -> int:
+    """``edl quantize --method fixed-point|int8``: calibrate, optionally fine-tune, freeze."""
+    from ..compress import fixed_point
+    from ..train import evaluate, save_checkpoint
+
+    scheme = "fixed" if args.method == "fixed-point" else "affine"
+    weight_bits = args.bits if args.bits is not None else 8
+    activation_bits = None if args.activation_bits == 0 else args.activation_bits
+    layers = fixed_point.quantize_linear(model, ds.train, scheme=scheme, weight_bits=weight_bits,
+                                         activation_bits=activation_bits, per_channel=not args.per_tensor,
+                                         num_batches=args.calibration_batches)
+    calibrated = evaluate(model, ds.test)
+    if args.epochs:
+        trainer.fit(model, description="fine-tune (quantized forward)")
+    fixed_point.freeze(model)
+    after = evaluate(model, ds.test)
+    save_checkpoint(model, out)
+    result = {"method": args.method, "layers": layers, "accuracy_before": before,
+              "accuracy_calibrated": calibrated, "accuracy_after": after, "output": str(out)}
+    text = (f"accuracy {100 * before:.2f}% → {100 * calibrated:.2f}% calibrated"
+            + (f" → {100 * after:.2f}% fine-tuned" if args.epochs else "") + f" ({args.method}) → {out}")
+    for name, entry in layers.items():
+        w, a = entry["weight"], entry["input"]
+        describe = (lambda q: "fp32" if q is None else f"{q['bits']}-bit " + (
+            f"fl={q['frac_bits'][0]}" if q["scheme"] == "fixed" else
+            f"{'per-channel' if q['axis'] is not None else 'per-tensor'}"))
+        text += f"\n  {name}: weights {describe(w)}, inputs {describe(a)}"
+    _emit(args, result, text)
     return 0
 
 
@@ -953,12 +987,22 @@ def build_parser() -> argparse.ArgumentParser:
     training(p, 3, 0.01)
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("quantize", help="k-means weight sharing with trained centroids")
+    p = sub.add_parser("quantize", help="weight sharing (k-means, trained centroids) or linear quantization "
+                                         "(dynamic fixed point, int8 affine) of weights and activations")
     p.add_argument("checkpoint", help="checkpoint (.pt) or compressed file (.edlz)")
-    p.add_argument("-o", "--output", required=True, help="weight-shared checkpoint to write")
-    p.add_argument("--bits", type=per_layer_spec, default={"Conv2d": 8, "Linear": 5},
-                   help="bits per weight: 5 or Conv2d=8,Linear=5 (default)")
-    p.add_argument("--init", choices=["linear", "density", "random"], default="linear")
+    p.add_argument("-o", "--output", required=True, help="quantized checkpoint to write (then `edl encode`)")
+    p.add_argument("--method", choices=["kmeans", "fixed-point", "int8"], default="kmeans",
+                   help="kmeans: weight sharing (default); fixed-point: dynamic fixed point (Qiu et al.); "
+                        "int8: affine post-training quantization")
+    p.add_argument("--bits", type=per_layer_spec, default=None,
+                   help="bits per weight: 5 or Conv2d=8,Linear=5 (default: that for kmeans, 8 otherwise)")
+    p.add_argument("--init", choices=["linear", "density", "random"], default="linear",
+                   help="kmeans: centroid initialisation")
+    p.add_argument("--activation-bits", type=_nonneg_int, default=8,
+                   help="fixed-point/int8: bits of each layer's input activations (0 keeps them fp32; default 8)")
+    p.add_argument("--per-tensor", action="store_true", help="int8: one weight scale per tensor, not per channel")
+    p.add_argument("--calibration-batches", type=_positive_int, default=16,
+                   help="fixed-point/int8: training batches used to choose activation ranges (default 16)")
     common(p)
     training(p, 1, 0.001, weight_decay=0.0)
     p.set_defaults(func=cmd_quantize)

@@ -26,6 +26,10 @@ Tensor kinds:
 * ``codes`` (weight-shared, not much pruned — ternary or binary weights): one ``b``-bit
   codebook index per element (0 = zero) and the centroids; the encoder picks whichever of
   ``shared`` and ``codes`` is smaller.
+* ``quant`` (linear quantization: dynamic fixed point or affine integers): one ``b``-bit
+  code ``q − q_min`` per element and the quantizer in the record (``quant``: scheme,
+  bits, range, radix points ``frac_bits`` or per-channel ``scale``/``zero_point``); the
+  value is ``(q − z) · s``.
 
 Index and value streams are either Huffman coded (canonical code lengths stored as
 a section, then the bitstream) or packed at fixed width.  The encoder always stores
@@ -52,6 +56,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..compress.fixed_point import QuantSpec, dequantize, integer_codes, weight_spec
 from ..compress.huffman import huffman_decode, huffman_encode
 from ..compress.layers import compressible_layers, layer_setting, layer_type
 from ..compress.prune import weight_mask
@@ -196,6 +201,21 @@ def _write_codes(w: _Writer, name: str, t: torch.Tensor, coding: str, indices: n
     return rec, layer
 
 
+def _write_quant(w: _Writer, name: str, t: torch.Tensor, coding: str, spec: QuantSpec) -> tuple[dict, LayerRecord]:
+    """A linearly quantized tensor: its integer codes (offset by ``q_min``) and its quantizer."""
+    rec = _tensor_record(name, t)
+    q = integer_codes(t.detach().cpu(), spec)
+    symbols = (q.flatten().numpy().astype(np.int64) - spec.qmin)
+    sections: dict[str, list[int]] = {}
+    value_avg = _encode_stream(w, symbols, spec.bits, coding, sections, "values")
+    rec.update(kind="quant", weight_bits=spec.bits, coding=coding, quant=spec.to_json(), sections=sections)
+    size = sum(s[1] for s in sections.values())
+    layer = LayerRecord(name, symbols.size, int(np.count_nonzero(t.detach().cpu().numpy())), "quant",
+                        float(spec.bits), None, symbols.size, size,
+                        weight_bits_huffman=value_avg if coding == "huffman" else None)
+    return rec, layer
+
+
 def _write_shared(w: _Writer, name: str, t: torch.Tensor, index_bits: int, coding: str, indices: np.ndarray,
                   centroids: np.ndarray, weight_bits: int, layout: str = "smaller") -> tuple[dict, LayerRecord]:
     """A weight-shared tensor in the sparse (relative index + codes) or the dense-codes layout.
@@ -275,9 +295,12 @@ def encode(
         if isinstance(ib, bool) or not isinstance(ib, int) or not 1 <= ib <= MAX_INDEX_BITS:
             raise ModelError(f"index bits for '{mname}' must be an integer in 1..{MAX_INDEX_BITS}, got {ib!r}")
         sw = shared_weight(module)
-        inferred = None if sw is not None or not infer_shared else _inferred_codebook(weight, 8)
+        qs = weight_spec(module)
+        inferred = None if sw is not None or qs is not None or not infer_shared else _inferred_codebook(weight, 8)
         if weight.numel() == 0:
             rec, layer = _write_dense(w, pname, weight)
+        elif qs is not None and weight.dtype == torch.float32:
+            rec, layer = _write_quant(w, pname, weight, coding, qs)
         elif sw is not None:
             rec, layer = _write_shared(w, pname, weight, ib, coding, sw.indices.flatten().numpy(),
                                        sw.centroids.detach().numpy(), sw.bits, shared_layout)
@@ -476,15 +499,31 @@ def _decode_tensor(rec: dict, blob: memoryview, where: str, budget: list[int]) -
         t = torch.from_numpy(arr.copy())
         nz = int(np.count_nonzero(arr))
         return t, LayerRecord(name, numel, nz, "dense", 8.0 * itemsize, None, numel, len(data)), None
-    if kind not in ("sparse", "shared", "codes") or rec["dtype"] != "float32" \
+    if kind not in ("sparse", "shared", "codes", "quant") or rec["dtype"] != "float32" \
             or rec.get("coding") not in ("huffman", "fixed"):
         raise FormatError(f"{where}: tensor '{name}' has an unknown kind or coding")
-    if kind == "codes":
-        wb = _int(rec.get("weight_bits"), 1, MAX_WEIGHT_BITS, "weight_bits", where)
+    if kind in ("codes", "quant"):  # one code per element: at least one bit each in the stream
         payload_bytes = rec.get("sections", {}).get("values") if isinstance(rec.get("sections"), dict) else None
         if not isinstance(payload_bytes, list) or len(payload_bytes) != 3 or not isinstance(payload_bytes[1], int) \
                 or numel > 8 * payload_bytes[1]:
             raise FormatError(f"{where}: tensor '{name}' declares {numel} codes its stream cannot hold")
+    if kind == "quant":
+        try:
+            spec = QuantSpec.from_json(rec.get("quant"), shape[0] if shape else None, f"tensor '{name}'")
+        except ValueError as e:
+            raise FormatError(f"{where}: {e}") from None
+        if spec.axis is not None and not shape:
+            raise FormatError(f"{where}: tensor '{name}' is per-channel but has no channel axis")
+        symbols, value_bytes = _decode_stream(rec, "values", spec.bits, numel, blob, where)
+        if symbols.size and symbols.max() > spec.qmax - spec.qmin:
+            raise FormatError(f"{where}: tensor '{name}' has a code outside its integer range")
+        q = torch.from_numpy((symbols + spec.qmin).reshape(shape))
+        values = dequantize(q, spec)
+        layer = LayerRecord(name, numel, int(torch.count_nonzero(values)), "quant", float(spec.bits), None, numel,
+                            value_bytes)
+        return values, layer, None
+    if kind == "codes":
+        wb = _int(rec.get("weight_bits"), 1, MAX_WEIGHT_BITS, "weight_bits", where)
         symbols, value_bytes = _decode_stream(rec, "values", wb, numel, blob, where)
         codebook = _codebook(rec, wb, symbols, blob, where)
         layer = LayerRecord(name, numel, int(np.count_nonzero(symbols)), "codes", float(wb), None, numel,

@@ -215,6 +215,9 @@ def test_bad_arguments_exit_2_with_one_line(files, tmp_path, capsys, argv):
     (["prune", "{ckpt}", "-o", "{tmp}/p.pt", "--sparsity", "fc9=0.5", "--epochs", "0", *DATA], "fc9"),
     (["prune", "{ckpt}", "-o", "{tmp}/p.pt", *DATA], "exactly one"),
     (["quantize", "{ckpt}", "-o", "{tmp}/q.pt", "--bits", "0", "--epochs", "0", *DATA], "bits"),
+    (["quantize", "{ckpt}", "-o", "{tmp}/q.pt", "--method", "int8", "--bits", "17", "--epochs", "0", *DATA], "bits"),
+    (["quantize", "{ckpt}", "-o", "{tmp}/q.pt", "--method", "fixed-point", "--activation-bits", "1", "--epochs", "0",
+      *DATA], "bits"),
     (["encode", "{ckpt}", "-o", "{tmp}/e.edlz", "--index-bits", "9"], "index bits"),
     (["encode", "{ckpt}", "-o", "{tmp}/nodir/e.edlz"], "does not exist"),
     (["train", "-o", "{tmp}", "--data", "digits", "--json"], "is a directory"),
@@ -481,3 +484,21 @@ def test_train_under_torchrun(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["processes"] == 2 and out.exists()
+
+
+@pytest.mark.parametrize("method,extra", [("fixed-point", ["--bits", "6"]), ("int8", ["--per-tensor"])])
+def test_linear_quantization_checkpoint_encodes_and_evaluates(files, tmp_path, method, extra):
+    q, e = tmp_path / "q.pt", tmp_path / "q.edlz"
+    code, out, err = run_quiet(["quantize", files["ckpt"], "-o", q, "--method", method, *extra,
+                                "--epochs", "1", "--calibration-batches", "2", *SUBSETS, *DATA])
+    assert code == 0, err
+    result = json.loads(out)
+    assert set(result["layers"]) == {"fc1", "fc2", "fc3"}
+    assert all(entry["input"]["bits"] == 8 for entry in result["layers"].values())
+    code, out, err = run_quiet(["encode", q, "-o", e, "--json"])
+    assert code == 0, err
+    kinds = {r["name"]: r["kind"] for r in json.loads(out)["layers"]}
+    assert kinds["fc1.weight"] == "quant" and kinds["fc1.bias"] == "dense"
+    code, out, err = run_quiet(["eval", e, *DATA])
+    assert code == 0, err
+    assert json.loads(out)["accuracy"] == pytest.approx(result["accuracy_after"], abs=1e-9)

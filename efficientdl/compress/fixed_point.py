@@ -1,0 +1,473 @@
+"""Linear quantization of weights and activations: dynamic fixed point and int8 affine.
+
+* **Dynamic fixed point** (Qiu et al., "Going Deeper with Embedded FPGA Platform for
+  Convolutional Neural Network", FPGA'16).  A value is a ``b``-bit two's-complement
+  integer ``q`` with a per-layer radix point ``fl`` (fractional length):
+
+      x̂ = q · 2^(−fl),    q = clamp(round(x · 2^fl), −2^(b−1), 2^(b−1) − 1).
+
+  Each layer's weights get their own ``fl`` and each layer's input activations their own,
+  chosen on calibration data as the paper does, by minimising the quantization error
+  ``fl = argmin Σ |x − x̂(fl)|`` over candidate radix points (from the one that just fits
+  ``max|x|`` to ones that saturate outliers).  Activations that are never negative (after
+  a ReLU) use the unsigned range ``[0, 2^b − 1]`` — one more bit of precision.
+* **Affine (integer) post-training quantization**, the scheme of today's int8 runtimes:
+  ``x̂ = (q − z) · s`` with ``q ∈ [q_min, q_max]``; weights symmetric (``z = 0``,
+  ``s = max|w| / (2^(b−1) − 1)``), per tensor or per output channel; activations
+  asymmetric over ``[0, 2^b − 1]`` with ``s = (max − min) / (2^b − 1)`` and
+  ``z = −round(min / s)`` from the calibration minimum and maximum (0 always
+  representable exactly).
+
+During fine-tuning the weight quantizer is a ``torch.nn.utils.parametrize``
+parametrization (the latent fp32 weight trains; the forward pass sees ``x̂``) and the
+activation quantizer a forward pre-hook on the layer; both pass gradients straight
+through inside the representable range and block them where the value saturates.
+:func:`freeze` then folds the quantized values into the weights and keeps each layer's
+:class:`QuantSpec` on the module (``edl_weight_quant``, ``edl_input_quant``), which is
+what the compressed file stores: integer codes with their radix points or scales.
+The change is recorded in ``model.edl_arch["transforms"]`` so a loaded file quantizes
+activations again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..errors import RecipeError
+from ..models.transforms import record_transform, register_transform
+from .layers import compressible_layers, fold_parametrizations, layer_setting
+
+SCHEMES = ("fixed", "affine")
+MIN_BITS, MAX_BITS = 2, 16
+
+
+@dataclass
+class QuantSpec:
+    """One quantizer: ``x̂ = (clamp(round(x / s) + z, q_min, q_max) − z) · s``.
+
+    Attributes:
+        scheme: ``"fixed"`` (dynamic fixed point, ``s = 2^(−fl)``, ``z = 0``) or ``"affine"``.
+        bits: integer width ``b``.
+        qmin, qmax: the integer range (signed ``[−2^(b−1), 2^(b−1) − 1]`` or unsigned ``[0, 2^b − 1]``).
+        scale: ``s``, one per channel along ``axis`` (or one value).
+        zero_point: ``z``, as ``scale``.
+        frac_bits: for ``"fixed"``, the radix points ``fl`` (``s = 2^(−fl)``).
+        axis: the channel axis of per-channel quantization (0, the output channels), or None.
+    """
+
+    scheme: str
+    bits: int
+    qmin: int
+    qmax: int
+    scale: list[float]
+    zero_point: list[int]
+    frac_bits: list[int] | None = None
+    axis: int | None = None
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def tensors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, zero_point)`` as float tensors broadcastable against ``x``."""
+        key = (x.device, x.dtype, x.dim())
+        if key not in self._cache:
+            s = torch.tensor(self.scale, dtype=torch.float32, device=x.device)
+            z = torch.tensor(self.zero_point, dtype=torch.float32, device=x.device)
+            if self.axis is not None:
+                shape = [1] * x.dim()
+                shape[self.axis] = -1
+                s, z = s.reshape(shape), z.reshape(shape)
+            else:
+                s, z = s.reshape(()), z.reshape(())
+            self._cache[key] = (s.to(x.dtype), z.to(x.dtype))
+        return self._cache[key]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (see :meth:`from_json`)."""
+        out = {"scheme": self.scheme, "bits": self.bits, "qmin": self.qmin, "qmax": self.qmax, "axis": self.axis}
+        if self.scheme == "fixed":
+            out["frac_bits"] = list(self.frac_bits)
+        else:
+            out.update(scale=list(self.scale), zero_point=list(self.zero_point))
+        return out
+
+    @classmethod
+    def from_json(cls, d: Any, channels: int | None = None, where: str = "quantizer") -> "QuantSpec":
+        """Validate and build a spec from :meth:`to_json`'s dict.
+
+        Args:
+            d: the dict.
+            channels: the size of the channel axis, when the spec is per channel.
+            where: names the source in error messages.
+
+        Raises:
+            ValueError: a missing field or an out-of-range value (one line).
+        """
+        if not isinstance(d, dict) or d.get("scheme") not in SCHEMES:
+            raise ValueError(f"{where}: not a quantizer (scheme must be one of {', '.join(SCHEMES)})")
+        bits, qmin, qmax, axis = d.get("bits"), d.get("qmin"), d.get("qmax"), d.get("axis")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (bits, qmin, qmax)) \
+                or not MIN_BITS <= bits <= MAX_BITS or (qmin, qmax) not in integer_ranges(bits):
+            raise ValueError(f"{where}: bits {bits!r} and range [{qmin!r}, {qmax!r}] are not a valid integer format")
+        if axis not in (None, 0):
+            raise ValueError(f"{where}: axis must be 0 or null, got {axis!r}")
+        if d["scheme"] == "fixed":
+            fl = d.get("frac_bits")
+            if not isinstance(fl, list) or not fl or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                              and -64 <= v <= 64 for v in fl):
+                raise ValueError(f"{where}: frac_bits must be a list of integers in [-64, 64]")
+            scale, zp = [2.0 ** -v for v in fl], [0] * len(fl)
+        else:
+            fl, scale, zp = None, d.get("scale"), d.get("zero_point")
+            if not isinstance(scale, list) or not isinstance(zp, list) or not scale or len(scale) != len(zp) \
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                               and math.isfinite(v) and v > 0 for v in scale) \
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and qmin <= v <= qmax for v in zp):
+                raise ValueError(f"{where}: scales must be finite and positive, zero points integers in the range")
+            scale = [float(torch.tensor(v, dtype=torch.float32)) for v in scale]
+        expected = 1 if axis is None else channels
+        if expected is not None and len(scale) != expected:
+            raise ValueError(f"{where}: {len(scale)} scales for {expected} channel(s)")
+        return cls(d["scheme"], bits, qmin, qmax, scale, zp, fl, axis)
+
+
+def integer_ranges(bits: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The signed and the unsigned range of a ``bits``-bit integer."""
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1), (0, (1 << bits) - 1)
+
+
+class _FakeQuant(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin, qmax):  # noqa: D401 - autograd API
+        q = torch.round(x / scale) + zero_point
+        ctx.save_for_backward((q >= qmin) & (q <= qmax))
+        return (q.clamp(qmin, qmax) - zero_point) * scale
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D401 - autograd API
+        (inside,) = ctx.saved_tensors
+        return g * inside, None, None, None, None
+
+
+def fake_quantize(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """``x̂ = (clamp(round(x / s) + z, q_min, q_max) − z) · s`` with a straight-through gradient.
+
+    The gradient is passed unchanged where ``round(x / s) + z`` lies in ``[q_min, q_max]``
+    and is zero where the value saturates.  Rounding is to nearest, ties to even.
+
+    Args:
+        x: any float tensor (for a per-channel spec, channels along ``spec.axis``).
+        spec: the quantizer.
+
+    Returns:
+        The quantized values, in ``x``'s dtype.
+    """
+    s, z = spec.tensors(x)
+    return _FakeQuant.apply(x, s, z, float(spec.qmin), float(spec.qmax))
+
+
+def integer_codes(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """The integers ``q = clamp(round(x / s) + z, q_min, q_max)`` as an ``int32`` tensor.
+
+    Applied to an already quantized tensor it returns its codes exactly
+    (``(q − z) · s / s`` rounds back to ``q − z`` for ``|q| < 2^16``).
+    """
+    s, z = spec.tensors(x.float())
+    return (torch.round(x.float() / s) + z).clamp(spec.qmin, spec.qmax).to(torch.int32)
+
+
+def dequantize(q: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """``(q − z) · s`` in float32, the same arithmetic as :func:`fake_quantize`."""
+    s, z = spec.tensors(q.float())
+    return (q.float() - z) * s
+
+
+# --------------------------------------------------------------------------- choosing the parameters
+def fixed_point_spec(x: torch.Tensor, bits: int, signed: bool | None = None, search: int = 4) -> QuantSpec:
+    """Dynamic fixed point for the values ``x``: the radix point with the smallest L1 error.
+
+    With ``m = max|x|``, the radix point that just avoids saturation is
+    ``fl₀ = b − 1 − ⌈log₂ m⌉`` (signed) or ``b − ⌈log₂ m⌉`` (unsigned); the candidates
+    ``fl₀ … fl₀ + search`` are tried (larger ``fl`` is finer but saturates the largest
+    values) and the one minimising ``Σ |x − x̂|`` is kept (Qiu et al., FPGA'16, §6).
+
+    Args:
+        x: sample values (weights, or activations seen on calibration data).
+        bits: integer width.
+        signed: use the signed range (default: when ``x`` has a negative value).
+        search: how many finer radix points to try beyond ``fl₀``.
+
+    Returns:
+        A per-tensor ``"fixed"`` :class:`QuantSpec`.
+    """
+    _check_bits(bits)
+    x = x.detach().float().flatten()
+    signed = bool((x < 0).any()) if signed is None else signed
+    qmin, qmax = integer_ranges(bits)[0 if signed else 1]
+    peak = float(x.abs().max()) if x.numel() else 0.0
+    fl0 = (bits - 1 if signed else bits) - (math.ceil(math.log2(peak)) if peak > 0 else 0)
+    best = None
+    for fl in range(fl0, fl0 + search + 1):
+        spec = QuantSpec("fixed", bits, qmin, qmax, [2.0 ** -fl], [0], [fl])
+        error = float((fake_quantize(x, spec) - x).abs().sum())
+        if best is None or error < best[0]:
+            best = (error, spec)
+    return best[1]
+
+
+def affine_weight_spec(w: torch.Tensor, bits: int, per_channel: bool = True) -> QuantSpec:
+    """Symmetric affine quantization of a weight: ``s = max|w| / (2^(b−1) − 1)``, ``z = 0``.
+
+    Args:
+        w: the weight (output channels first).
+        bits: integer width.
+        per_channel: one scale per output channel (axis 0) instead of one per tensor.
+
+    Returns:
+        An ``"affine"`` :class:`QuantSpec` over the signed range.
+    """
+    _check_bits(bits)
+    w = w.detach().float()
+    peak = w.abs().flatten(1).amax(1) if per_channel and w.dim() > 1 else w.abs().max().reshape(1)
+    scale = (peak / ((1 << (bits - 1)) - 1)).clamp_min(torch.finfo(torch.float32).tiny)
+    qmin, qmax = integer_ranges(bits)[0]
+    return QuantSpec("affine", bits, qmin, qmax, scale.tolist(), [0] * scale.numel(),
+                     axis=0 if per_channel and w.dim() > 1 else None)
+
+
+def affine_activation_spec(lo: float, hi: float, bits: int) -> QuantSpec:
+    """Asymmetric affine quantization of activations in ``[lo, hi]`` (0 included) over ``[0, 2^b − 1]``.
+
+    ``s = (hi − lo) / (2^b − 1)`` and ``z = clamp(−round(lo / s), 0, 2^b − 1)``, so that
+    the real 0 (ReLU outputs, padding) is represented exactly.
+    """
+    _check_bits(bits)
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    qmin, qmax = integer_ranges(bits)[1]
+    scale = float(torch.tensor(max((hi - lo) / qmax, torch.finfo(torch.float32).tiny), dtype=torch.float32))
+    zero_point = int(min(max(-round(lo / scale), qmin), qmax))
+    return QuantSpec("affine", bits, qmin, qmax, [scale], [zero_point])
+
+
+def _check_bits(bits: Any) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise RecipeError(f"quantization bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
+
+
+# --------------------------------------------------------------------------- state on the model
+class WeightQuantizer(nn.Module):
+    """Parametrization ``W ↦ fake_quantize(W, spec)`` (the latent fp32 weight keeps training)."""
+
+    def __init__(self, spec: QuantSpec) -> None:
+        super().__init__()
+        self.spec = spec
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return fake_quantize(w, self.spec)
+
+
+class InputQuantizer:
+    """Forward pre-hook quantizing a layer's input with a per-tensor spec."""
+
+    def __init__(self, spec: QuantSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        return (fake_quantize(args[0], self.spec),) + tuple(args[1:])
+
+
+def weight_spec(module: nn.Module) -> QuantSpec | None:
+    """The weight quantizer of a layer: its parametrization, or the spec kept by :func:`freeze`."""
+    if parametrize.is_parametrized(module, "weight"):
+        for p in module.parametrizations.weight:
+            if isinstance(p, WeightQuantizer):
+                return p.spec
+    spec = getattr(module, "edl_weight_quant", None)
+    return spec if isinstance(spec, QuantSpec) else None
+
+
+def attach_input_quantizer(module: nn.Module, spec: QuantSpec) -> None:
+    """Quantize ``module``'s input with ``spec`` (replacing a quantizer it already has)."""
+    for key, hook in list(module._forward_pre_hooks.items()):
+        if isinstance(hook, InputQuantizer):
+            del module._forward_pre_hooks[key]
+    module.edl_input_quant = spec
+    module.register_forward_pre_hook(InputQuantizer(spec))
+
+
+# --------------------------------------------------------------------------- calibration
+class _Observer:
+    """Forward pre-hook recording the minimum, maximum and a sample of a layer's inputs."""
+
+    def __init__(self, sample_per_batch: int, generator: torch.Generator) -> None:
+        self.lo, self.hi = math.inf, -math.inf
+        self.samples: list[torch.Tensor] = []
+        self.sample_per_batch, self.generator = sample_per_batch, generator
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        x = args[0].detach().float().flatten()
+        self.lo, self.hi = min(self.lo, float(x.min())), max(self.hi, float(x.max()))
+        if x.numel() > self.sample_per_batch:
+            x = x[torch.randint(x.numel(), (self.sample_per_batch,), generator=self.generator, device="cpu").to(x.device)]
+        self.samples.append(x.cpu())
+
+
+def calibrate(model: nn.Module, batches: Iterable, layers: list[str], num_batches: int = 16,
+              sample_per_batch: int = 65536) -> dict[str, _Observer]:
+    """Run ``model`` on calibration batches and observe the inputs of ``layers``.
+
+    Args:
+        model: the network (evaluated in eval mode, without gradients).
+        batches: an iterable of input tensors or ``(inputs, targets)`` pairs.
+        layers: names of the layers whose inputs are observed.
+        num_batches: how many batches to use.
+        sample_per_batch: values kept per batch and layer for the radix-point search.
+
+    Returns:
+        One observer per layer, with ``lo``, ``hi`` and ``samples``.
+    """
+    modules = dict(model.named_modules())
+    generator = torch.Generator().manual_seed(0)
+    observers = {name: _Observer(sample_per_batch, generator) for name in layers}
+    handles = [modules[name].register_forward_pre_hook(obs) for name, obs in observers.items()]
+    was_training = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    seen = 0
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                if seen >= num_batches:
+                    break
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                model(x.to(device))
+                seen += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if seen == 0:
+        raise RecipeError("calibration: the data gave no batches")
+    return observers
+
+
+# --------------------------------------------------------------------------- the method
+def quantize_linear(model: nn.Module, calibration: Iterable | None, scheme: str = "fixed",
+                    weight_bits: Any = 8, activation_bits: Any = 8, per_channel: bool = True,
+                    num_batches: int = 16) -> dict[str, dict]:
+    """Quantize the weights (and inputs) of every Linear/Conv2d layer of ``model``, in place.
+
+    Weights get a :class:`WeightQuantizer` parametrization (fine-tune the model now if
+    you like: the forward pass is quantized, the gradient straight-through), inputs a
+    pre-hook quantizer chosen on calibration data.  Call :func:`freeze` afterwards.
+
+    Args:
+        model: any ``nn.Module``.
+        calibration: batches for the activation ranges (needed when activations are quantized).
+        scheme: ``"fixed"`` (dynamic fixed point, Qiu et al.) or ``"affine"`` (int8-style).
+        weight_bits: bits per weight (one number or a per-layer mapping; None keeps a layer fp32).
+        activation_bits: bits per input activation (as above; None keeps inputs fp32).
+        per_channel: for ``"affine"``, one weight scale per output channel.
+        num_batches: calibration batches.
+
+    Returns:
+        ``{layer: {"weight": spec dict or None, "input": spec dict or None}}``.
+
+    Raises:
+        RecipeError: unknown scheme, bits out of range, or no calibration data.
+    """
+    if scheme not in SCHEMES:
+        raise RecipeError(f"quantization scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+    plan = {}
+    for name, module in compressible_layers(model):
+        wb, ab = (layer_setting(weight_bits, name, module, "weight_bits"),
+                  layer_setting(activation_bits, name, module, "activation_bits"))
+        for b in (wb, ab):
+            if b is not None:
+                _check_bits(b)
+        if wb is not None or ab is not None:
+            plan[name] = (module, wb, ab)
+    needs_data = [name for name, (_, _, ab) in plan.items() if ab is not None]
+    if needs_data and calibration is None:
+        raise RecipeError("quantizing activations needs calibration data")
+    observers = calibrate(model, calibration, needs_data, num_batches) if needs_data else {}
+    report = {}
+    for name, (module, wb, ab) in plan.items():
+        entry: dict[str, Any] = {"weight": None, "input": None}
+        if wb is not None:
+            w = module.weight.detach()
+            spec = fixed_point_spec(w, wb, signed=True) if scheme == "fixed" else affine_weight_spec(w, wb, per_channel)
+            parametrize.register_parametrization(module, "weight", WeightQuantizer(spec), unsafe=True)
+            entry["weight"] = spec.to_json()
+        if ab is not None:
+            obs = observers[name]
+            spec = (fixed_point_spec(torch.cat(obs.samples), ab) if scheme == "fixed"
+                    else affine_activation_spec(obs.lo, obs.hi, ab))
+            attach_input_quantizer(module, spec)
+            entry["input"] = spec.to_json()
+        report[name] = entry
+    return report
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Fold the weight quantizers into integer-valued weights and record the model's quantizers.
+
+    Each quantized layer's weight becomes a plain parameter holding ``x̂`` exactly; its
+    spec stays on the module as ``edl_weight_quant`` (the compressed file stores the
+    integer codes with it), and the input quantizers stay as pre-hooks.  The specs are
+    recorded as the ``linear_quant`` transform of ``model.edl_arch``.
+
+    Returns:
+        ``model``, changed in place.
+    """
+    layers = {}
+    for name, module in compressible_layers(model):
+        spec = weight_spec(module)
+        if spec is not None and parametrize.is_parametrized(module, "weight"):
+            fold_parametrizations(module)
+            module.edl_weight_quant = spec
+        inp = getattr(module, "edl_input_quant", None)
+        if spec is not None or inp is not None:
+            layers[name] = {"weight": spec.to_json() if spec else None, "input": inp.to_json() if inp else None}
+    arch = getattr(model, "edl_arch", None)
+    if isinstance(arch, dict):  # one record of the quantizers, replacing an earlier one
+        arch["transforms"] = [t for t in arch.get("transforms", []) if t.get("op") != "linear_quant"]
+    if layers:
+        record_transform(model, "linear_quant", layers=layers)
+    return model
+
+
+@register_transform("linear_quant")
+def _replay_linear_quant(model: nn.Module, layers: dict) -> None:
+    """Put the recorded quantizers back on a rebuilt model (weights come from the file)."""
+    modules = dict(model.named_modules())
+    for name, entry in layers.items():
+        module = modules.get(name)
+        if module is None or not hasattr(module, "weight"):
+            raise ValueError(f"'{name}' is not a layer of the model")
+        if entry.get("weight") is not None:
+            module.edl_weight_quant = QuantSpec.from_json(entry["weight"], module.weight.shape[0], name)
+        if entry.get("input") is not None:
+            attach_input_quantizer(module, QuantSpec.from_json(entry["input"], None, name))
+    freeze(model)
+
+
+def integer_weights(model: nn.Module) -> dict[str, tuple[torch.Tensor, QuantSpec]]:
+    """The true integer tensors of a quantized model: ``{layer: (codes, spec)}``.
+
+    Codes are ``int8`` when they fit, else ``int16`` (or ``int32`` for unsigned 16-bit);
+    ``(codes − z) · s`` gives the weight back exactly.
+    """
+    out = {}
+    for name, module in compressible_layers(model):
+        spec = weight_spec(module)
+        if spec is not None:
+            q = integer_codes(module.weight.detach(), spec)
+            dtype = next(t for t in (torch.int8, torch.int16, torch.int32)
+                         if torch.iinfo(t).min <= spec.qmin and spec.qmax <= torch.iinfo(t).max)
+            out[name] = (q.to(dtype), spec)
+    return out
