@@ -96,6 +96,21 @@ def per_layer_spec(text: str) -> Any:
     return spec
 
 
+def _methods() -> tuple[str, ...]:
+    from ..compress.methods import METHODS
+
+    return METHODS
+
+
+def _method_list(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [n for n in names if n not in _methods()]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown method {unknown[0] if unknown else text!r} "
+                                         f"(expected some of {', '.join(_methods())})")
+    return names
+
+
 def _float_list(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
@@ -835,6 +850,34 @@ def cmd_recipe_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Every inference method on one trained model: size, accuracy, MACs, latency, Pareto plot."""
+    from ..compress.methods import compare_methods, pareto_front
+    from ..report import markdown_table, plots
+
+    src, out_dir = _input_file(args.checkpoint), _output_dir(args.output)
+    _seed(args)
+    model = _load_model(src)
+    ds = _load_data(args)
+    network = (getattr(model, "edl_arch", None) or {}).get("name") or src.stem
+    say = (lambda line: None) if args.json or args.no_progress else (lambda line: print(line, file=sys.stderr))
+    rows = compare_methods(model, ds.train, ds.test, methods=args.methods, epochs=args.epochs, lr=args.lr,
+                           sparsity=args.sparsity, seed=args.seed, out_dir=out_dir / "files",
+                           latency_repeat=args.latency_repeat, progress=say)
+    front = pareto_front(rows)
+    plots.pareto({network: rows}, out_dir / "pareto.png", {network: front})
+    result = {"network": network, "methods": rows, "pareto_front": front}
+    (out_dir / "compare.json").write_text(json.dumps(result, indent=2))
+    text = markdown_table([[r["method"], 100 * r["accuracy"], r["file_bytes"], r["ratio"], r["macs"],
+                            r["latency_us"], r["latency_ratio"], r["runtime"]] for r in rows],
+                          ["method", "accuracy %", "file bytes", "ratio ×", "MACs (non-zero)", "latency µs",
+                           "speedup ×", "runtime"])
+    text += f"\n\nPareto front (size vs accuracy): {', '.join(front)}\nplot: {out_dir / 'pareto.png'}"
+    (out_dir / "compare.md").write_text(text + "\n")
+    _emit(args, result, text)
+    return 0
+
+
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     from .. import compress
     from ..report import markdown_table, plots
@@ -1042,6 +1085,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also build the compressed runtime model and report its resident weight memory")
     common(p, data=False)
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("compare", help="every inference method on one trained model: file size, accuracy, "
+                                        "MACs, batch-1 latency, Pareto plot")
+    p.add_argument("checkpoint", help="trained checkpoint (.pt)")
+    p.add_argument("-o", "--output", default="runs/methods", help="output directory (default runs/methods)")
+    p.add_argument("--methods", type=_method_list, default=None,
+                   help="comma-separated subset of: " + ", ".join(_methods()))
+    p.add_argument("--sparsity", type=per_layer_spec, default=None,
+                   help="pruning targets: 0.9 or Conv2d=0.6,Linear=0.9 (default)")
+    p.add_argument("--epochs", type=_nonneg_int, default=2, help="fine-tuning epochs each method gets (default 2)")
+    p.add_argument("--lr", type=_positive_float, default=0.005, help="fine-tuning learning rate (default 0.005)")
+    p.add_argument("--latency-repeat", type=_positive_int, default=200, help="timed batch-1 calls per model")
+    common(p)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("sensitivity", help="per-layer pruning sensitivity (table + plot)")
     p.add_argument("checkpoint", help="trained checkpoint (.pt) or compressed file")

@@ -186,3 +186,35 @@ def comparison_bars(labels: Sequence[str], speedup: Sequence[float], efficiency:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def pareto(rows_by_network: Mapping[str, Sequence[Mapping]], path: str | os.PathLike,
+           fronts: Mapping[str, Sequence[str]] | None = None) -> None:
+    """Accuracy vs file size of every method, one panel per network, Pareto front joined.
+
+    Args:
+        rows_by_network: ``{network: [{"method", "file_bytes", "accuracy"}, ...]}``.
+        path: the PNG to write.
+        fronts: ``{network: [method, ...]}`` the non-dominated methods, smallest first.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(rows_by_network), figsize=(6.5 * len(rows_by_network), 4.8), squeeze=False)
+    for ax, (network, rows) in zip(axes[0], rows_by_network.items()):
+        for i, r in enumerate(rows):
+            ax.scatter(r["file_bytes"] / 1e3, 100 * r["accuracy"], color=f"C{i % 10}", s=36, zorder=3)
+            ax.annotate(r["method"], (r["file_bytes"] / 1e3, 100 * r["accuracy"]), fontsize=7,
+                        xytext=(4, 3), textcoords="offset points")
+        front = [next(r for r in rows if r["method"] == m) for m in (fronts or {}).get(network, [])]
+        if front:
+            ax.step([r["file_bytes"] / 1e3 for r in front], [100 * r["accuracy"] for r in front], where="post",
+                    color="k", lw=1, ls="--", label="Pareto front")
+            ax.legend(fontsize=8, loc="lower right")
+        ax.set_xscale("log")
+        ax.set_xlabel("compressed file (kB, log scale)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(network)
+        ax.grid(alpha=0.3, which="both")
+    fig.suptitle("Accuracy vs size of every method")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -196,6 +196,8 @@ def test_unknown_dataset(files, tmp_path, capsys, command):
     ["bits", "{ckpt}", "-o", "{tmp}/b", "--bits", "0,4"],
     ["sensitivity", "{ckpt}", "--sparsities", "a,b"],
     ["encode", "{ckpt}", "-o", "{tmp}/e.edlz", "--coding", "zip"],
+    ["compare", "{ckpt}", "-o", "{tmp}/c", "--methods", "fp32,magic"],
+    ["compare", "{ckpt}", "-o", "{tmp}/c", "--epochs", "-2"],
     ["info", "{edlz}", "--data", "digits"],
     ["train"],
     ["frobnicate"],
@@ -502,3 +504,16 @@ def test_linear_quantization_checkpoint_encodes_and_evaluates(files, tmp_path, m
     code, out, err = run_quiet(["eval", e, *DATA])
     assert code == 0, err
     assert json.loads(out)["accuracy"] == pytest.approx(result["accuracy_after"], abs=1e-9)
+
+
+def test_compare_writes_table_plot_and_files(files, tmp_path):
+    out = tmp_path / "cmp"
+    code, stdout, err = run_quiet(["compare", files["ckpt"], "-o", out, "--methods", "fp32,int8,fixed-point-8",
+                                   "--epochs", "0", "--latency-repeat", "3", *SUBSETS, *DATA])
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert [r["method"] for r in result["methods"]] == ["fp32", "int8", "fixed-point-8"]
+    for r in result["methods"]:
+        assert r["file_bytes"] == (out / "files" / f"{r['method']}.edlz").stat().st_size
+    assert set(result["pareto_front"]) <= {"fp32", "int8", "fixed-point-8"} and result["pareto_front"]
+    assert (out / "pareto.png").stat().st_size > 0 and (out / "compare.md").exists()

@@ -1,0 +1,246 @@
+"""Every inference method side by side on one network: size, accuracy, multiplies, latency.
+
+The lecture's algorithms for efficient inference trade accuracy for size and speed in
+different ways; :func:`compare_methods` applies each one (and the useful combinations) to
+copies of the same trained model, gives each the same fine-tuning budget, writes each to
+the compressed file and measures, on the model decoded from that file:
+
+* ``file_bytes`` and ``ratio`` (fp32 parameter bytes of the original / file bytes),
+* ``accuracy`` on the test set,
+* ``macs`` — multiply-accumulates per sample with the weights as stored, counting only
+  non-zero weights (what a sparse engine executes; a dense engine executes
+  ``dense_macs``), and
+* ``latency_us`` — median batch-1 CPU latency of the decoded model (plain PyTorch layers,
+  or the compressed runtime where the method's weights are codebook-indexed).
+
+Methods (:data:`METHODS`):
+
+``fp32``                 the trained model as it is.
+``prune``                iterative magnitude pruning with retraining (Han et al. 2015).
+``share``                k-means weight sharing with trained centroids (conv 8, fc 5 bits).
+``deep-compression``     pruning + weight sharing (conv 5, fc 4 bits) + Huffman coding.
+``fixed-point-8``        dynamic fixed point, 8-bit weights and activations, calibration only.
+``fixed-point-4``        4-bit weights, 8-bit activations, fine-tuned with the quantizers.
+``int8``                 affine int8 post-training quantization, per-channel weights.
+``ttq``                  trained ternary quantization (first and last layer fp32).
+``prune+ttq``            pruning, then TTQ on the surviving weights.
+``low-rank+fixed-point`` truncated SVD of the largest fc layer (4× fewer parameters),
+                         fine-tuned, then 8-bit dynamic fixed point.
+
+Every compressed file is Huffman coded (the file's default).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..errors import RecipeError
+from .layers import compressible_layers
+
+METHODS = ("fp32", "prune", "share", "deep-compression", "fixed-point-8", "fixed-point-4", "int8", "ttq",
+           "prune+ttq", "low-rank+fixed-point")
+
+#: default pruning targets by layer type (the order of magnitude of Deep Compression's LeNets)
+DEFAULT_SPARSITY = {"Conv2d": 0.6, "Linear": 0.9}
+
+
+def batch1_latency_us(model: nn.Module, example: torch.Tensor, repeat: int = 200, warmup: int = 20) -> float:
+    """Median wall-clock time of ``model(example)`` in microseconds (no gradients).
+
+    Args:
+        model: the network (put in eval mode).
+        example: one input batch (batch 1 for a latency).
+        repeat: timed calls; the median is returned.
+        warmup: untimed calls first.
+    """
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeat):
+            start = time.perf_counter()
+            model(example)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return 1e6 * statistics.median(times)
+
+
+def stored_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    """``(non-zero MACs, dense MACs)`` per sample of the Linear/Conv2d layers of ``model``.
+
+    A Linear layer does ``nnz(W)`` multiplies per sample (``out · in`` dense); a Conv2d
+    ``nnz(W) · H_out · W_out``.  Biases are not counted.
+    """
+    totals = [0, 0]
+
+    def hook(module: nn.Module, inputs, output) -> None:
+        positions = output.shape[-1] * output.shape[-2] if isinstance(module, nn.Conv2d) else 1
+        totals[0] += int(torch.count_nonzero(module.weight)) * positions
+        totals[1] += module.weight.numel() * positions
+
+    handles = [m.register_forward_hook(hook) for _, m in compressible_layers(model)]
+    try:
+        with torch.no_grad():
+            model.eval()(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return totals[0], totals[1]
+
+
+def _by_present_type(spec: dict, model: nn.Module) -> dict:
+    """A default setting keyed by layer type, limited to the types the model has."""
+    present = {type(m).__name__ for _, m in compressible_layers(model)}
+    return {k: v for k, v in spec.items() if k in present}
+
+
+def _largest_linear(model: nn.Module) -> str | None:
+    linear = [(m.weight.numel(), name) for name, m in model.named_modules() if type(m) is nn.Linear]
+    return max(linear)[1] if linear else None
+
+
+def compare_methods(model: nn.Module, train_data: Iterable, test_data: Iterable, methods: Iterable[str] | None = None,
+                    epochs: int = 2, lr: float = 0.005, sparsity: Any = None, seed: int = 0,
+                    out_dir: str | Path | None = None, latency_repeat: int = 200,
+                    progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Apply each method to a copy of ``model`` and measure it (see the module docstring).
+
+    Args:
+        model: the trained fp32 model (left untouched).
+        train_data: training batches (fine-tuning, calibration).
+        test_data: test batches (accuracy).
+        methods: names from :data:`METHODS` (default: all).
+        epochs: fine-tuning epochs each method gets (pruning: per pruning step, 2 steps).
+        lr: fine-tuning learning rate (SGD with momentum, cosine schedule).
+        sparsity: pruning targets (scalar or per-layer mapping; default :data:`DEFAULT_SPARSITY`).
+        seed: training seed.
+        out_dir: keep each method's compressed file there (``METHOD.edlz``); default a
+            temporary directory.
+        latency_repeat: timed batch-1 calls per model.
+        progress: called with one line per finished method.
+
+    Returns:
+        One dict per method: ``method``, ``accuracy``, ``file_bytes``, ``ratio``, ``macs``,
+        ``dense_macs``, ``latency_us``, ``latency_ratio`` (fp32 latency / this latency,
+        measured in the same run) and ``runtime``.
+
+    Raises:
+        RecipeError: an unknown method name.
+    """
+    from .. import format as fmt
+    from ..train import Trainer, evaluate
+    from .fixed_point import freeze, quantize_linear
+    from .lowrank import low_rank
+    from .prune import prune
+    from .share import share
+    from .ternary import ternarize
+
+    methods = list(METHODS if methods is None else methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise RecipeError(f"unknown method {unknown[0]!r} (expected one of {', '.join(METHODS)})")
+    sparsity = _by_present_type(DEFAULT_SPARSITY, model) if sparsity is None else sparsity
+    share_bits = _by_present_type({"Conv2d": 8, "Linear": 5}, model)
+    dc_bits = _by_present_type({"Conv2d": 5, "Linear": 4}, model)
+    fit = lambda m, e=epochs: Trainer(train_data, test_data, epochs=e, lr=lr, weight_decay=0.0,  # noqa: E731
+                                      seed=seed, progress=False).fit(m) if e else None
+    pruned_cache: list[nn.Module] = []
+
+    def pruned() -> nn.Module:
+        if not pruned_cache:
+            m = copy.deepcopy(model)
+            prune(m, sparsity=sparsity, steps=2, retrain=lambda mm, step: fit(mm))
+            pruned_cache.append(m)
+        return copy.deepcopy(pruned_cache[0])
+
+    def build(method: str) -> nn.Module:
+        if method == "fp32":
+            return copy.deepcopy(model)
+        if method == "prune":
+            return pruned()
+        if method == "share":
+            m = copy.deepcopy(model)
+            share(m, bits=share_bits, seed=seed, finetune=fit)
+            return m
+        if method == "deep-compression":
+            m = pruned()
+            share(m, bits=dc_bits, seed=seed, finetune=fit)
+            return m
+        if method in ("fixed-point-8", "int8"):
+            m = copy.deepcopy(model)
+            quantize_linear(m, train_data, scheme="fixed" if method == "fixed-point-8" else "affine",
+                            weight_bits=8, activation_bits=8)
+            return freeze(m)
+        if method == "fixed-point-4":
+            m = copy.deepcopy(model)
+            quantize_linear(m, train_data, scheme="fixed", weight_bits=4, activation_bits=8)
+            fit(m)
+            return freeze(m)
+        if method in ("ttq", "prune+ttq"):
+            m = copy.deepcopy(model) if method == "ttq" else pruned()
+            ternarize(m, "ttq")
+            fit(m)
+            return m
+        # low-rank + fixed point
+        m = copy.deepcopy(model)
+        target = _largest_linear(m)
+        if target is None:
+            raise RecipeError("low-rank+fixed-point needs an nn.Linear layer")
+        low_rank(m, reduction={target: 4})
+        fit(m)
+        quantize_linear(m, train_data, scheme="fixed", weight_bits=8, activation_bits=8)
+        return freeze(m)
+
+    example = next(iter(test_data))[0][:1]
+    original_bytes = 4 * sum(p.numel() for p in model.parameters())
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        where = Path(out_dir) if out_dir is not None else Path(tmp)
+        where.mkdir(parents=True, exist_ok=True)
+        fp32_latency = None
+        for method in ["fp32"] + [m for m in methods if m != "fp32"]:
+            built = build(method)
+            path = where / f"{method}.edlz"
+            fmt.save(built, path)
+            decoded = fmt.load(path)
+            runtime = "dense"
+            if method in ("share", "deep-compression"):
+                decoded, runtime = fmt.load(path, runtime="compressed"), "compressed"
+            macs, dense_macs = stored_macs(fmt.load(path), example)
+            latency = batch1_latency_us(decoded, example, latency_repeat)
+            fp32_latency = fp32_latency or latency
+            row = {"method": method, "accuracy": evaluate(decoded, test_data), "file_bytes": path.stat().st_size,
+                   "original_bytes": original_bytes, "macs": macs, "dense_macs": dense_macs,
+                   "latency_us": latency, "latency_ratio": fp32_latency / latency, "runtime": runtime}
+            row["ratio"] = original_bytes / row["file_bytes"]
+            if method in methods:
+                rows.append(row)
+            if progress is not None:
+                progress(f"{method}: {100 * row['accuracy']:.2f}%, {row['file_bytes']:,} bytes "
+                         f"({row['ratio']:.1f}×), {macs:,} MACs, {latency:.0f} µs")
+    return rows
+
+
+def pareto_front(rows: list[dict]) -> list[str]:
+    """The methods no other method beats on both file size and accuracy.
+
+    A row is dominated when another is no larger and no less accurate, and strictly
+    better in one of the two.
+
+    Returns:
+        The names of the non-dominated methods, smallest file first.
+    """
+    front = []
+    for r in rows:
+        dominated = any(o is not r and o["file_bytes"] <= r["file_bytes"] and o["accuracy"] >= r["accuracy"]
+                        and (o["file_bytes"] < r["file_bytes"] or o["accuracy"] > r["accuracy"]) for o in rows)
+        if not dominated:
+            front.append(r)
+    return [r["method"] for r in sorted(front, key=lambda r: r["file_bytes"])]
