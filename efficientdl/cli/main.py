@@ -146,11 +146,19 @@ def _output_dir(path: str) -> Path:
 
 
 def _input_file(path: str) -> Path:
+    """An existing, readable regular file (a FIFO or device would block or never end)."""
     p = Path(path)
     if not p.exists():
         raise UsageError(f"{p}: no such file")
     if p.is_dir():
         raise UsageError(f"{p}: is a directory, expected a file")
+    if not p.is_file():
+        raise UsageError(f"{p}: is not a regular file")
+    try:
+        with open(p, "rb"):
+            pass
+    except OSError as e:
+        raise UsageError(f"{p}: cannot read ({e.strerror or e})") from None
     return p
 
 
@@ -631,11 +639,12 @@ def _workloads(args: argparse.Namespace) -> tuple[Path, dict]:
     from ..compress.workload import file_workload, model_workload
 
     src = _input_file(args.model)
+    model = _load_model(src)            # a bad file is reported before any data is read
     ds = _load_data(args)
     x = next(iter(ds.test))[0][:1]
     if _is_container(src):
-        return src, {"dense": model_workload(fmt.load(src), x), "compressed": file_workload(src, x)}
-    return src, {"dense": model_workload(_load_model(src), x)}
+        return src, {"dense": model_workload(model, x), "compressed": file_workload(src, x)}
+    return src, {"dense": model_workload(model, x)}
 
 
 def cmd_hw_energy(args: argparse.Namespace) -> int:
@@ -719,7 +728,10 @@ def _eie_layers(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
                          f"(one of {', '.join(eie.BENCHMARK_LAYERS)}, or all)")
     from ..compress.workload import shared_fc_layers
 
+    from .. import format as fmt
+
     src = _input_file(args.source)
+    fmt.read(src)                       # a bad file is reported before any data is read
     ds = _load_data(args)
     return shared_fc_layers(src, next(iter(ds.test))[0])
 
@@ -1206,7 +1218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdlError as e:
         if args.debug:
             raise
-        print(f"edl {command}: error: {e}", file=sys.stderr)
+        print(f"edl {command}: error: {' '.join(str(e).split())}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print(f"edl {command}: interrupted", file=sys.stderr)

@@ -388,6 +388,8 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
         raise FormatError(f"{p}: no such file")
     if p.is_dir():
         raise FormatError(f"{p}: is a directory, expected a compressed file")
+    if not p.is_file():
+        raise FormatError(f"{p}: is not a regular file")
     try:
         return p.read_bytes()
     except OSError as e:
