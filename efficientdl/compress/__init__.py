@@ -1,19 +1,23 @@
-"""Algorithms for efficient inference: pruning, weight sharing, Huffman coding, sparse index."""
+"""Algorithms for efficient inference: pruning, weight sharing, Huffman coding, sparse index,
+low-rank and tensor-train factorisation."""
 
 from .huffman import huffman_decode, huffman_encode
 from .layers import compressible_layers
 from .prune import (apply_mask, magnitude_mask, prune, prune_once, sensitivity,
                     sparsities_from_sensitivity, sparsity_schedule, std_mask, weight_mask)
 from .lowrank import low_rank, svd_linear
+from .lowrank_conv import conv_low_rank, decompose_conv
+from .macs import model_macs
 from .recipe import Recipe, load_recipe, validate
 from .share import SharedWeight, kmeans_1d, share, share_layer, shared_weight
 from .sparse_index import relative_index_decode, relative_index_encode
+from .tensor_train import tensor_train, tt_linear, tt_modes, tt_svd
 from .ternary import ternarize, ternary_state
 
 __all__ = [
-    "Recipe", "SharedWeight", "apply_mask", "compressible_layers", "huffman_decode", "huffman_encode",
-    "kmeans_1d", "load_recipe", "low_rank", "magnitude_mask", "prune", "prune_once", "relative_index_decode",
-    "relative_index_encode", "sensitivity", "share", "share_layer", "shared_weight",
-    "sparsities_from_sensitivity", "sparsity_schedule", "std_mask", "svd_linear", "ternarize", "ternary_state", "validate",
-    "weight_mask",
+    "Recipe", "SharedWeight", "apply_mask", "compressible_layers", "conv_low_rank", "decompose_conv",
+    "huffman_decode", "huffman_encode", "kmeans_1d", "load_recipe", "low_rank", "magnitude_mask", "model_macs",
+    "prune", "prune_once", "relative_index_decode", "relative_index_encode", "sensitivity", "share", "share_layer",
+    "shared_weight", "sparsities_from_sensitivity", "sparsity_schedule", "std_mask", "svd_linear", "tensor_train",
+    "ternarize", "ternary_state", "tt_linear", "tt_modes", "tt_svd", "validate", "weight_mask",
 ]

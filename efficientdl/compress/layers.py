@@ -115,3 +115,36 @@ def check_spec_keys(spec: Any, model: nn.Module, what: str) -> None:
         if key != "default" and key not in names and key not in types:
             known = ", ".join(sorted(names | types))
             raise RecipeError(f"{what}: '{key}' matches no prunable layer (known: {known})")
+
+
+def select_layers(model: nn.Module, kind: type[nn.Module], layers: list[str] | None,
+                  what: str) -> list[tuple[str, nn.Module]]:
+    """The layers of exact type ``kind`` a structural method acts on.
+
+    Args:
+        model: the model.
+        kind: the module class (subclasses and parametrized copies are not matched).
+        layers: only these qualified names (default: every such layer).
+        what: name of the method, used in error messages.
+
+    Returns:
+        ``(name, module)`` pairs in registration order.
+
+    Raises:
+        RecipeError: ``layers`` names something that is not a ``kind`` layer of the model.
+    """
+    found = [(name, m) for name, m in model.named_modules() if name and type(m) is kind]
+    if layers is not None:
+        known = {name for name, _ in found}
+        missing = [name for name in layers if name not in known]
+        if missing:
+            raise RecipeError(f"{what}: {', '.join(repr(n) for n in missing)} is not an nn.{kind.__name__} layer "
+                              f"of the model (known: {', '.join(sorted(known)) or 'none'})")
+        found = [(name, m) for name, m in found if name in layers]
+    return found
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` in place of the submodule called ``name`` (a qualified name, e.g. ``"features.3"``)."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import RecipeError
 from ..models.transforms import record_transform, register_transform
-from .layers import layer_setting
+from .layers import layer_setting, replace_module
 
 
 def choose_rank(singular_values: torch.Tensor, in_features: int, out_features: int, rank: int | None = None,
@@ -109,8 +109,7 @@ def low_rank(model: nn.Module, rank: Any = None, energy: Any = None, reduction: 
         if all(v is None for v in settings.values()):
             continue
         new, info = svd_linear(module, **settings)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+        replace_module(model, name, new)
         report[name] = info
     if report:
         record_transform(model, "svd", ranks={name: info["rank"] for name, info in report.items()})
