@@ -32,8 +32,8 @@ bench: install data
 	$(PY) benchmarks/eie_sim.py --json runs/bench/eie_sim.json
 	$(PY) benchmarks/winograd_bench.py --json runs/bench/winograd.json
 	$(PY) benchmarks/lowrank.py --checkpoint runs/bench/lenet300-dense.pt --json runs/bench/lowrank.json
-	$(PY) benchmarks/lowrank_conv_tt.py --lenet5 runs/bench/lenet5/lenet5-dense.pt \
-		--lenet300 runs/bench/lenet300/lenet300-dense.pt --json runs/bench/lowrank_conv_tt.json
+	$(PY) benchmarks/lowrank_conv_tt.py --lenet5 runs/bench/lenet5-dense.pt \
+		--lenet300 runs/bench/lenet300-dense.pt --json runs/bench/lowrank_conv_tt.json
 	$(PY) benchmarks/fixed_point.py --checkpoint runs/bench/lenet5-dense.pt --json runs/bench/fixed_point.json
 	$(PY) benchmarks/ternary.py --checkpoint runs/bench/lenet5-dense.pt --json runs/bench/ternary.json
 	$(PY) benchmarks/mixed_precision.py --json runs/bench/mixed_precision.json

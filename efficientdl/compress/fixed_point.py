@@ -41,7 +41,7 @@ from torch.nn.utils import parametrize
 
 from ..errors import RecipeError
 from ..models.transforms import record_transform, register_transform
-from .layers import compressible_layers, fold_parametrizations, layer_setting
+from .layers import compressible_tensors, fold_parametrizations, layer_setting, retie, tied_pairs
 
 SCHEMES = ("fixed", "affine")
 MIN_BITS, MAX_BITS = 2, 16
@@ -277,6 +277,8 @@ class InputQuantizer:
         self.spec = spec
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        if not args[0].is_floating_point():
+            return args
         return (fake_quantize(args[0], self.spec),) + tuple(args[1:])
 
 
@@ -309,6 +311,8 @@ class _Observer:
         self.sample_per_batch, self.generator = sample_per_batch, generator
 
     def __call__(self, module: nn.Module, args: tuple) -> None:
+        if not args[0].is_floating_point():   # token indices (Embedding) are not quantized
+            return
         x = args[0].detach().float().flatten()
         self.lo, self.hi = min(self.lo, float(x.min())), max(self.hi, float(x.max()))
         if x.numel() > self.sample_per_batch:
@@ -359,7 +363,11 @@ def calibrate(model: nn.Module, batches: Iterable, layers: list[str], num_batche
 def quantize_linear(model: nn.Module, calibration: Iterable | None, scheme: str = "fixed",
                     weight_bits: Any = 8, activation_bits: Any = 8, per_channel: bool = True,
                     num_batches: int = 16) -> dict[str, dict]:
-    """Quantize the weights (and inputs) of every Linear/Conv2d layer of ``model``, in place.
+    """Quantize the weights (and inputs) of every layer with a ``weight`` matrix, in place.
+
+    Covers ``Linear``, every convolution and ``Embedding`` (whose integer inputs are left
+    alone); tensors that are not a layer's ``weight`` (recurrent gate matrices, custom
+    parameters) stay fp32.
 
     Weights get a :class:`WeightQuantizer` parametrization (fine-tune the model now if
     you like: the forward pass is quantized, the gradient straight-through), inputs a
@@ -383,7 +391,11 @@ def quantize_linear(model: nn.Module, calibration: Iterable | None, scheme: str 
     if scheme not in SCHEMES:
         raise RecipeError(f"quantization scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
     plan = {}
-    for name, module in compressible_layers(model):
+    ties = tied_pairs(model)
+    for t in list(compressible_tensors(model)):
+        if t.attr != "weight":      # a layer's own `weight`: Linear, any convolution, Embedding, …
+            continue
+        name, module = t.module_name, t.module
         wb, ab = (layer_setting(weight_bits, name, module, "weight_bits"),
                   layer_setting(activation_bits, name, module, "activation_bits"))
         for b in (wb, ab):
@@ -403,13 +415,18 @@ def quantize_linear(model: nn.Module, calibration: Iterable | None, scheme: str 
             spec = fixed_point_spec(w, wb, signed=True) if scheme == "fixed" else affine_weight_spec(w, wb, per_channel)
             parametrize.register_parametrization(module, "weight", WeightQuantizer(spec), unsafe=True)
             entry["weight"] = spec.to_json()
-        if ab is not None:
+        if ab is not None and not observers[name].samples:
+            # the layer's forward never ran (its weight is used by a parent, as
+            # MultiheadAttention does with out_proj): its inputs stay fp32
+            entry["input_note"] = "not called during calibration; inputs left fp32"
+        elif ab is not None:
             obs = observers[name]
             spec = (fixed_point_spec(torch.cat(obs.samples), ab) if scheme == "fixed"
                     else affine_activation_spec(obs.lo, obs.hi, ab))
             attach_input_quantizer(module, spec)
             entry["input"] = spec.to_json()
         report[name] = entry
+    retie(ties)
     return report
 
 
@@ -425,7 +442,11 @@ def freeze(model: nn.Module) -> nn.Module:
         ``model``, changed in place.
     """
     layers = {}
-    for name, module in compressible_layers(model):
+    ties = tied_pairs(model)
+    for t in list(compressible_tensors(model)):
+        if t.attr != "weight":
+            continue
+        name, module = t.module_name, t.module
         spec = weight_spec(module)
         if spec is not None and parametrize.is_parametrized(module, "weight"):
             fold_parametrizations(module)
@@ -436,6 +457,7 @@ def freeze(model: nn.Module) -> nn.Module:
     arch = getattr(model, "edl_arch", None)
     if isinstance(arch, dict):  # one record of the quantizers, replacing an earlier one
         arch["transforms"] = [t for t in arch.get("transforms", []) if t.get("op") != "linear_quant"]
+    retie(ties)
     if layers:
         record_transform(model, "linear_quant", layers=layers)
     return model
@@ -463,8 +485,9 @@ def integer_weights(model: nn.Module) -> dict[str, tuple[torch.Tensor, QuantSpec
     ``(codes − z) · s`` gives the weight back exactly.
     """
     out = {}
-    for name, module in compressible_layers(model):
-        spec = weight_spec(module)
+    for t in list(compressible_tensors(model)):
+        name, module = t.module_name, t.module
+        spec = weight_spec(module) if t.attr == "weight" else None
         if spec is not None:
             q = integer_codes(module.weight.detach(), spec)
             dtype = next(t for t in (torch.int8, torch.int16, torch.int32)

@@ -1,17 +1,26 @@
 """Which parameters the compression stages act on, and per-layer settings.
 
-Deep Compression prunes and weight-shares the weight matrices of fully connected
-and convolutional layers; biases and everything else stay dense.  A per-layer
-setting (sparsity, bits, index bits) may be given as one number for every layer or
-as a mapping whose keys are layer names (``"fc1"``), module type names
-(``"Linear"``, ``"Conv2d"``) or ``"default"``; the most specific key wins.
+Deep Compression prunes and weight-shares weight matrices; biases, normalisation
+layers and other 1-D tensors stay dense.  :func:`compressible_tensors` finds every
+weight matrix of any model (fully connected, convolutional, recurrent gates,
+embeddings, attention, custom parameters); :func:`compressible_layers` the
+``Linear``/``Conv2d`` layers the layer-level methods act on.  A per-layer setting
+(sparsity, bits, index bits) may be given as one number for every layer or as a
+mapping whose keys are layer names (``"fc1"``, ``"lstm.weight_hh_l0"``), name
+patterns (globs such as ``"features.*.squeeze"`` or regular expressions
+``"re:fc[12]"``), module type names (``"Linear"``, ``"LSTM"``) or ``"default"``; the
+most specific key wins.
 """
 
 from __future__ import annotations
 
 import copy
+import fnmatch
+import re
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -33,6 +42,177 @@ def compressible_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     for name, module in model.named_modules():
         if isinstance(module, COMPRESSIBLE_TYPES):
             yield name, module
+
+
+#: normalisation layers keep their (1-D) scales and shifts dense
+NORM_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
+                                           nn.LocalResponseNorm)
+
+
+@dataclass(frozen=True)
+class WeightTensor:
+    """One weight tensor the pruning, weight-sharing and coding stages act on.
+
+    Attributes:
+        key: the name settings and reports use: the module's name when the tensor is
+            its ``weight`` (``"fc1"``, ``"features.3.expand3x3"``), else
+            ``"<module>.<parameter>"`` (``"lstm.weight_hh_l0"``, ``"attn.in_proj_weight"``).
+        module_name: qualified name of the module that registers the parameter.
+        module: that module.
+        attr: the parameter's name on the module.
+    """
+
+    key: str
+    module_name: str
+    module: nn.Module
+    attr: str
+
+    @property
+    def param_name(self) -> str:
+        """The parameter's state-dict name (``"lstm.weight_hh_l0"``)."""
+        return f"{self.module_name}.{self.attr}" if self.module_name else self.attr
+
+    @property
+    def value(self) -> torch.Tensor:
+        """The tensor as the model uses it (through any parametrization)."""
+        return getattr(self.module, self.attr)
+
+
+def _own_parameters(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """``(name, leaf tensor)`` of the parameters ``module`` registers itself, parametrized ones included."""
+    own = []
+    if parametrize.is_parametrized(module):
+        own += [(name, module.parametrizations[name].original) for name in module.parametrizations.keys()]
+    own += [(name, p) for name, p in module._parameters.items() if p is not None]
+    return own
+
+
+def _model_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``named_modules`` without the internals of parametrizations (their ``original`` is the layer's)."""
+    for name, module in model.named_modules():
+        if "parametrizations" not in name.split("."):
+            yield name, module
+
+
+def compressible_tensors(model: nn.Module) -> Iterator[WeightTensor]:
+    """Yield every weight tensor of ``model`` that pruning, weight sharing and the file compress.
+
+    A tensor qualifies when it is a floating-point parameter with at least two
+    dimensions — the weights of fully connected, convolutional (any dimension, grouped
+    or depthwise), recurrent (every gate matrix ``weight_ih_l*``, ``weight_hh_l*``),
+    embedding and attention layers, and matrices registered directly on a custom
+    module.  Biases, normalisation layers (:data:`NORM_TYPES`) and other 1-D tensors
+    stay dense.  A parameter shared by several modules (tied weights) is yielded once,
+    under its first name.
+
+    Args:
+        model: any ``nn.Module``.
+
+    Returns:
+        An iterator of :class:`WeightTensor`, in module registration order.
+    """
+    seen: set[int] = set()
+    for module_name, module in _model_modules(model):
+        if isinstance(module, NORM_TYPES):
+            continue
+        for attr, leaf in _own_parameters(module):
+            if id(leaf) in seen or leaf.dim() < 2 or not leaf.is_floating_point():
+                continue
+            seen.add(id(leaf))
+            key = module_name if attr == "weight" and module_name else (
+                f"{module_name}.{attr}" if module_name else attr)
+            yield WeightTensor(key, module_name, module, attr)
+
+
+def tied_parameters(model: nn.Module) -> dict[str, str]:
+    """``{later name: first name}`` for parameters registered under several names (tied weights)."""
+    first: dict[int, str] = {}
+    tied = {}
+    for module_name, module in _model_modules(model):
+        for attr, leaf in _own_parameters(module):
+            name = f"{module_name}.{attr}" if module_name else attr
+            if id(leaf) in first:
+                tied[name] = first[id(leaf)]
+            else:
+                first[id(leaf)] = name
+    return tied
+
+
+def tied_pairs(model: nn.Module) -> list[tuple[tuple[nn.Module, str], tuple[nn.Module, str]]]:
+    """``[((first module, attr), (other module, attr)), ...]`` for every tied parameter name."""
+    first: dict[int, tuple[nn.Module, str]] = {}
+    pairs = []
+    for _, module in _model_modules(model):
+        for attr, leaf in _own_parameters(module):
+            if id(leaf) in first:
+                pairs.append((first[id(leaf)], (module, attr)))
+            else:
+                first[id(leaf)] = (module, attr)
+    return pairs
+
+
+def retie(pairs: list[tuple[tuple[nn.Module, str], tuple[nn.Module, str]]]) -> None:
+    """Make each tied name compute exactly what its first name computes, after a method changed it.
+
+    Compression methods act on the first name of a tied parameter only
+    (:func:`compressible_tensors`).  Afterwards every other name gets the same
+    parametrizations (the same objects: masks, codebooks, quantizers) over the same
+    stored parameter, so the values, the gradients and the file stay tied.
+
+    Args:
+        pairs: :func:`tied_pairs` of the model, taken before the method ran.
+    """
+    for (m1, a1), (m2, a2) in pairs:
+        if parametrize.is_parametrized(m2, a2):
+            fold_parametrization(m2, a2)
+        if parametrize.is_parametrized(m1, a1):
+            for p in m1.parametrizations[a1]:
+                parametrize.register_parametrization(m2, a2, p, unsafe=True)
+            m2.parametrizations[a2].original = m1.parametrizations[a1].original
+        else:
+            delattr(m2, a2)
+            m2.register_parameter(a2, m1._parameters[a1])
+
+
+def tensor_setting(spec: Any, tensor: WeightTensor, what: str) -> Any:
+    """Resolve a per-tensor setting: by tensor key or module name, pattern, module type, then ``"default"``.
+
+    Args:
+        spec: a scalar for every tensor, or a mapping (see :func:`layer_setting`).
+        tensor: the tensor.
+        what: name of the setting, used in error messages.
+
+    Returns:
+        The setting, or ``None`` when the mapping does not cover the tensor.
+    """
+    if not isinstance(spec, Mapping):
+        return spec
+    return _lookup(spec, (tensor.key, tensor.module_name), layer_type(tensor.module))
+
+
+def fold_parametrization(module: nn.Module, attr: str) -> None:
+    """Fold the parametrizations of one tensor into a plain parameter, keeping the module's others.
+
+    Needed where one module holds several compressible tensors (a recurrent layer's
+    gate matrices): folding all of them would drop a sibling's mask or codebook.
+
+    Args:
+        module: the module.
+        attr: the parametrized tensor to fold (nothing happens when it is plain).
+    """
+    if not parametrize.is_parametrized(module, attr):
+        return
+    others = {name: (list(module.parametrizations[name]), module.parametrizations[name].original.detach().clone(),
+                     module.parametrizations[name].original.requires_grad)
+              for name in module.parametrizations.keys() if name != attr}
+    fold_parametrizations(module)
+    for name, (chain, original, requires_grad) in others.items():
+        for p in chain:
+            parametrize.register_parametrization(module, name, p, unsafe=True)
+        leaf = module.parametrizations[name].original
+        with torch.no_grad():
+            leaf.copy_(original)
+        leaf.requires_grad_(requires_grad)
 
 
 def layer_type(module: nn.Module) -> str:
@@ -77,12 +257,44 @@ def fold_parametrizations(module: nn.Module) -> None:
         module.register_parameter(name, nn.Parameter(value))
 
 
+def is_pattern(key: str) -> bool:
+    """A settings key that selects by pattern: ``re:REGEX`` or a glob with ``*``, ``?`` or ``[``."""
+    return key.startswith("re:") or any(c in key for c in "*?[")
+
+
+def _pattern_matches(key: str, names: tuple[str, ...]) -> bool:
+    if key.startswith("re:"):
+        try:
+            regex = re.compile(key[3:])
+        except re.error as e:
+            raise RecipeError(f"'{key}': not a valid regular expression ({e})") from None
+        return any(regex.fullmatch(n) for n in names if n)
+    return any(fnmatch.fnmatchcase(n, key) for n in names if n)
+
+
+def _lookup(spec: Mapping, names: tuple[str, ...], type_name: str) -> Any:
+    """Exact name, then the first matching pattern (in the mapping's order), then type, then default."""
+    for key in names:
+        if key in spec:
+            return spec[key]
+    for key, value in spec.items():
+        if isinstance(key, str) and is_pattern(key) and _pattern_matches(key, names):
+            return value
+    for key in (type_name, "default"):
+        if key in spec:
+            return spec[key]
+    return None
+
+
 def layer_setting(spec: Any, name: str, module: nn.Module, what: str) -> Any:
     """Resolve a per-layer setting for one layer.
 
     Args:
-        spec: a scalar applied to every layer, or a mapping keyed by layer name,
-            module type name or ``"default"``.
+        spec: a scalar applied to every layer, or a mapping whose keys are a layer name
+            (``"fc1"``), a name pattern — a glob (``"features.*.expand3x3"``) or a regular
+            expression (``"re:fc[12]"``), matched against the whole name — a module type
+            name (``"Conv2d"``) or ``"default"``.  The most specific key wins: exact name,
+            then the first matching pattern, then type, then default.
         name: qualified module name.
         module: the module.
         what: name of the setting, used in error messages.
@@ -93,10 +305,7 @@ def layer_setting(spec: Any, name: str, module: nn.Module, what: str) -> Any:
     """
     if not isinstance(spec, Mapping):
         return spec
-    for key in (name, layer_type(module), "default"):
-        if key in spec:
-            return spec[key]
-    return None
+    return _lookup(spec, (name,), layer_type(module))
 
 
 def check_spec_keys(spec: Any, model: nn.Module, what: str) -> None:
@@ -109,12 +318,20 @@ def check_spec_keys(spec: Any, model: nn.Module, what: str) -> None:
     """
     if not isinstance(spec, Mapping):
         return
-    names = {n for n, _ in compressible_layers(model)}
-    types = {layer_type(m) for _, m in compressible_layers(model)}
+    tensors = list(compressible_tensors(model))
+    names = {t.key for t in tensors} | {t.module_name for t in tensors if t.module_name}
+    types = {layer_type(t.module) for t in tensors}
     for key in spec:
-        if key != "default" and key not in names and key not in types:
-            known = ", ".join(sorted(names | types))
-            raise RecipeError(f"{what}: '{key}' matches no prunable layer (known: {known})")
+        if not isinstance(key, str):
+            raise RecipeError(f"{what}: key {key!r} is not a layer name, pattern or type")
+        if key == "default" or key in names or key in types:
+            continue
+        if is_pattern(key):
+            if not _pattern_matches(key, tuple(names)):
+                raise RecipeError(f"{what}: pattern '{key}' matches no prunable layer")
+            continue
+        known = ", ".join(sorted(names | types))
+        raise RecipeError(f"{what}: '{key}' matches no prunable layer (known: {known})")
 
 
 def select_layers(model: nn.Module, kind: type[nn.Module], layers: list[str] | None,

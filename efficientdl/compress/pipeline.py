@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import RecipeError
 from ..report.results import StageReport
-from .layers import check_spec_keys, compressible_layers, plain_copy
+from .layers import check_spec_keys, compressible_tensors, plain_copy
 from .prune import prune
 from .recipe import Recipe
 from .share import share
@@ -89,9 +89,9 @@ def parameter_bytes_fp32(model: nn.Module) -> int:
 
 def _nonzero_weights(model: nn.Module) -> dict[str, np.ndarray]:
     out = {}
-    for name, module in compressible_layers(model):
-        w = module.weight.detach().flatten().numpy()
-        out[name] = w[w != 0].copy()
+    for t in compressible_tensors(model):
+        w = t.value.detach().flatten().numpy()
+        out[t.key] = w[w != 0].copy()
     return out
 
 
@@ -132,8 +132,9 @@ def run(
     """Run dense training (unless ``pretrained``), pruning, weight sharing and Huffman coding.
 
     Args:
-        model: any ``nn.Module`` (modified in place); Linear and Conv2d weights are
-            compressed, everything else is kept dense.
+        model: any ``nn.Module`` (modified in place); its weight matrices
+            (:func:`~efficientdl.compress.layers.compressible_tensors`) are compressed,
+            everything else is kept dense.
         train_loader: iterable of ``(x, y)`` batches used for (re)training.
         test_loader: iterable of ``(x, y)`` batches used for accuracy.
         recipe: a validated :class:`~efficientdl.compress.recipe.Recipe`.
@@ -222,8 +223,7 @@ def run(
     rebuilt = load_into(plain_copy(model), decoded)
     final.accuracy_after = evaluate(rebuilt, test_loader)
     stages.append(final)
-    bit_exact = all(torch.equal(decoded.tensors[f"{n}.weight"], m.weight.detach())
-                    for n, m in compressible_layers(model))
+    bit_exact = all(torch.equal(decoded.tensors[t.param_name], t.value.detach()) for t in compressible_tensors(model))
     log(f"{final.stage}: accuracy {100 * final.accuracy_after:.2f}% (decoded from the file), "
         f"{final.size_bytes} bytes ({final.ratio:.1f}×)")
     return PipelineResult(stages, file_bytes, snapshots, bit_exact, model,

@@ -24,7 +24,7 @@ from torch.nn.utils import parametrize
 
 from ..errors import RecipeError
 from ..report.results import StageReport
-from .layers import check_spec_keys, compressible_layers, layer_setting
+from .layers import check_spec_keys, compressible_tensors, retie, tensor_setting, tied_pairs
 
 
 class WeightMask(nn.Module):
@@ -38,35 +38,36 @@ class WeightMask(nn.Module):
         return weight * self.mask
 
 
-def weight_mask(module: nn.Module) -> torch.Tensor | None:
-    """The boolean mask of a pruned module's weight, or ``None`` when it is not pruned."""
-    if parametrize.is_parametrized(module, "weight"):
-        for p in module.parametrizations.weight:
+def weight_mask(module: nn.Module, attr: str = "weight") -> torch.Tensor | None:
+    """The boolean mask of a pruned tensor (``module.<attr>``), or ``None`` when it is not pruned."""
+    if parametrize.is_parametrized(module, attr):
+        for p in module.parametrizations[attr]:
             if isinstance(p, WeightMask):
                 return p.mask
     return None
 
 
-def apply_mask(module: nn.Module, mask: torch.Tensor) -> None:
-    """Prune ``module.weight`` to ``mask`` (intersected with any mask it already has).
+def apply_mask(module: nn.Module, mask: torch.Tensor, attr: str = "weight") -> None:
+    """Prune ``module.<attr>`` to ``mask`` (intersected with any mask it already has).
 
-    The stored weight is zeroed where the mask is zero, then a :class:`WeightMask`
+    The stored tensor is zeroed where the mask is zero, then a :class:`WeightMask`
     parametrization is registered (or its buffer updated in place).
 
     Args:
-        module: a module with a ``weight`` parameter.
-        mask: boolean tensor of the weight's shape; ``True`` keeps a connection.
+        module: the module that registers the tensor.
+        mask: boolean tensor of the tensor's shape; ``True`` keeps a connection.
+        attr: the parameter's name on the module (``"weight"``, ``"weight_hh_l0"``, …).
     """
     mask = mask.to(torch.bool)
-    existing = weight_mask(module)
+    existing = weight_mask(module, attr)
     if existing is not None:
         existing &= mask
         with torch.no_grad():
-            module.parametrizations.weight.original.masked_fill_(~existing, 0.0)
+            module.parametrizations[attr].original.masked_fill_(~existing, 0.0)
         return
     with torch.no_grad():
-        module.weight.masked_fill_(~mask, 0.0)
-    parametrize.register_parametrization(module, "weight", WeightMask(mask))
+        getattr(module, attr).masked_fill_(~mask, 0.0)
+    parametrize.register_parametrization(module, attr, WeightMask(mask))
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -135,19 +136,21 @@ def prune_once(model: nn.Module, sparsity: Any = None, quality: Any = None) -> d
     spec, what = (sparsity, "sparsity") if sparsity is not None else (quality, "quality")
     check_spec_keys(spec, model, what)
     result = {}
-    for name, module in compressible_layers(model):
-        value = layer_setting(spec, name, module, what)
+    ties = tied_pairs(model)
+    for t in list(compressible_tensors(model)):
+        value = tensor_setting(spec, t, what)
         if value is None:
             continue
-        w = module.weight
+        w = t.value
         if sparsity is not None:
-            mask = magnitude_mask(w, _check_fraction(value, name, what))
+            mask = magnitude_mask(w, _check_fraction(value, t.key, what))
         else:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise RecipeError(f"quality for '{name}' must be a number ≥ 0, got {value!r}")
+                raise RecipeError(f"quality for '{t.key}' must be a number ≥ 0, got {value!r}")
             mask = std_mask(w, float(value))
-        apply_mask(module, mask)
-        result[name] = 1.0 - float((module.weight != 0).sum()) / w.numel()
+        apply_mask(t.module, mask, t.attr)
+        result[t.key] = 1.0 - float((t.value != 0).sum()) / w.numel()
+    retie(ties)
     return result
 
 
@@ -255,7 +258,7 @@ def sensitivity(
     Returns:
         Mapping of layer name to a list of ``(sparsity, accuracy)`` pairs.
     """
-    names = [n for n, _ in compressible_layers(model)]
+    names = [t.key for t in compressible_tensors(model)]
     if layers is not None:
         unknown = [n for n in layers if n not in names]
         if unknown:
@@ -266,8 +269,8 @@ def sensitivity(
         curve = []
         for s in sparsities:
             trial = copy.deepcopy(model)
-            module = trial.get_submodule(name)
-            apply_mask(module, magnitude_mask(module.weight, _check_fraction(s, name, "sparsity")))
+            t = next(t for t in compressible_tensors(trial) if t.key == name)
+            apply_mask(t.module, magnitude_mask(t.value, _check_fraction(s, name, "sparsity")), t.attr)
             curve.append((float(s), float(evaluate(trial))))
         curves[name] = curve
     return curves

@@ -28,7 +28,7 @@ from torch.nn.utils import parametrize
 
 from ..errors import RecipeError
 from ..report.results import StageReport
-from .layers import check_spec_keys, compressible_layers, fold_parametrizations, layer_setting
+from .layers import check_spec_keys, compressible_tensors, fold_parametrization, retie, tensor_setting, tied_pairs
 
 INITS = ("linear", "density", "random")
 
@@ -160,32 +160,34 @@ class SharedWeight(nn.Module):
         return weight
 
 
-def shared_weight(module: nn.Module) -> SharedWeight | None:
-    """The :class:`SharedWeight` parametrization of a module's weight, if it has one."""
-    if parametrize.is_parametrized(module, "weight"):
-        for p in module.parametrizations.weight:
+def shared_weight(module: nn.Module, attr: str = "weight") -> SharedWeight | None:
+    """The :class:`SharedWeight` parametrization of ``module.<attr>``, if it has one."""
+    if parametrize.is_parametrized(module, attr):
+        for p in module.parametrizations[attr]:
             if isinstance(p, SharedWeight):
                 return p
     return None
 
 
-def share_layer(module: nn.Module, bits: int, init: str = "linear", seed: int = 0) -> SharedWeight:
+def share_layer(module: nn.Module, bits: int, init: str = "linear", seed: int = 0,
+                attr: str = "weight") -> SharedWeight:
     """Cluster one layer's nonzero weights into ``2^bits − 1`` shared values in place.
 
     Existing parametrizations (a pruning mask) are folded in: zeros stay zeros (index 0).
     The stored weight is frozen; only the centroids train afterwards.
 
     Args:
-        module: a module with a ``weight``.
+        module: the module that registers the tensor.
         bits: bits per index, 1 to 16.
         init: centroid initialisation of :func:`kmeans_1d`.
         seed: random seed for ``init="random"``.
+        attr: the tensor's name on the module (default ``"weight"``).
 
     Returns:
         The registered :class:`SharedWeight`.
     """
-    w = module.weight.detach().clone()
-    fold_parametrizations(module)
+    w = getattr(module, attr).detach().clone()
+    fold_parametrization(module, attr)
     flat = w.flatten().numpy()
     nonzero = np.flatnonzero(flat)
     k = (1 << bits) - 1
@@ -196,8 +198,8 @@ def share_layer(module: nn.Module, bits: int, init: str = "linear", seed: int = 
     indices = np.zeros(flat.size, np.int64)
     indices[nonzero] = labels + 1
     shared = SharedWeight(torch.from_numpy(centroids), torch.from_numpy(indices).view_as(w), bits)
-    parametrize.register_parametrization(module, "weight", shared, unsafe=True)
-    module.parametrizations.weight.original.requires_grad_(False)
+    parametrize.register_parametrization(module, attr, shared, unsafe=True)
+    module.parametrizations[attr].original.requires_grad_(False)
     return shared
 
 
@@ -228,14 +230,16 @@ def share(
     start = time.perf_counter()
     check_spec_keys(bits, model, "bits")
     chosen = {}
-    for name, module in list(compressible_layers(model)):
-        b = layer_setting(bits, name, module, "bits")
+    ties = tied_pairs(model)
+    for t in list(compressible_tensors(model)):
+        b = tensor_setting(bits, t, "bits")
         if b is None:
             continue
         if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 16:
-            raise RecipeError(f"bits for '{name}' must be an integer in 1..16, got {b!r}")
-        share_layer(module, b, init=init, seed=seed)
-        chosen[name] = b
+            raise RecipeError(f"bits for '{t.key}' must be an integer in 1..16, got {b!r}")
+        share_layer(t.module, b, init=init, seed=seed, attr=t.attr)
+        chosen[t.key] = b
+    retie(ties)
     history = list(finetune(model) or []) if finetune is not None else []
     report = StageReport(stage="quantize", history=history, seconds=time.perf_counter() - start,
                          settings={"bits": chosen, "init": init})

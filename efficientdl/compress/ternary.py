@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import RecipeError
-from .layers import compressible_layers
+from .layers import compressible_layers, retie, tied_pairs
 
 METHODS = ("ttq", "twn", "binary")
 
@@ -150,7 +150,9 @@ def ternarize(model: nn.Module, method: str = "ttq", threshold: float = 0.05, sp
     """
     if method not in METHODS:
         raise RecipeError(f"ternary method must be one of {', '.join(METHODS)}, got {method!r}")
-    layers = list(compressible_layers(model))
+    ties = tied_pairs(model)
+    aliases = {(id(m), a) for _, (m, a) in ties}
+    layers = [(n, m) for n, m in compressible_layers(model) if (id(m), "weight") not in aliases]
     if keep_first_last and len(layers) > 2:
         layers = layers[1:-1]
     names = []
@@ -163,6 +165,7 @@ def ternarize(model: nn.Module, method: str = "ttq", threshold: float = 0.05, sp
             p = BinaryWeight()
         parametrize.register_parametrization(module, "weight", p)
         names.append(name)
+    retie(ties)
     return names
 
 

@@ -26,6 +26,7 @@ Tensor kinds:
 * ``codes`` (weight-shared, not much pruned — ternary or binary weights): one ``b``-bit
   codebook index per element (0 = zero) and the centroids; the encoder picks whichever of
   ``shared`` and ``codes`` is smaller.
+* ``alias`` (a tied parameter's further names): no data, ``of`` names the stored tensor.
 * ``quant`` (linear quantization: dynamic fixed point or affine integers): one ``b``-bit
   code ``q − q_min`` per element and the quantizer in the record (``quant``: scheme,
   bits, range, radix points ``frac_bits`` or per-channel ``scale``/``zero_point``); the
@@ -58,7 +59,7 @@ from torch.nn.utils import parametrize
 
 from ..compress.fixed_point import QuantSpec, dequantize, integer_codes, weight_spec
 from ..compress.huffman import huffman_decode, huffman_encode
-from ..compress.layers import compressible_layers, layer_setting, layer_type
+from ..compress.layers import compressible_tensors, layer_type, tensor_setting, tied_parameters
 from ..compress.prune import weight_mask
 from ..compress.share import shared_weight
 from ..compress.sparse_index import relative_index_decode, relative_index_encode
@@ -288,14 +289,14 @@ def encode(
     w = _Writer()
     records, layers = [], []
     handled: set[str] = set()
-    for mname, module in compressible_layers(model):
-        pname = f"{mname}.weight" if mname else "weight"
-        weight = module.weight
-        ib = layer_setting(index_bits, mname, module, "index_bits") or DEFAULT_INDEX_BITS.get(layer_type(module), 8)
+    for tensor in compressible_tensors(model):
+        module, pname, weight = tensor.module, tensor.param_name, tensor.value
+        ib = tensor_setting(index_bits, tensor, "index_bits") or DEFAULT_INDEX_BITS.get(
+            layer_type(module), 8 if isinstance(module, nn.modules.conv._ConvNd) else 5)
         if isinstance(ib, bool) or not isinstance(ib, int) or not 1 <= ib <= MAX_INDEX_BITS:
-            raise ModelError(f"index bits for '{mname}' must be an integer in 1..{MAX_INDEX_BITS}, got {ib!r}")
-        sw = shared_weight(module)
-        qs = weight_spec(module)
+            raise ModelError(f"index bits for '{tensor.key}' must be an integer in 1..{MAX_INDEX_BITS}, got {ib!r}")
+        sw = shared_weight(module, tensor.attr)
+        qs = weight_spec(module) if tensor.attr == "weight" else None
         inferred = None if sw is not None or qs is not None or not infer_shared else _inferred_codebook(weight, 8)
         if weight.numel() == 0:
             rec, layer = _write_dense(w, pname, weight)
@@ -307,7 +308,7 @@ def encode(
         elif inferred is not None and weight.dtype == torch.float32:
             idx, cb, bits = inferred
             rec, layer = _write_shared(w, pname, weight, ib, coding, idx, cb, bits, shared_layout)
-        elif weight.dtype == torch.float32 and (weight_mask(module) is not None
+        elif weight.dtype == torch.float32 and (weight_mask(module, tensor.attr) is not None
                                                 or int(torch.count_nonzero(weight)) * 2 <= weight.numel()):
             rec, layer = _write_sparse(w, pname, weight, ib, coding)
         else:
@@ -315,8 +316,12 @@ def encode(
         records.append(rec)
         layers.append(layer)
         handled.add(pname)
+    tied = tied_parameters(model)
     for name, t in plain_state_dict(model).items():
-        if name not in handled:
+        if name in tied:   # a tied parameter is stored once; its other names refer to it
+            records.append({**_tensor_record(name, t), "kind": "alias", "of": tied[name], "sections": {}})
+            layers.append(LayerRecord(name, t.numel(), 0, "alias", 0.0, None, 0, 0))
+        elif name not in handled:
             rec, layer = _write_dense(w, name, t)
             records.append(rec)
             layers.append(layer)
@@ -599,9 +604,14 @@ def decode(data: bytes, where: str = "<bytes>") -> Container:
         position += length
     if position < len(blob):
         raise FormatError(f"{where}: {len(blob) - position} unexpected bytes after the last section")
-    tensors, layers, codebooks = {}, [], {}
+    tensors, layers, codebooks, aliases = {}, [], {}, []
     budget = [MAX_TOTAL_ELEMENTS]
     for rec in header["tensors"]:
+        if isinstance(rec, dict) and rec.get("kind") == "alias":
+            if not isinstance(rec.get("name"), str) or not isinstance(rec.get("of"), str) or rec.get("sections") != {}:
+                raise FormatError(f"{where}: malformed alias record")
+            aliases.append(rec)
+            continue
         t, layer, cb = _decode_tensor(rec, blob, where, budget)
         if layer.name in tensors:
             raise FormatError(f"{where}: tensor '{layer.name}' appears twice")
@@ -609,6 +619,15 @@ def decode(data: bytes, where: str = "<bytes>") -> Container:
         layers.append(layer)
         if cb is not None:
             codebooks[layer.name] = cb
+    for rec in aliases:  # tied parameters: the same tensor under another name
+        name, target = rec["name"], tensors.get(rec["of"])
+        if name in tensors:
+            raise FormatError(f"{where}: tensor '{name}' appears twice")
+        if target is None or rec.get("shape") != list(target.shape) or rec.get("dtype") != TORCH_TO_NAME.get(target.dtype):
+            raise FormatError(f"{where}: '{name}' is tied to '{rec['of']}', which the file does not hold "
+                              "with that shape and type")
+        tensors[name] = target
+        layers.append(LayerRecord(name, target.numel(), 0, "alias", 0.0, None, 0, 0))
     return Container(header, tensors, layers, len(data), codebooks)
 
 
