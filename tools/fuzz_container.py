@@ -1,7 +1,9 @@
 """Fuzz the compressed-file reader with mutated and truncated files.
 
 Starting from valid files (a Deep Compression LeNet-300-100, a pruned-only layer, a
-ternary layer in the codes layout, and dense tensors), each case applies one mutation:
+ternary layer in the codes layout, dense tensors, int8 and fixed-point layers, a pruned
+and weight-shared LSTM with an embedding, and tied parameters), each case applies one
+mutation:
 
 * ``bitflip``: 1–8 random bits flipped anywhere;
 * ``truncate``: the file cut at a random length;
@@ -43,6 +45,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from efficientdl import format as fmt, models  # noqa: E402
+from efficientdl.compress.fixed_point import freeze, quantize_linear  # noqa: E402
 from efficientdl.compress.prune import apply_mask, magnitude_mask  # noqa: E402
 from efficientdl.compress.share import share_layer  # noqa: E402
 from efficientdl.errors import FormatError  # noqa: E402
@@ -62,8 +65,22 @@ def seeds() -> dict[str, bytes]:
     with torch.no_grad():
         ternary.weight.copy_(torch.randint(-1, 2, (30, 40)).float() * 0.3)
     dense = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
+    quantized = nn.Sequential(nn.Conv2d(1, 6, 3), nn.Linear(20, 12))
+    quantize_linear(quantized, None, scheme="affine", weight_bits=8, activation_bits=None)
+    freeze(quantized)
+    fixed = nn.Sequential(nn.Linear(30, 20))
+    quantize_linear(fixed, None, scheme="fixed", weight_bits=6, activation_bits=None)
+    freeze(fixed)
+    recurrent = nn.Sequential(nn.Embedding(40, 16), nn.LSTM(16, 12), nn.Linear(12, 40))
+    recurrent[2].weight = nn.Parameter(torch.randn(40, 12))
+    apply_mask(recurrent[1], magnitude_mask(recurrent[1].weight_hh_l0, 0.9), "weight_hh_l0")
+    share_layer(recurrent[1], bits=3, attr="weight_ih_l0")
+    tied = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16))
+    tied[1].weight = tied[0].weight
     return {"lenet300": fmt.encode(lenet)[0], "pruned": fmt.encode(pruned, coding="fixed")[0],
-            "ternary": fmt.encode(ternary)[0], "dense": fmt.encode(dense)[0]}
+            "ternary": fmt.encode(ternary)[0], "dense": fmt.encode(dense)[0],
+            "int8": fmt.encode(quantized)[0], "fixed point": fmt.encode(fixed, coding="fixed")[0],
+            "recurrent": fmt.encode(recurrent)[0], "tied": fmt.encode(tied)[0]}
 
 
 def split(data: bytes) -> tuple[dict, bytes]:

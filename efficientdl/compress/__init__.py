@@ -1,8 +1,11 @@
 """Algorithms for efficient inference: pruning, weight sharing, Huffman coding, sparse index,
-low-rank and tensor-train factorisation."""
+fixed-point and int8 quantization, ternary weights, BatchNorm folding, low-rank and
+tensor-train factorisation."""
 
+from .fixed_point import freeze, integer_weights, quantize_linear
+from .fold import fold_batchnorm
 from .huffman import huffman_decode, huffman_encode
-from .layers import compressible_layers
+from .layers import compressible_layers, compressible_tensors
 from .prune import (apply_mask, magnitude_mask, prune, prune_once, sensitivity,
                     sparsities_from_sensitivity, sparsity_schedule, std_mask, weight_mask)
 from .lowrank import low_rank, svd_linear
@@ -15,8 +18,8 @@ from .tensor_train import tensor_train, tt_linear, tt_modes, tt_svd
 from .ternary import ternarize, ternary_state
 
 __all__ = [
-    "Recipe", "SharedWeight", "apply_mask", "compressible_layers", "conv_low_rank", "decompose_conv",
-    "huffman_decode", "huffman_encode", "kmeans_1d", "load_recipe", "low_rank", "magnitude_mask", "model_macs",
+    "Recipe", "SharedWeight", "apply_mask", "compressible_layers", "compressible_tensors", "conv_low_rank",
+    "decompose_conv", "fold_batchnorm", "freeze", "huffman_decode", "integer_weights", "quantize_linear", "huffman_encode", "kmeans_1d", "load_recipe", "low_rank", "magnitude_mask", "model_macs",
     "prune", "prune_once", "relative_index_decode", "relative_index_encode", "sensitivity", "share", "share_layer",
     "shared_weight", "sparsities_from_sensitivity", "sparsity_schedule", "std_mask", "svd_linear", "tensor_train",
     "ternarize", "ternary_state", "tt_linear", "tt_modes", "tt_svd", "validate", "weight_mask",
