@@ -469,6 +469,8 @@ def cmd_compress(args: argparse.Namespace, recipe_path: Path | None = None, out_
     out_dir = out_dir or _output_dir(args.output or f"runs/{Path(recipe.path).stem}")
     _seed(args)
     r = recipe.data
+    if getattr(args, "resume", False):      # refuse foreign checkpoints before any data is read
+        pipeline.check_resume(out_dir / "checkpoints", recipe)
     if args.checkpoint:
         model = _load_model(_input_file(args.checkpoint))
     else:
@@ -485,7 +487,8 @@ def cmd_compress(args: argparse.Namespace, recipe_path: Path | None = None, out_
     result = pipeline.run(model, ds.train, ds.test, recipe, pretrained=args.checkpoint is not None,
                           progress=not (args.no_progress or args.json),
                           log=(lambda *_: None) if args.json else (lambda m: console.print(m)),
-                          meta={"data": ds.name})
+                          meta={"data": ds.name}, checkpoint_dir=out_dir / "checkpoints",
+                          resume=getattr(args, "resume", False))
     name = r["model"] if not args.checkpoint else Path(args.checkpoint).stem
     report = _write_pipeline_outputs(result, out_dir, name)
     report["seconds"] = time.perf_counter() - start
@@ -1075,6 +1078,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="YAML recipe (see recipes/)")
     p.add_argument("--checkpoint", help="start from this trained model instead of training one")
     p.add_argument("-o", "--output", help="output directory (default runs/RECIPE)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its last completed stage (OUTPUT/checkpoints)")
     common(p)
     p.set_defaults(func=cmd_compress)
 

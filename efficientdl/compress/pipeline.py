@@ -13,6 +13,9 @@ rebuilt from the file.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import io
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -22,11 +25,15 @@ import torch
 from torch import nn
 
 from ..errors import RecipeError
-from ..report.results import StageReport
+from ..report.results import LayerRecord, StageReport
 from .layers import check_spec_keys, compressible_tensors, plain_copy
 from .prune import prune
 from .recipe import Recipe
-from .share import share
+from .share import SharedWeight, share
+
+
+#: the keys of a recipe stage that are passed to that stage's :class:`~efficientdl.train.Trainer`
+TRAINER_KEYS = ("epochs", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "clip_grad_norm")
 
 
 @dataclass
@@ -119,6 +126,97 @@ def check_against_model(recipe: Recipe, model: nn.Module) -> None:
             raise RecipeError(f"{recipe.where(stage, key)}: {e}") from None
 
 
+class _StageCheckpoints:
+    """Atomic per-stage checkpoints of a pipeline run, so an interrupted run can resume.
+
+    After each completed stage the model is written as a compressed file
+    (``STAGE.edlz``, lossless: fixed-width fields, fp32 values and codebooks), the
+    weight snapshots as ``snapshots.npz``, and then ``state.json`` — the recipe's
+    fingerprint and the completed stages' reports — each through a temporary file and a
+    rename, so a kill at any moment leaves either the previous or the new state.
+    """
+
+    def __init__(self, directory: Any, recipe: Recipe, resume: bool) -> None:
+        from pathlib import Path
+
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.fingerprint = json.dumps(recipe.data, sort_keys=True, default=str)
+        self.completed: dict[str, dict] = {}
+        self.snapshots: dict[str, dict[str, np.ndarray]] = {}
+        state_path = self.dir / "state.json"
+        if resume and state_path.exists():
+            try:
+                state = json.loads(state_path.read_text())
+            except (OSError, ValueError):
+                raise RecipeError(f"{state_path}: unreadable checkpoint state; run without --resume") from None
+            if state.get("recipe") != self.fingerprint:
+                raise RecipeError(f"{self.dir}: the checkpoints were made with another recipe; "
+                                  "run without --resume to start again")
+            try:
+                self.completed = {d["stage"]: d for d in state.get("stages", [])}
+                with np.load(self.dir / "snapshots.npz", allow_pickle=False) as z:
+                    for key in z.files:
+                        layer, _, phase = key.rpartition("|")
+                        self.snapshots.setdefault(layer, {})[phase] = z[key]
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise RecipeError(f"{self.dir}: damaged checkpoints ({type(e).__name__}); "
+                                  "run without --resume to start again") from None
+
+    def load(self, stage: str, model: nn.Module) -> None:
+        """Put the weights of completed ``stage`` into the plain ``model`` (masks and codebooks too)."""
+        from ..format.container import load_into, read
+        from .prune import apply_mask
+
+        c = read(self.dir / f"{stage}.edlz")
+        load_into(model, c)
+        modules = dict(model.named_modules())
+        for rec in c.layers:
+            module_name, _, attr = rec.name.rpartition(".")
+            module = modules.get(module_name)
+            if rec.name in c.codebooks:        # weight sharing: the same codebook and indices again
+                indices, codebook = c.codebooks[rec.name]
+                bits = int(round(np.log2(codebook.size)))
+                shared = SharedWeight(torch.from_numpy(codebook[1:].copy()), torch.from_numpy(indices), bits)
+                torch.nn.utils.parametrize.register_parametrization(module, attr, shared, unsafe=True)
+                module.parametrizations[attr].original.requires_grad_(False)
+            elif rec.kind == "sparse":          # pruning: the mask is where the stored weights are
+                apply_mask(module, c.tensors[rec.name] != 0, attr)
+
+    def save(self, report: StageReport, model: nn.Module, snapshots: dict[str, dict[str, np.ndarray]]) -> None:
+        from ..format.container import atomic_write, encode
+
+        atomic_write(self.dir / f"{report.stage}.edlz", encode(model, coding="fixed", infer_shared=False)[0])
+        arrays = {f"{layer}|{phase}": w for layer, phases in snapshots.items() for phase, w in phases.items()}
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write(self.dir / "snapshots.npz", buffer.getvalue())
+        self.completed[report.stage] = {"stage": report.stage, "accuracy_before": report.accuracy_before,
+                                        "accuracy_after": report.accuracy_after, "seconds": report.seconds,
+                                        "settings": report.settings, "history": report.history,
+                                        "original_bytes": report.original_bytes, "size_bytes": report.size_bytes,
+                                        "layers": [dataclasses.asdict(layer) for layer in report.layers]}
+        state = {"recipe": self.fingerprint, "stages": list(self.completed.values())}
+        atomic_write(self.dir / "state.json", json.dumps(state, default=str).encode())
+
+
+def check_resume(checkpoint_dir: Any, recipe: Recipe) -> list[str]:
+    """The stages an interrupted run completed in ``checkpoint_dir``, checked against ``recipe``.
+
+    Raises:
+        RecipeError: the checkpoints belong to another recipe or are unreadable.
+    """
+    return list(_StageCheckpoints(checkpoint_dir, recipe, resume=True).completed)
+
+
+def _restored(fields: dict) -> StageReport:
+    return StageReport(stage=fields["stage"], accuracy_before=fields["accuracy_before"],
+                       accuracy_after=fields["accuracy_after"], seconds=fields["seconds"],
+                       settings=fields["settings"], history=fields["history"],
+                       original_bytes=fields["original_bytes"], size_bytes=fields["size_bytes"],
+                       layers=[LayerRecord(**layer) for layer in fields["layers"]])
+
+
 def run(
     model: nn.Module,
     train_loader: Iterable,
@@ -128,6 +226,8 @@ def run(
     progress: bool = True,
     log=print,
     meta: dict[str, Any] | None = None,
+    checkpoint_dir: Any = None,
+    resume: bool = False,
 ) -> PipelineResult:
     """Run dense training (unless ``pretrained``), pruning, weight sharing and Huffman coding.
 
@@ -142,6 +242,10 @@ def run(
         progress: show progress bars and per-epoch lines.
         log: where to print stage summaries.
         meta: JSON-serialisable metadata stored in the file (e.g. the dataset name).
+        checkpoint_dir: write an atomic checkpoint after every stage there
+            (see :class:`_StageCheckpoints`).
+        resume: continue from the last stage completed in ``checkpoint_dir`` (the
+            recipe must be the same); the result equals an uninterrupted run's.
 
     Returns:
         A :class:`PipelineResult`; ``file_bytes`` is the compressed file.
@@ -156,29 +260,62 @@ def run(
     coding = (r.get("encode") or {}).get("coding", "huffman")
 
     def trainer(section: dict, teacher: nn.Module | None = None, **defaults: Any) -> Trainer:
-        opts = {**defaults, **{k: section[k] for k in ("epochs", "lr", "momentum", "weight_decay", "schedule") if k in section}}
+        opts = {**defaults, **{k: section[k] for k in TRAINER_KEYS if k in section}}
         return Trainer(train_loader, test_loader, seed=seed, progress=progress, teacher=teacher, **opts)
 
     original = parameter_bytes_fp32(model)
     stages: list[StageReport] = []
     snapshots: dict[str, dict[str, np.ndarray]] = {}
 
+    checkpoints = _StageCheckpoints(checkpoint_dir, recipe, resume) if checkpoint_dir is not None else None
+    if checkpoints is not None:
+        snapshots = checkpoints.snapshots
+
+    order = ["dense"] + [stage for stage in ("prune", "quantize") if r.get(stage) is not None]
+    done_before = [stage for stage in order if checkpoints is not None and stage in checkpoints.completed]
+    done_before = order[:len(done_before)] if done_before == order[:len(done_before)] else []
+
+    def completed(stage: str) -> StageReport | None:
+        """The report of a stage an earlier run completed (its weights loaded if it was the last)."""
+        if stage not in done_before:
+            return None
+        if stage == done_before[-1]:
+            checkpoints.load(stage, model)
+        log(f"{stage}: completed earlier ({checkpoints.dir / (stage + '.edlz')})")
+        return _restored(checkpoints.completed[stage])
+
+    def done(report: StageReport) -> None:
+        if checkpoints is not None:
+            checkpoints.save(report, model, snapshots)
+
     start = time.perf_counter()
-    dense = StageReport(stage="dense")
-    if not pretrained and r.get("dense") is not None:
-        dense.history = trainer(r["dense"], epochs=20, lr=0.05).fit(model, description="dense")
-    dense.accuracy_after = evaluate(model, test_loader)
-    dense.seconds = time.perf_counter() - start
-    _stage_size(dense, model, index_bits, "fixed", original)
+    dense = completed("dense")
+    if dense is None:
+        dense = StageReport(stage="dense")
+        if not pretrained and r.get("dense") is not None:
+            dense.history = trainer(r["dense"], epochs=20, lr=0.05).fit(model, description="dense")
+        dense.accuracy_after = evaluate(model, test_loader)
+        dense.seconds = time.perf_counter() - start
+        _stage_size(dense, model, index_bits, "fixed", original)
+        for name, w in _nonzero_weights(model).items():
+            snapshots[name] = {"original": w}
+        done(dense)
     stages.append(dense)
     log(f"dense: accuracy {100 * dense.accuracy_after:.2f}%, {original} bytes of fp32 parameters")
-    for name, w in _nonzero_weights(model).items():
-        snapshots[name] = {"original": w}
-    teacher = copy.deepcopy(model).eval()
+    if len(done_before) > 1:                 # resumed past dense: the teacher is the dense model
+        from ..format.container import load_into, read
+
+        teacher = load_into(plain_copy(model), read(checkpoints.dir / "dense.edlz")).eval()
+    else:
+        teacher = copy.deepcopy(model).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
 
     section = r.get("prune")
+    resumed = completed("prune") if section is not None else None
+    if resumed is not None:
+        stages.append(resumed)
+        section = None
     if section is not None:
         t = trainer(section, teacher if section.get("distill") else None, epochs=1, lr=0.01)
         steps = section.get("steps", 1)
@@ -199,9 +336,14 @@ def run(
         stages.append(report)
         for name, w in _nonzero_weights(model).items():
             snapshots[name]["retrained"] = w
+        done(report)
         log(f"prune: accuracy {100 * report.accuracy_after:.2f}%, {report.size_bytes} bytes ({report.ratio:.1f}×)")
 
     section = r.get("quantize")
+    resumed = completed("quantize") if section is not None else None
+    if resumed is not None:
+        stages.append(resumed)
+        section = None
     if section is not None:
         t = trainer(section, teacher if section.get("distill") else None, epochs=0, lr=0.001, weight_decay=0.0)
         before = evaluate(model, test_loader)
@@ -213,6 +355,7 @@ def run(
         stages.append(report)
         for name, w in _nonzero_weights(model).items():
             snapshots[name]["quantized"] = w
+        done(report)
         log(f"quantize: accuracy {100 * report.accuracy_after:.2f}%, {report.size_bytes} bytes ({report.ratio:.1f}×)")
 
     final = StageReport(stage="huffman" if coding == "huffman" else "encode", settings={"coding": coding})

@@ -243,7 +243,9 @@ def accuracy(model, loader):
 def test_compress_writes_outputs(files):
     out = files["out"]
     names = {p.relative_to(out).as_posix() for p in files_under(out)}
-    assert names == {"lenet300.edlz", "report.json", "report.md", "plots/weight_histograms.png"}
+    assert names == {"lenet300.edlz", "report.json", "report.md", "plots/weight_histograms.png",
+                     "checkpoints/dense.edlz", "checkpoints/prune.edlz", "checkpoints/quantize.edlz",
+                     "checkpoints/snapshots.npz", "checkpoints/state.json"}
     assert not any(p.name.startswith(".") for p in out.rglob("*"))  # no temporary files left
     assert (out / "plots" / "weight_histograms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((out / "report.json").read_text())
@@ -517,3 +519,39 @@ def test_compare_writes_table_plot_and_files(files, tmp_path):
         assert r["file_bytes"] == (out / "files" / f"{r['method']}.edlz").stat().st_size
     assert set(result["pareto_front"]) <= {"fp32", "int8", "fixed-point-8"} and result["pareto_front"]
     assert (out / "pareto.png").stat().st_size > 0 and (out / "compare.md").exists()
+
+
+def test_interrupted_compress_leaves_no_output_and_resumes_to_the_same_file(files, tmp_path, monkeypatch):
+    from efficientdl.compress import pipeline
+
+    out = tmp_path / "run"
+    real_share = pipeline.share
+
+    def interrupted(*args, **kwargs):        # Ctrl-C during weight sharing, after pruning finished
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "share", interrupted)
+    code, _, err = run_quiet(["compress", files["recipe"], "-o", out, "--json", *SUBSETS])
+    assert code == 130 and "interrupted" in err
+    left = {p.relative_to(out).as_posix() for p in files_under(out)}
+    assert left == {"checkpoints/dense.edlz", "checkpoints/prune.edlz", "checkpoints/snapshots.npz",
+                    "checkpoints/state.json"}                     # no output file, no temporary file
+    monkeypatch.setattr(pipeline, "share", real_share)
+    code, stdout, err = run_quiet(["compress", files["recipe"], "-o", out, "--json", "--resume", *SUBSETS])
+    assert code == 0, err
+    resumed = json.loads(stdout)
+    # the uninterrupted run of the same recipe (module fixture) wrote the same bytes
+    assert (out / "lenet300.edlz").read_bytes() == files["edlz"].read_bytes()
+    expected = json.loads(files["stdout"])
+    assert [s["accuracy_after"] for s in resumed["stages"]] == [s["accuracy_after"] for s in expected["stages"]]
+
+
+def test_resume_with_another_recipe_is_refused(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["compress", str(files["recipe"]), "-o", str(out), "--json", *SUBSETS]) == 0
+    other = tmp_path / "other.yaml"
+    other.write_text(TINY_RECIPE.replace("bits: 4", "bits: 3"))
+    capsys.readouterr()
+    code = main(["compress", str(other), "-o", str(out), "--resume", *SUBSETS])
+    line = assert_one_line_error(capsys, code, "compress")
+    assert "another recipe" in line
