@@ -355,8 +355,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from ..train import evaluate, save_checkpoint
 
     src, out = _input_file(args.checkpoint), _output_file(args.output)
-    if (args.sparsity is None) == (args.quality is None):
-        raise UsageError("give exactly one of --sparsity and --quality")
+    if args.sparsity is None and args.quality is None:
+        raise UsageError("give exactly one of --sparsity and --quality (both only as per-layer NAME=VALUE lists)")
+    if args.sparsity is not None and args.quality is not None and not (
+            isinstance(args.sparsity, dict) and isinstance(args.quality, dict)):
+        raise UsageError("give exactly one of --sparsity and --quality (both only as per-layer NAME=VALUE lists)")
     _seed(args)
     model = _load_model(src)
     ds = _load_data(args)

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import RecipeError
 from ..report.results import LayerRecord, StageReport
-from .layers import check_spec_keys, compressible_tensors, plain_copy
+from .layers import check_spec_keys, compressible_tensors, plain_copy, tensor_setting
 from .prune import prune
 from .recipe import Recipe
 from .share import SharedWeight, share
@@ -124,6 +124,13 @@ def check_against_model(recipe: Recipe, model: nn.Module) -> None:
             check_spec_keys(spec, model, f"{stage}.{key}")
         except RecipeError as e:
             raise RecipeError(f"{recipe.where(stage, key)}: {e}") from None
+    prune_section = r.get("prune") or {}
+    if prune_section.get("sparsity") is not None and prune_section.get("quality") is not None:
+        for t in compressible_tensors(model):     # per layer, one pruning method
+            if tensor_setting(prune_section["sparsity"], t, "sparsity") is not None \
+                    and tensor_setting(prune_section["quality"], t, "quality") is not None:
+                raise RecipeError(f"{recipe.where('prune', 'quality')}: prune: both 'sparsity' and 'quality' "
+                                  f"select '{t.key}'; give each layer one")
 
 
 class _StageCheckpoints:

@@ -119,35 +119,43 @@ def _check_fraction(value: Any, name: str, what: str) -> float:
 
 
 def prune_once(model: nn.Module, sparsity: Any = None, quality: Any = None) -> dict[str, float]:
-    """Prune every selected layer once, by target sparsity or by the std threshold.
+    """Prune every selected tensor once, by target sparsity or by the std threshold.
+
+    ``sparsity`` and ``quality`` may both be given as per-layer mappings, choosing the
+    method layer by layer (``sparsity: {fc1: 0.92}``, ``quality: {fc2: 1.3}``); a tensor
+    that both select is refused.
 
     Args:
-        model: any ``nn.Module``; its Linear and Conv2d weights are pruned.
+        model: any ``nn.Module``; its weight matrices
+            (:func:`~efficientdl.compress.layers.compressible_tensors`) are pruned.
         sparsity: per-layer target sparsity (scalar or mapping, see
             :func:`~efficientdl.compress.layers.layer_setting`). The layer ends with at
             least this sparsity (already-pruned weights stay pruned).
         quality: per-layer quality parameter ``q`` of the rule ``|w| > q·std(W)``.
 
     Returns:
-        Mapping of layer name to its sparsity after pruning.
+        Mapping of tensor key to its sparsity after pruning.
     """
-    if (sparsity is None) == (quality is None):
-        raise RecipeError("prune: give exactly one of 'sparsity' and 'quality'")
-    spec, what = (sparsity, "sparsity") if sparsity is not None else (quality, "quality")
-    check_spec_keys(spec, model, what)
+    if sparsity is None and quality is None:
+        raise RecipeError("prune: give 'sparsity' or 'quality' (or both, for different layers)")
+    for spec, what in ((sparsity, "sparsity"), (quality, "quality")):
+        check_spec_keys(spec, model, what)
     result = {}
     ties = tied_pairs(model)
     for t in list(compressible_tensors(model)):
-        value = tensor_setting(spec, t, what)
-        if value is None:
+        s_value = tensor_setting(sparsity, t, "sparsity") if sparsity is not None else None
+        q_value = tensor_setting(quality, t, "quality") if quality is not None else None
+        if s_value is not None and q_value is not None:
+            raise RecipeError(f"prune: both 'sparsity' and 'quality' select '{t.key}'; give each layer one")
+        if s_value is None and q_value is None:
             continue
         w = t.value
-        if sparsity is not None:
-            mask = magnitude_mask(w, _check_fraction(value, t.key, what))
+        if s_value is not None:
+            mask = magnitude_mask(w, _check_fraction(s_value, t.key, "sparsity"))
         else:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise RecipeError(f"quality for '{t.key}' must be a number ≥ 0, got {value!r}")
-            mask = std_mask(w, float(value))
+            if isinstance(q_value, bool) or not isinstance(q_value, (int, float)) or q_value < 0:
+                raise RecipeError(f"quality for '{t.key}' must be a number ≥ 0, got {q_value!r}")
+            mask = std_mask(w, float(q_value))
         apply_mask(t.module, mask, t.attr)
         result[t.key] = 1.0 - float((t.value != 0).sum()) / w.numel()
     retie(ties)
@@ -223,7 +231,7 @@ def prune(
     history: list[dict] = []
     achieved: dict[str, float] = {}
     for step, target in enumerate(targets, start=1):
-        achieved = prune_once(model, sparsity=target, quality=quality if sparsity is None else None)
+        achieved = prune_once(model, sparsity=target, quality=quality)
         if retrain is not None:
             for record in retrain(model, step) or []:
                 history.append({"step": step, **record})

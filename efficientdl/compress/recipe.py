@@ -166,8 +166,12 @@ def validate(data: Any, path: str | None = None, lines: dict[tuple, int] | None 
     if "model" not in data:
         raise RecipeError(f"{recipe.where()}: the recipe must name a 'model'")
     prune = data.get("prune")
-    if prune is not None and ("sparsity" in prune) == ("quality" in prune):
-        raise RecipeError(f"{recipe.where('prune')}: prune needs exactly one of 'sparsity' and 'quality'")
+    if prune is not None and "sparsity" not in prune and "quality" not in prune:
+        raise RecipeError(f"{recipe.where('prune')}: prune needs exactly one of 'sparsity' and 'quality' per layer")
+    if prune is not None and "sparsity" in prune and "quality" in prune \
+            and not (isinstance(prune["sparsity"], dict) and isinstance(prune["quality"], dict)):
+        raise RecipeError(f"{recipe.where('prune')}: prune needs exactly one of 'sparsity' and 'quality' "
+                          "per layer (both together only as per-layer mappings)")
     if data.get("quantize") is not None and "bits" not in data["quantize"]:
         raise RecipeError(f"{recipe.where('quantize')}: quantize needs 'bits'")
     return recipe

@@ -145,3 +145,38 @@ def test_parametrized_layers_are_not_mistaken_for_ties():
     share(model, bits=3)
     assert tied_parameters(model) == {}
     assert [t.key for t in compressible_tensors(model)] == ["fc1", "fc2", "fc3"]
+
+
+def test_pruning_method_chosen_per_layer():
+    from efficientdl import models
+    from efficientdl.errors import RecipeError
+
+    torch.manual_seed(0)
+    model = models.create("lenet300")
+    fc2 = model.fc2.weight.detach().clone()
+    result = prune_once(model, sparsity={"fc1": 0.9}, quality={"fc2": 1.0})
+    assert set(result) == {"fc1", "fc2"}                          # fc3 selected by neither: left dense
+    assert result["fc1"] == pytest.approx(0.9, abs=1e-3)
+    kept = fc2.abs() > fc2.std()                                  # the paper's rule, computed here
+    assert torch.equal(model.fc2.weight != 0, kept)
+    with pytest.raises(RecipeError, match="both 'sparsity' and 'quality' select 'fc1'"):
+        prune_once(models.create("lenet300"), sparsity={"Linear": 0.5}, quality={"fc1": 1.0})
+
+
+def test_recipe_with_both_methods_is_checked_per_layer(tmp_path):
+    from efficientdl import models
+    from efficientdl.compress import load_recipe
+    from efficientdl.compress.pipeline import check_against_model
+    from efficientdl.errors import RecipeError
+
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("model: lenet300\nprune:\n  sparsity: {fc1: 0.9}\n  quality: {fc2: 1.0, fc3: 0.5}\n")
+    check_against_model(load_recipe(ok), models.create("lenet300"))
+    overlap = tmp_path / "overlap.yaml"
+    overlap.write_text("model: lenet300\nprune:\n  sparsity: {Linear: 0.9}\n  quality: {fc2: 1.0}\n")
+    with pytest.raises(RecipeError, match=r"overlap.yaml:4: .*both 'sparsity' and 'quality' select 'fc2'"):
+        check_against_model(load_recipe(overlap), models.create("lenet300"))
+    scalars = tmp_path / "scalars.yaml"
+    scalars.write_text("model: lenet300\nprune:\n  sparsity: 0.9\n  quality: 1.0\n")
+    with pytest.raises(RecipeError, match="exactly one"):
+        load_recipe(scalars)
