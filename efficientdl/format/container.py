@@ -670,14 +670,16 @@ def load_into(model: nn.Module, source: str | os.PathLike | Container) -> nn.Mod
 RUNTIMES = ("dense", "compressed")
 
 
-def load(path: str | os.PathLike | Container, model: nn.Module | None = None, runtime: str = "dense",
+def load(path: str | os.PathLike | Container, model: Any = None, runtime: str = "dense",
          partitions: int = 0) -> nn.Module:
     """Rebuild an ``nn.Module`` from a compressed file.
 
     Args:
         path: the ``.edlz`` file (or a :class:`Container` already read).
-        model: a model to load into (the user's own architecture); by default the
-            architecture named in the file is built from the model registry.
+        model: the user's own architecture to load into — a model object, or a
+            constructor called with no arguments (a class or a function); by default
+            the architecture named in the file is built from the model registry
+            (with its recorded transforms: factorised layers, quantizers, folds).
         runtime: ``"dense"`` — plain layers with decoded dense weights; or
             ``"compressed"`` — weight-shared ``Linear``/``Conv2d`` layers become
             :class:`efficientdl.nn.CompressedLinear` / ``CompressedConv2d`` that keep
@@ -696,6 +698,13 @@ def load(path: str | os.PathLike | Container, model: nn.Module | None = None, ru
         from .. import models
 
         model = models.rebuild(c.header.get("arch"), str(path))
+    elif not isinstance(model, nn.Module):
+        if not callable(model):
+            raise ModelError(f"model must be an nn.Module or a constructor, got {type(model).__name__}")
+        built = model()
+        if not isinstance(built, nn.Module):
+            raise ModelError(f"the model constructor returned {type(built).__name__}, not an nn.Module")
+        model = built
     load_into(model, c)
     if runtime == "compressed":
         from ..nn import to_runtime

@@ -180,3 +180,17 @@ def test_recipe_with_both_methods_is_checked_per_layer(tmp_path):
     scalars.write_text("model: lenet300\nprune:\n  sparsity: 0.9\n  quality: 1.0\n")
     with pytest.raises(RecipeError, match="exactly one"):
         load_recipe(scalars)
+
+
+def test_load_from_a_user_constructor():
+    from efficientdl.compress.support import TiedEmbedding
+
+    model, x = example("custom module, own nn.Parameter")
+    prune_once(model, sparsity=0.5)
+    data = fmt.encode(model)[0]
+    built = fmt.load(fmt.decode(data), model=lambda: example("custom module, own nn.Parameter", seed=9)[0])
+    assert torch.equal(built(x), model(x))
+    with pytest.raises(ModelError, match="returned int"):
+        fmt.load(fmt.decode(data), model=lambda: 3)
+    with pytest.raises(ModelError, match="shape mismatch|no counterpart"):
+        fmt.load(fmt.decode(data), model=TiedEmbedding)
