@@ -402,6 +402,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def _quantize_linear(args: argparse.Namespace, model, ds, trainer, before: float, out: Path) -> int:
     """``edl quantize --method fixed-point|int8``: calibrate, optionally fine-tune, freeze."""
     from ..compress import fixed_point
+    from ..compress.layers import compressible_tensors
     from ..train import evaluate, save_checkpoint
 
     scheme = "fixed" if args.method == "fixed-point" else "affine"
@@ -416,7 +417,9 @@ def _quantize_linear(args: argparse.Namespace, model, ds, trainer, before: float
     fixed_point.freeze(model)
     after = evaluate(model, ds.test)
     save_checkpoint(model, out)
-    result = {"method": args.method, "layers": layers, "accuracy_before": before,
+    quantized = {f"{name}.weight" if name else "weight" for name, e in layers.items() if e["weight"]}
+    left_dense = [t.param_name for t in compressible_tensors(model) if t.param_name not in quantized]
+    result = {"method": args.method, "layers": layers, "left_dense": left_dense, "accuracy_before": before,
               "accuracy_calibrated": calibrated, "accuracy_after": after, "output": str(out)}
     text = (f"accuracy {100 * before:.2f}% → {100 * calibrated:.2f}% calibrated"
             + (f" → {100 * after:.2f}% fine-tuned" if args.epochs else "") + f" ({args.method}) → {out}")
@@ -426,6 +429,8 @@ def _quantize_linear(args: argparse.Namespace, model, ds, trainer, before: float
             f"fl={q['frac_bits'][0]}" if q["scheme"] == "fixed" else
             f"{'per-channel' if q['axis'] is not None else 'per-tensor'}"))
         text += f"\n  {name}: weights {describe(w)}, inputs {describe(a)}"
+    if left_dense:
+        text += f"\n  left dense (not a layer's weight matrix): {', '.join(left_dense)}"
     _emit(args, result, text)
     return 0
 

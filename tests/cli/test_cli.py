@@ -497,7 +497,7 @@ def test_linear_quantization_checkpoint_encodes_and_evaluates(files, tmp_path, m
                                 "--epochs", "1", "--calibration-batches", "2", *SUBSETS, *DATA])
     assert code == 0, err
     result = json.loads(out)
-    assert set(result["layers"]) == {"fc1", "fc2", "fc3"}
+    assert set(result["layers"]) == {"fc1", "fc2", "fc3"} and result["left_dense"] == []
     assert all(entry["input"]["bits"] == 8 for entry in result["layers"].values())
     code, out, err = run_quiet(["encode", q, "-o", e, "--json"])
     assert code == 0, err
