@@ -118,6 +118,9 @@ def main() -> None:
                         help="no training: add the SqueezeNet row to saved results")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    import numba
+
+    numba.set_num_threads(1)        # the compressed runtime's kernels on one thread too, like torch
     if args.retime or args.add_squeezenet:
         saved = json.loads(args.json.read_text())
         results = saved["results"]
