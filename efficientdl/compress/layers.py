@@ -124,31 +124,26 @@ def compressible_tensors(model: nn.Module) -> Iterator[WeightTensor]:
             yield WeightTensor(key, module_name, module, attr)
 
 
-def tied_parameters(model: nn.Module) -> dict[str, str]:
-    """``{later name: first name}`` for parameters registered under several names (tied weights)."""
-    first: dict[int, str] = {}
-    tied = {}
+def _ties(model: nn.Module) -> Iterator[tuple[tuple[str, nn.Module, str], tuple[str, nn.Module, str]]]:
+    """``((first name, module, attr), (other name, module, attr))`` for every further name of a parameter."""
+    first: dict[int, tuple[str, nn.Module, str]] = {}
     for module_name, module in _model_modules(model):
         for attr, leaf in _own_parameters(module):
-            name = f"{module_name}.{attr}" if module_name else attr
+            here = (f"{module_name}.{attr}" if module_name else attr, module, attr)
             if id(leaf) in first:
-                tied[name] = first[id(leaf)]
+                yield first[id(leaf)], here
             else:
-                first[id(leaf)] = name
-    return tied
+                first[id(leaf)] = here
+
+
+def tied_parameters(model: nn.Module) -> dict[str, str]:
+    """``{later name: first name}`` for parameters registered under several names (tied weights)."""
+    return {other[0]: first[0] for first, other in _ties(model)}
 
 
 def tied_pairs(model: nn.Module) -> list[tuple[tuple[nn.Module, str], tuple[nn.Module, str]]]:
     """``[((first module, attr), (other module, attr)), ...]`` for every tied parameter name."""
-    first: dict[int, tuple[nn.Module, str]] = {}
-    pairs = []
-    for _, module in _model_modules(model):
-        for attr, leaf in _own_parameters(module):
-            if id(leaf) in first:
-                pairs.append((first[id(leaf)], (module, attr)))
-            else:
-                first[id(leaf)] = (module, attr)
-    return pairs
+    return [((first[1], first[2]), (other[1], other[2])) for first, other in _ties(model)]
 
 
 def retie(pairs: list[tuple[tuple[nn.Module, str], tuple[nn.Module, str]]]) -> None:
