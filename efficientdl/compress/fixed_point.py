@@ -41,7 +41,7 @@ from torch.nn.utils import parametrize
 
 from ..errors import RecipeError
 from ..models.transforms import record_transform, register_transform
-from .layers import compressible_tensors, fold_parametrizations, layer_setting, retie, tied_pairs
+from .layers import compressible_tensors, fold_parametrization, layer_setting, retie, tied_pairs
 
 SCHEMES = ("fixed", "affine")
 MIN_BITS, MAX_BITS = 2, 16
@@ -449,7 +449,7 @@ def freeze(model: nn.Module) -> nn.Module:
         name, module = t.module_name, t.module
         spec = weight_spec(module)
         if spec is not None and parametrize.is_parametrized(module, "weight"):
-            fold_parametrizations(module)
+            fold_parametrization(module, "weight")
             module.edl_weight_quant = spec
         inp = getattr(module, "edl_input_quant", None)
         if spec is not None or inp is not None:
@@ -490,7 +490,7 @@ def integer_weights(model: nn.Module) -> dict[str, tuple[torch.Tensor, QuantSpec
         spec = weight_spec(module) if t.attr == "weight" else None
         if spec is not None:
             q = integer_codes(module.weight.detach(), spec)
-            dtype = next(t for t in (torch.int8, torch.int16, torch.int32)
-                         if torch.iinfo(t).min <= spec.qmin and spec.qmax <= torch.iinfo(t).max)
+            dtype = next(d for d in (torch.int8, torch.int16, torch.int32)
+                         if torch.iinfo(d).min <= spec.qmin and spec.qmax <= torch.iinfo(d).max)
             out[name] = (q.to(dtype), spec)
     return out
