@@ -6,14 +6,17 @@ A recipe is a mapping with these keys (all optional except ``model``)::
     data: fashion-mnist          # dataset name
     seed: 0
     batch_size: 128
-    dense:    {epochs, lr, momentum, weight_decay, schedule}
+    dense:    {epochs, lr, momentum, weight_decay, schedule, warmup_epochs, clip_grad_norm}
     prune:    {sparsity | quality, steps, sparsity_schedule, epochs, lr, momentum, weight_decay,
-               schedule, distill}
-    quantize: {bits, init, epochs, lr, momentum, weight_decay, schedule, distill}
+               schedule, warmup_epochs, clip_grad_norm, distill}
+    quantize: {bits, init, epochs, lr, momentum, weight_decay, schedule, warmup_epochs,
+               clip_grad_norm, distill}
 
 ``schedule`` is always the learning-rate schedule of the stage's (re)training
-(cosine, step, constant); ``sparsity_schedule`` is how the pruning target grows over
-the ``steps`` (gradual: cubic, Zhu & Gupta; linear).
+(cosine, step, constant), ``warmup_epochs`` its linear warmup and ``clip_grad_norm``
+its gradient-norm clipping (see :class:`efficientdl.train.Trainer`);
+``sparsity_schedule`` is how the pruning target grows over the ``steps`` (gradual:
+cubic, Zhu & Gupta; linear).
     encode:   {index_bits, coding}
 
 ``sparsity``, ``quality``, ``bits`` and ``index_bits`` take one number or a mapping
@@ -73,6 +76,8 @@ _TRAIN = {
     "lr": _number(0, 100, lo_open=True),
     "momentum": _number(0, 0.999),
     "weight_decay": _number(0, 1),
+    "warmup_epochs": _number(0, 10_000),
+    "clip_grad_norm": _number(0, 1e6, lo_open=True),
 }
 SCHEMA: dict[str, Any] = {
     "model": _is(str, "a model name"),

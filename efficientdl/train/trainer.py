@@ -3,9 +3,10 @@
 Deep Compression (Han et al.) retrains the network after each compression stage:
 after pruning, to let the surviving connections compensate, and after weight
 sharing, to fine-tune the shared centroids.  :class:`Trainer` is that loop: SGD with
-momentum and weight decay, a cosine / step / constant learning-rate schedule, and
-optional knowledge distillation from a teacher (Hinton et al., "Distilling the
-Knowledge in a Neural Network").
+momentum and weight decay, a cosine / step / constant learning-rate schedule with an
+optional linear warmup, optional gradient-norm clipping, and optional knowledge
+distillation from a teacher (Hinton et al., "Distilling the Knowledge in a Neural
+Network").
 
 Compression stages express masks and codebooks as ``torch.nn.utils.parametrize``
 parametrizations; the trainer simply optimises ``model.parameters()``, so gradients
@@ -140,6 +141,20 @@ class Trainer:
         epoch ``0.75 * epochs`` (0-based epoch index).
         ``"constant"``: ``lr0``.
 
+    Warmup (Goyal et al., "Accurate, Large Minibatch SGD", 2017): with
+    ``warmup_epochs = w`` the first ``W = ceil(w * steps_per_epoch)`` steps of a
+    :meth:`fit` (``k = 0 … W − 1``, counted over all epochs) use the scheduled rate times
+    ``(k + 1) / W``, a linear ramp from ``lr/W`` to the full rate (a loader without
+    ``len`` counts as one step per epoch).  Together with clipping it keeps the first
+    updates of a network without normalisation layers (the 28×28 SqueezeNet) from
+    killing its ReLUs.
+
+    Gradient clipping (Pascanu, Mikolov, Bengio, "On the difficulty of training
+    recurrent neural networks", ICML'13): with ``clip_grad_norm = c`` every step rescales
+    all gradients by ``min(1, c / ‖g‖₂)``, where ``‖g‖₂`` is the L2 norm of all of them
+    concatenated, so one step never moves the weights by more than ``lr · c`` (before
+    momentum and weight decay).
+
     Args:
         train_loader: iterable of ``(x, y)`` batches; if it has ``set_epoch`` it is
             called with the 0-based epoch index before each pass.
@@ -149,6 +164,9 @@ class Trainer:
         momentum: SGD momentum.
         weight_decay: L2 penalty coefficient.
         schedule: ``"cosine"``, ``"step"`` or ``"constant"``.
+        warmup_epochs: length of the linear warmup in epochs (a fraction is allowed;
+            0 = none).
+        clip_grad_norm: largest global gradient L2 norm (``None`` = no clipping).
         seed: passed to :func:`set_seed` at the start of each :meth:`fit`.
         progress: show a transient progress bar and one line per epoch.
         device: where to train.
@@ -178,6 +196,8 @@ class Trainer:
         kd_alpha: float = 0.9,
         console: Console | None = None,
         precision: str = "fp32",
+        warmup_epochs: float = 0.0,
+        clip_grad_norm: float | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise RecipeError(f"trainer: unknown precision {precision!r} (expected one of {', '.join(PRECISIONS)})")
@@ -189,6 +209,12 @@ class Trainer:
         _check_number("weight_decay", weight_decay, 0.0)
         _check_number("kd_temperature", kd_temperature, 0.0, low_open=True)
         _check_number("kd_alpha", kd_alpha, 0.0, 1.0)
+        _check_number("warmup_epochs", warmup_epochs, 0.0)
+        if clip_grad_norm is not None:
+            _check_number("clip_grad_norm", clip_grad_norm, 0.0, low_open=True)
+            if precision == "mixed":
+                raise RecipeError("trainer: clip_grad_norm is not supported with precision 'mixed' "
+                                  "(expected fp32, bf16 or fp16)")
         self.train_loader = train_loader
         self.test_loader = test_loader
         self.epochs = epochs
@@ -204,6 +230,8 @@ class Trainer:
         self.kd_alpha = kd_alpha
         self.console = console if console is not None else Console(stderr=True)
         self.precision = precision
+        self.warmup_epochs = warmup_epochs
+        self.clip_grad_norm = clip_grad_norm
 
     @staticmethod
     def _check_epochs(epochs: Any) -> None:
@@ -211,17 +239,21 @@ class Trainer:
             raise RecipeError(f"trainer: epochs is {epochs!r} (expected a non-negative integer)")
 
     def learning_rate(self, base_lr: float, epoch: int, epochs: int, step: int = 0, steps_per_epoch: int = 1) -> float:
-        """The scheduled learning rate at ``step`` of 0-based ``epoch`` (see the class docstring)."""
+        """The scheduled learning rate at ``step`` of 0-based ``epoch``, warmup included
+        (see the class docstring)."""
+        warmup_steps = math.ceil(self.warmup_epochs * steps_per_epoch)
+        step_index = epoch * steps_per_epoch + step
+        ramp = (step_index + 1) / warmup_steps if step_index < warmup_steps else 1.0
         if self.schedule == "constant":
-            return base_lr
+            return base_lr * ramp
         if self.schedule == "step":
             if epoch >= 0.75 * epochs:
-                return base_lr * 0.01
+                return base_lr * 0.01 * ramp
             if epoch >= 0.5 * epochs:
-                return base_lr * 0.1
-            return base_lr
-        done_fraction = (epoch * steps_per_epoch + step) / max(1, epochs * steps_per_epoch)
-        return base_lr * 0.5 * (1.0 + math.cos(math.pi * done_fraction))
+                return base_lr * 0.1 * ramp
+            return base_lr * ramp
+        done_fraction = step_index / max(1, epochs * steps_per_epoch)
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * done_fraction)) * ramp
 
     def _loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.teacher is None:
@@ -229,6 +261,12 @@ class Trainer:
         with torch.no_grad():
             teacher_logits = self.teacher(x)
         return distillation_loss(logits, teacher_logits, y, self.kd_temperature, self.kd_alpha)
+
+    def _clip(self, optimizer: torch.optim.Optimizer) -> int:
+        """Clip the gradients of the optimizer's parameters to ``clip_grad_norm``; 1 if they were clipped."""
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norm = float(nn.utils.clip_grad_norm_(params, self.clip_grad_norm))
+        return int(norm > self.clip_grad_norm)
 
     def fit(
         self, model: nn.Module, epochs: int | None = None, lr: float | None = None, description: str = "train",
@@ -247,7 +285,8 @@ class Trainer:
         Returns:
             One dict per epoch: ``epoch`` (1-based), ``lr`` (at the epoch's start),
             ``train_loss`` (sample-weighted mean over the epoch), ``train_accuracy``
-            (running, in training mode), ``test_accuracy`` (only with a test loader),
+            (running, in training mode), ``clipped_steps`` (steps whose gradient norm
+            exceeded ``clip_grad_norm``; only when clipping), ``test_accuracy`` (only with a test loader),
             ``seconds`` (wall time of the epoch including the evaluation).
 
         Raises:
@@ -320,7 +359,7 @@ class Trainer:
         task = progress.add_task(f"{description} {epoch + 1}/{epochs}", total=steps_per_epoch, loss=0.0, accuracy=0.0)
         epoch_lr = self.learning_rate(base_lr, epoch, epochs, 0, steps_per_epoch or 1)
         loss_sum = 0.0
-        correct = seen = 0
+        correct = seen = clipped = 0
         for step, (x, y) in enumerate(self.train_loader):
             lr_now = self.learning_rate(base_lr, epoch, epochs, step, steps_per_epoch or 1)
             for group in optimizer.param_groups:
@@ -350,10 +389,15 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 if self._grad_scaler is not None:
                     self._grad_scaler.scale(loss).backward()
+                    if self.clip_grad_norm is not None:
+                        self._grad_scaler.unscale_(optimizer)       # clip the true gradients, not the scaled ones
+                        clipped += self._clip(optimizer)
                     self._grad_scaler.step(optimizer)
                     self._grad_scaler.update()
                 else:
                     loss.backward()
+                    if self.clip_grad_norm is not None:
+                        clipped += self._clip(optimizer)
                     optimizer.step()
             batch = int(y.numel())
             loss_sum += loss_value * batch
@@ -364,6 +408,8 @@ class Trainer:
         if seen == 0:
             raise DataError(f"{description}: the training loader yielded no samples (expected at least one batch)")
         record = {"epoch": epoch + 1, "lr": epoch_lr, "train_loss": loss_sum / seen, "train_accuracy": correct / seen}
+        if self.clip_grad_norm is not None:
+            record["clipped_steps"] = clipped
         if self._mixed is not None:
             record["skipped_steps"] = self._mixed.scaler.skipped
             record["loss_scale"] = self._mixed.scaler.scale

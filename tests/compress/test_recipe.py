@@ -62,6 +62,8 @@ def test_unknown_key_nested(tmp_path):
     ("model: lenet300\ndense:\n  epochs: 2\n  lr: 0\n", 4, "dense.lr"),
     ("model: lenet300\ndense:\n  epochs: 2.5\n", 3, "integer"),
     ("model: lenet300\ndense:\n  schedule: warmup\n", 3, "cosine"),
+    ("model: lenet300\ndense:\n  warmup_epochs: -1\n", 3, "dense.warmup_epochs"),
+    ("model: lenet300\nprune:\n  sparsity: 0.5\n  clip_grad_norm: 0\n", 4, "prune.clip_grad_norm"),
     ("model: lenet300\nprune:\n  steps: 2\n  sparsity: 1.5\n", 4, "prune.sparsity"),
     ("model: lenet300\nprune:\n  steps: 2\n  sparsity: {fc1: 0.9, fc2: 1.5}\n", 4, "'fc2'"),
     ("model: lenet300\nprune:\n  sparsity: 0.9\n  steps: 0\n", 4, "prune.steps"),
@@ -135,3 +137,17 @@ def test_validate_dict_without_file():
         validate({"model": "lenet5", "dense": {"foo": 1}})
     with pytest.raises(RecipeError):
         validate(["model"])
+
+
+def test_every_training_key_of_a_stage_reaches_the_trainer():
+    import inspect
+
+    from efficientdl.compress.pipeline import TRAINER_KEYS
+    from efficientdl.compress.recipe import SCHEMA
+    from efficientdl.train import Trainer
+
+    trainer_args = set(inspect.signature(Trainer).parameters)
+    assert set(TRAINER_KEYS) <= trainer_args
+    for stage in ("dense", "prune", "quantize"):
+        training_keys = set(SCHEMA[stage]) & trainer_args
+        assert training_keys == set(TRAINER_KEYS), stage

@@ -262,3 +262,66 @@ def test_progress_output(capsys):
     lines = buffer.getvalue().strip().splitlines()
     assert len(lines) == 2
     assert lines[1].startswith("warmup epoch 2/2") and "test acc" in lines[1]
+
+
+def test_warmup_ramps_the_scheduled_rate_linearly():
+    x, y = separable_problem(64)
+    loader = TensorLoader(x, y, batch_size=16)                      # 4 steps per epoch
+    steps, epochs, lr0 = len(loader), 3, 0.2
+    for schedule in ("constant", "cosine", "step"):
+        trainer = Trainer(loader, epochs=epochs, lr=lr0, schedule=schedule, warmup_epochs=1.5, progress=False)
+        plain = Trainer(loader, epochs=epochs, lr=lr0, schedule=schedule, progress=False)
+        for epoch in range(epochs):
+            for step in range(steps):
+                k = epoch * steps + step                                # 0-based global step; W = ceil(1.5 * 4) = 6
+                ramp = (k + 1) / 6 if k < 6 else 1.0
+                expected = plain.learning_rate(lr0, epoch, epochs, step, steps) * ramp
+                assert trainer.learning_rate(lr0, epoch, epochs, step, steps) == pytest.approx(expected)
+    # the cosine rate at step 2 of epoch 0, written out: lr0 * (1 + cos(pi * 2 / 12)) / 2 * 3 / 6
+    warm = Trainer(loader, epochs=epochs, lr=lr0, warmup_epochs=1.5, progress=False)
+    assert warm.learning_rate(lr0, 0, 3, 2, 4) == pytest.approx(lr0 * (1 + math.cos(math.pi / 6)) / 2 * 0.5)
+    history = warm.fit(small_mlp())
+    assert [r["lr"] for r in history] == pytest.approx([lr0 / 6, lr0 * (1 + math.cos(math.pi / 3)) / 2 * 5 / 6,
+                                                        lr0 * (1 + math.cos(2 * math.pi / 3)) / 2])
+
+
+def test_gradient_clipping_bounds_the_step():
+    x, y = separable_problem(64)
+    x, y = x[:16] * 50, y[:16]                                        # large inputs: a large gradient
+    set_seed(0)
+    model = small_mlp()
+    start = [p.detach().clone() for p in model.parameters()]
+    # the gradient and its norm, computed independently of the trainer
+    reference = small_mlp()
+    reference.load_state_dict(model.state_dict())
+    nn.functional.cross_entropy(reference(x), y).backward()
+    grads = [p.grad.detach().clone() for p in reference.parameters()]
+    norm = math.sqrt(sum(float((g ** 2).sum()) for g in grads))
+    clip, lr = 0.5, 0.1
+    assert norm > clip
+    history = Trainer([(x, y)], epochs=1, lr=lr, momentum=0.0, weight_decay=0.0, schedule="constant",
+                      clip_grad_norm=clip, progress=False).fit(model)
+    assert history[0]["clipped_steps"] == 1
+    for p, p0, g in zip(model.parameters(), start, grads):
+        torch.testing.assert_close(p.detach(), p0 - lr * g * (clip / norm))
+    moved = math.sqrt(sum(float(((p.detach() - p0) ** 2).sum()) for p, p0 in zip(model.parameters(), start)))
+    assert moved == pytest.approx(lr * clip, rel=1e-4)
+    # a bound above the norm leaves the step unchanged
+    model = small_mlp()
+    model.load_state_dict(reference.state_dict())
+    history = Trainer([(x, y)], epochs=1, lr=lr, momentum=0.0, weight_decay=0.0, schedule="constant",
+                      clip_grad_norm=2 * norm, progress=False).fit(model)
+    assert history[0]["clipped_steps"] == 0
+    for p, p0, g in zip(model.parameters(), start, grads):
+        torch.testing.assert_close(p.detach(), p0 - lr * g)
+
+
+def test_bad_warmup_and_clipping():
+    loader = TensorLoader(torch.zeros(2, 2), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(RecipeError, match="warmup_epochs"):
+        Trainer(loader, warmup_epochs=-1)
+    for bad in (0, -1.0, float("nan"), True):
+        with pytest.raises(RecipeError, match="clip_grad_norm"):
+            Trainer(loader, clip_grad_norm=bad)
+    with pytest.raises(RecipeError, match="mixed"):
+        Trainer(loader, clip_grad_norm=1.0, precision="mixed")
