@@ -50,3 +50,15 @@ def test_small_variant_from_the_registry():
     assert sum(p.numel() for p in model.parameters()) == expected_params(64, 3, 1, 10)
     with pytest.raises(ModelError, match="version"):
         models.create("squeezenet", version="2.0")
+
+
+def test_small_variant_feature_maps_shrink_28_14_7_3():
+    model = models.create("squeezenet")
+    sizes, x = [], torch.randn(1, 1, 28, 28)
+    with torch.no_grad():
+        for layer in model.features:
+            x = layer(x)
+            if isinstance(layer, torch.nn.MaxPool2d):
+                sizes.append(x.shape[-1])
+    assert sizes == [14, 7, 3]                  # ceil((n - 3) / 2) + 1 for n = 28, 14, 7
+    assert x.shape == (1, 512, 3, 3)
