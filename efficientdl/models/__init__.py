@@ -48,7 +48,7 @@ def create(name: str, num_classes: int = 10, in_channels: int = 1, **kwargs: Any
     """Build a registered model.
 
     Args:
-        name: registry name, e.g. ``"lenet300"`` or ``"lenet5"``.
+        name: registry name, e.g. ``"lenet300"``, ``"lenet5"`` or ``"lstm"``.
         num_classes: number of outputs.
         in_channels: input channels.
         **kwargs: further constructor arguments (e.g. ``input_size``).
@@ -100,10 +100,12 @@ def rebuild(arch: Any, where: str = "architecture") -> nn.Module:
 
 
 from efficientdl.models.lenet import LeNet5, LeNet300  # noqa: E402  (registry must exist first)
+from efficientdl.models.rnn import LSTMClassifier  # noqa: E402
 from efficientdl.models.squeezenet import SqueezeNet  # noqa: E402
 
 register("lenet300")(LeNet300)
 register("lenet5")(LeNet5)
 register("squeezenet")(SqueezeNet)
+register("lstm")(LSTMClassifier)
 
-__all__ = ["create", "available", "rebuild", "register", "LeNet300", "LeNet5"]
+__all__ = ["create", "available", "rebuild", "register", "LeNet300", "LeNet5", "LSTMClassifier"]
