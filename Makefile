@@ -37,6 +37,7 @@ bench: install data
 	$(PY) benchmarks/fixed_point.py --checkpoint runs/bench/lenet5-dense.pt --json runs/bench/fixed_point.json
 	$(PY) benchmarks/ternary.py --checkpoint runs/bench/lenet5-dense.pt --json runs/bench/ternary.json
 	$(PY) benchmarks/squeezenet.py --checkpoint runs/bench/squeezenet-dense.pt --json runs/bench/squeezenet.json
+	$(PY) benchmarks/lstm.py --checkpoint runs/bench/lstm-dense.pt --json runs/bench/lstm.json
 	$(PY) benchmarks/mixed_precision.py --json runs/bench/mixed_precision.json
 	$(PY) benchmarks/parameter_server.py --json runs/bench/parameter_server.json
 	$(PY) benchmarks/data_parallel.py --json runs/bench/data_parallel.json
