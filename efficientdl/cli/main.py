@@ -62,6 +62,16 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {text!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {text!r}")
+    return v
+
+
 def _fraction(text: str) -> float:
     try:
         v = float(text)
@@ -208,7 +218,8 @@ def _trainer(args: argparse.Namespace, ds, teacher=None, **overrides):
     from ..train import Trainer
 
     opts = dict(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                schedule=args.schedule, precision=getattr(args, "precision", "fp32"))
+                schedule=args.schedule, precision=getattr(args, "precision", "fp32"),
+                warmup_epochs=getattr(args, "warmup_epochs", 0.0), clip_grad_norm=getattr(args, "clip_grad_norm", None))
     opts.update(overrides)
     return Trainer(ds.train, ds.test, seed=args.seed, progress=not (args.no_progress or args.json),
                    teacher=teacher, **opts)
@@ -993,6 +1004,10 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--momentum", type=_fraction, default=0.9)
         g.add_argument("--weight-decay", type=_fraction, default=weight_decay)
         g.add_argument("--schedule", choices=["cosine", "step", "constant"], default="cosine")
+        g.add_argument("--warmup-epochs", type=_nonneg_float, default=0.0,
+                       help="linear learning-rate warmup over this many epochs (default 0)")
+        g.add_argument("--clip-grad-norm", type=_positive_float, default=None,
+                       help="clip the global gradient L2 norm to this value (default: no clipping)")
         g.add_argument("--precision", choices=["fp32", "mixed", "bf16", "fp16"], default="fp32",
                        help="fp32; mixed: fp16 model + fp32 master weights + dynamic loss scaling; "
                             "bf16 / fp16: torch.amp autocast (fp16 with a GradScaler)")

@@ -55,6 +55,7 @@ def _file_commands():
 
 def _numeric_options():
     bad = {"_positive_int": ["-7", "0", "x"], "_nonneg_int": ["-1", "2.5"], "_positive_float": ["-0.5", "nan", "inf"],
+           "_nonneg_float": ["-1", "nan", "inf"],
            "_fraction": ["-0.1", "1.5", "nan"], "_float_list": ["a,b"], "_int_list": ["0,99", "x"],
            "per_layer_spec": ["fc1=", "=3"], "_method_list": ["nope"]}
     for path, parser in LEAVES.items():

@@ -555,3 +555,16 @@ def test_resume_with_another_recipe_is_refused(files, tmp_path, capsys):
     code = main(["compress", str(other), "-o", str(out), "--resume", *SUBSETS])
     line = assert_one_line_error(capsys, code, "compress")
     assert "another recipe" in line
+
+
+def test_train_with_warmup_and_clipping(tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    code, stdout, err = run_quiet(["train", "-o", out, "--epochs", "1", "--warmup-epochs", "0.5",
+                                   "--clip-grad-norm", "0.001", *SUBSETS, *DATA])
+    assert code == 0, err
+    history = json.loads(stdout)["history"]
+    steps = -(-300 // 128)                                    # 300 training images, batch 128
+    assert history[0]["clipped_steps"] == steps               # a norm of 0.001 clips every step
+    code = main(["train", "-o", str(out), "--clip-grad-norm", "1", "--precision", "mixed", "--epochs", "1",
+                 *SUBSETS, *DATA])
+    assert "clip_grad_norm" in assert_one_line_error(capsys, code, "train")
