@@ -41,6 +41,7 @@ bench: install data
 	$(PY) benchmarks/mixed_precision.py --json runs/bench/mixed_precision.json
 	$(PY) benchmarks/parameter_server.py --json runs/bench/parameter_server.json
 	$(PY) benchmarks/data_parallel.py --json runs/bench/data_parallel.json
+	$(PY) benchmarks/method_comparison.py --json runs/bench/method_comparison.json
 	$(PY) tools/fuzz_container.py --json runs/bench/fuzz.json
 	$(PY) benchmarks/eie_layers.py --json runs/bench/eie_layers.json \
 		--models runs/bench/lenet300-s96-b3.edlz runs/bench/lenet5-s95-b5_4.edlz
