@@ -41,7 +41,7 @@ from torch.nn.utils import parametrize
 
 from ..errors import RecipeError
 from ..models.transforms import record_transform, register_transform
-from .layers import compressible_tensors, fold_parametrization, layer_setting, retie, tied_pairs
+from .layers import check_spec_keys, compressible_tensors, fold_parametrization, layer_setting, retie, tied_pairs
 
 SCHEMES = ("fixed", "affine")
 MIN_BITS, MAX_BITS = 2, 16
@@ -124,11 +124,12 @@ class QuantSpec:
         else:
             fl, scale, zp = None, d.get("scale"), d.get("zero_point")
             if not isinstance(scale, list) or not isinstance(zp, list) or not scale or len(scale) != len(zp) \
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                               and math.isfinite(v) and v > 0 for v in scale) \
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale) \
                     or not all(isinstance(v, int) and not isinstance(v, bool) and qmin <= v <= qmax for v in zp):
-                raise ValueError(f"{where}: scales must be finite and positive, zero points integers in the range")
-            scale = [float(torch.tensor(v, dtype=torch.float32)) for v in scale]
+                raise ValueError(f"{where}: scales must be numbers, zero points integers in the range")
+            scale = [float(torch.tensor(float(v), dtype=torch.float32)) for v in scale]   # as used: float32
+            if not all(math.isfinite(v) and v > 0 for v in scale):
+                raise ValueError(f"{where}: scales must be finite and positive in float32")
         expected = 1 if axis is None else channels
         if expected is not None and len(scale) != expected:
             raise ValueError(f"{where}: {len(scale)} scales for {expected} channel(s)")
@@ -187,19 +188,22 @@ def dequantize(q: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- choosing the parameters
-def fixed_point_spec(x: torch.Tensor, bits: int, signed: bool | None = None, search: int = 4) -> QuantSpec:
+def fixed_point_spec(x: torch.Tensor, bits: int, signed: bool | None = None, search: int = 4,
+                     peak: float | None = None) -> QuantSpec:
     """Dynamic fixed point for the values ``x``: the radix point with the smallest L1 error.
 
-    With ``m = max|x|``, the radix point that just avoids saturation is
-    ``fl₀ = b − 1 − ⌈log₂ m⌉`` (signed) or ``b − ⌈log₂ m⌉`` (unsigned); the candidates
-    ``fl₀ … fl₀ + search`` are tried (larger ``fl`` is finer but saturates the largest
-    values) and the one minimising ``Σ |x − x̂|`` is kept (Qiu et al., FPGA'16, §6).
+    With ``m = max|x|``, ``fl₀ = b − 1 − ⌈log₂ m⌉`` (signed) or ``b − ⌈log₂ m⌉``
+    (unsigned) is about the radix point at which ``m`` stops fitting; the candidates
+    ``fl₀ − 1 … fl₀ + search`` are tried (the coarser one keeps a peak at a power of
+    two exact; larger ``fl`` is finer but saturates the largest values), and the one
+    minimising ``Σ |x − x̂|`` is kept, the finer on a tie (Qiu et al., FPGA'16, §6).
 
     Args:
         x: sample values (weights, or activations seen on calibration data).
         bits: integer width.
         signed: use the signed range (default: when ``x`` has a negative value).
         search: how many finer radix points to try beyond ``fl₀``.
+        peak: ``max|x|`` of all the values when ``x`` is only a sample of them.
 
     Returns:
         A per-tensor ``"fixed"`` :class:`QuantSpec`.
@@ -208,10 +212,11 @@ def fixed_point_spec(x: torch.Tensor, bits: int, signed: bool | None = None, sea
     x = x.detach().float().flatten()
     signed = bool((x < 0).any()) if signed is None else signed
     qmin, qmax = integer_ranges(bits)[0 if signed else 1]
-    peak = float(x.abs().max()) if x.numel() else 0.0
+    if peak is None:
+        peak = float(x.abs().max()) if x.numel() else 0.0
     fl0 = (bits - 1 if signed else bits) - (math.ceil(math.log2(peak)) if peak > 0 else 0)
     best = None
-    for fl in range(fl0, fl0 + search + 1):
+    for fl in range(fl0 + search, fl0 - 2, -1):          # finest first: a tie keeps the finer grid
         spec = QuantSpec("fixed", bits, qmin, qmax, [2.0 ** -fl], [0], [fl])
         error = float((fake_quantize(x, spec) - x).abs().sum())
         if best is None or error < best[0]:
@@ -390,6 +395,8 @@ def quantize_linear(model: nn.Module, calibration: Iterable | None, scheme: str 
     """
     if scheme not in SCHEMES:
         raise RecipeError(f"quantization scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+    check_spec_keys(weight_bits, model, "weight bits")
+    check_spec_keys(activation_bits, model, "activation bits")
     plan = {}
     ties = tied_pairs(model)
     for t in list(compressible_tensors(model)):
@@ -421,7 +428,8 @@ def quantize_linear(model: nn.Module, calibration: Iterable | None, scheme: str 
             entry["input_note"] = "not called during calibration; inputs left fp32"
         elif ab is not None:
             obs = observers[name]
-            spec = (fixed_point_spec(torch.cat(obs.samples), ab) if scheme == "fixed"
+            spec = (fixed_point_spec(torch.cat(obs.samples), ab, signed=obs.lo < 0,
+                                     peak=max(abs(obs.lo), abs(obs.hi))) if scheme == "fixed"
                     else affine_activation_spec(obs.lo, obs.hi, ab))
             attach_input_quantizer(module, spec)
             entry["input"] = spec.to_json()

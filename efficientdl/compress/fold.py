@@ -39,7 +39,7 @@ def _pairs(model: nn.Module) -> tuple[list[tuple[str, str]], list[str]]:
         for (a_name, a), (b_name, b) in zip(children, children[1:]):
             if isinstance(b, _NORMS) and isinstance(a, _FOLDABLE) and not parametrize.is_parametrized(a) \
                     and b.track_running_stats and b.running_mean is not None \
-                    and b.num_features == a.weight.shape[0] and getattr(a, "groups", 1) >= 1:
+                    and b.num_features == a.weight.shape[0]:
                 prefix = f"{parent_name}." if parent_name else ""
                 pairs.append((prefix + a_name, prefix + b_name))
                 seen.add(prefix + b_name)
@@ -49,6 +49,8 @@ def _pairs(model: nn.Module) -> tuple[list[tuple[str, str]], list[str]]:
 
 def _fold_pair(model: nn.Module, layer_name: str, norm_name: str, use_statistics: bool = True) -> None:
     layer, norm = model.get_submodule(layer_name), model.get_submodule(norm_name)
+    if use_statistics and hasattr(layer, "edl_weight_quant"):
+        del layer.edl_weight_quant      # scaled weights leave the quantizer's grid
     channels = layer.weight.shape[0]
     if layer.bias is None:
         layer.bias = nn.Parameter(torch.zeros(channels, dtype=layer.weight.dtype, device=layer.weight.device))

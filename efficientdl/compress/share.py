@@ -188,6 +188,8 @@ def share_layer(module: nn.Module, bits: int, init: str = "linear", seed: int = 
     """
     w = getattr(module, attr).detach().clone()
     fold_parametrization(module, attr)
+    if attr == "weight" and hasattr(module, "edl_weight_quant"):
+        del module.edl_weight_quant     # the values leave the fixed-point grid
     flat = w.flatten().numpy()
     nonzero = np.flatnonzero(flat)
     k = (1 << bits) - 1

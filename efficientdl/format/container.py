@@ -217,6 +217,12 @@ def _write_quant(w: _Writer, name: str, t: torch.Tensor, coding: str, spec: Quan
     return rec, layer
 
 
+def _exactly_quantized(t: torch.Tensor, spec: QuantSpec) -> bool:
+    """Whether ``t`` holds exactly values of ``spec``'s grid, so its integer codes give it back."""
+    t = t.detach().cpu().float()
+    return bool(torch.equal(dequantize(integer_codes(t, spec), spec), t))
+
+
 def _write_shared(w: _Writer, name: str, t: torch.Tensor, index_bits: int, coding: str, indices: np.ndarray,
                   centroids: np.ndarray, weight_bits: int, layout: str = "smaller") -> tuple[dict, LayerRecord]:
     """A weight-shared tensor in the sparse (relative index + codes) or the dense-codes layout.
@@ -297,6 +303,8 @@ def encode(
             raise ModelError(f"index bits for '{tensor.key}' must be an integer in 1..{MAX_INDEX_BITS}, got {ib!r}")
         sw = shared_weight(module, tensor.attr)
         qs = weight_spec(module) if tensor.attr == "weight" else None
+        if qs is not None and not _exactly_quantized(weight, qs):
+            qs = None            # changed since it was quantized (shared, folded, trained): not its codes
         inferred = None if sw is not None or qs is not None or not infer_shared else _inferred_codebook(weight, 8)
         if weight.numel() == 0:
             rec, layer = _write_dense(w, pname, weight)
@@ -328,6 +336,10 @@ def encode(
     header = {"format": "efficientdl", "version": FORMAT_VERSION,
               "arch": arch if arch is not None else getattr(model, "edl_arch", None),
               "meta": meta or {}, "tensors": records}
+    inputs = {name: m.edl_input_quant.to_json() for name, m in model.named_modules()
+              if isinstance(getattr(m, "edl_input_quant", None), QuantSpec)}
+    if inputs:                  # activation quantizers: part of what the model computes
+        header["input_quantizers"] = inputs
     header_bytes = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     prefix = PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(header_bytes), zlib.crc32(header_bytes))
     return prefix + header_bytes + bytes(w.blob), layers
@@ -706,12 +718,34 @@ def load(path: str | os.PathLike | Container, model: Any = None, runtime: str = 
             raise ModelError(f"the model constructor returned {type(built).__name__}, not an nn.Module")
         model = built
     load_into(model, c)
+    _attach_input_quantizers(model, c.header.get("input_quantizers"), str(path))
     if runtime == "compressed":
         from ..nn import to_runtime
 
         model, converted, kept = to_runtime(model, c.codebooks, partitions)
         model.edl_runtime = {"compressed": converted, "dense": kept}
     return model.eval()
+
+
+def _attach_input_quantizers(model: nn.Module, specs: Any, where: str) -> None:
+    """Put the file's activation quantizers on ``model``'s layers (the user's own model too)."""
+    from ..compress.fixed_point import attach_input_quantizer
+
+    if specs is None:
+        return
+    if not isinstance(specs, dict):
+        raise FormatError(f"{where}: malformed input_quantizers")
+    modules = dict(model.named_modules())
+    for name, d in specs.items():
+        if name not in modules:
+            raise ModelError(f"{where}: the file quantizes the input of '{name}', which the model does not have")
+        try:
+            spec = QuantSpec.from_json(d, None, f"input of '{name}'")
+        except ValueError as e:
+            raise FormatError(f"{where}: {e}") from None
+        if spec.axis is not None:
+            raise FormatError(f"{where}: the input quantizer of '{name}' must be per tensor")
+        attach_input_quantizer(modules[name], spec)
 
 
 def info(path: str | os.PathLike) -> dict[str, Any]:
@@ -722,8 +756,9 @@ def info(path: str | os.PathLike) -> dict[str, Any]:
         of all floating tensors), ``ratio``, ``arch``, ``meta`` and ``tensors``.
     """
     c = read(path)
-    original = sum(4 * layer.weights for layer, rec in zip(c.layers, c.header["tensors"])
-                   if rec["dtype"].startswith("float"))
+    dtypes = {rec["name"]: rec["dtype"] for rec in c.header["tensors"]}
+    original = sum(4 * layer.weights for layer in c.layers             # a tied tensor counts once
+                   if layer.kind != "alias" and dtypes[layer.name].startswith("float"))
     return {
         "path": str(path),
         "format_version": c.header["version"],

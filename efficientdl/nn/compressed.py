@@ -258,6 +258,11 @@ def to_runtime(model: nn.Module, codebooks: dict[str, tuple[np.ndarray, np.ndarr
             new = CompressedLinear.from_linear(layer, codes, codebook, partitions)
         else:
             new = CompressedConv2d.from_conv(layer, codes, codebook, partitions)
+        spec = getattr(layer, "edl_input_quant", None)
+        if spec is not None:            # the layer's activation quantizer comes along
+            from ..compress.fixed_point import attach_input_quantizer
+
+            attach_input_quantizer(new, spec)
         parent_name, _, child = module_name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child, new)
         converted.append(module_name)

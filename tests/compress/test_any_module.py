@@ -194,3 +194,12 @@ def test_load_from_a_user_constructor():
         fmt.load(fmt.decode(data), model=lambda: 3)
     with pytest.raises(ModelError, match="shape mismatch|no counterpart"):
         fmt.load(fmt.decode(data), model=TiedEmbedding)
+
+
+def test_info_counts_a_tied_tensor_once(tmp_path):
+    model, _ = example("tied parameters (embedding = output)")
+    model.append(torch.nn.BatchNorm1d(4))             # a buffer-carrying layer after the tie
+    fmt.save(model, tmp_path / "t.edlz")
+    floats = sum(t.numel() for t in {id(p): p for p in model.parameters()}.values()) + sum(
+        b.numel() for b in model.buffers() if b.is_floating_point())
+    assert fmt.info(tmp_path / "t.edlz")["original_bytes"] == 4 * floats

@@ -164,3 +164,56 @@ def test_bad_settings_are_refused():
         quantize_linear(model, None, scheme="log")
     with pytest.raises(RecipeError, match="calibration"):
         quantize_linear(model, None, weight_bits=8, activation_bits=8)
+
+
+def test_a_peak_at_a_power_of_two_stays_exact():
+    spec = fixed_point_spec(torch.tensor([1.0, 0.5, -0.25]), 8)       # 1.0 · 2^7 = 128 would saturate
+    assert spec.frac_bits == [6] and fake_quantize(torch.tensor([1.0]), spec).item() == 1.0
+
+
+def test_changed_weights_are_not_written_as_stale_codes():
+    from efficientdl.compress.share import share
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 10))
+    quantize_linear(model, None, scheme="fixed", weight_bits=4, activation_bits=None)
+    freeze(model)
+    share(model, bits=2)                                    # the values leave the fixed-point grid
+    data, layers = fmt.encode(model)
+    assert {r.name: r.kind for r in layers}["0.weight"] in ("shared", "codes")
+    assert torch.equal(fmt.decode(data).tensors["0.weight"], model[0].weight.detach())
+
+
+def test_input_quantizers_come_back_on_a_users_model_and_in_the_compressed_runtime(tmp_path):
+    from efficientdl.compress.share import share
+
+    torch.manual_seed(0)
+    build = lambda: nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4))  # noqa: E731  no registry name
+    model = build()
+    calibration = [torch.randn(32, 16)]
+    quantize_linear(model, calibration, scheme="fixed", weight_bits=None, activation_bits=4)
+    freeze(model)
+    share(model, bits=3)
+    x = torch.randn(5, 16)
+    expected = model(x)
+    fmt.save(model, tmp_path / "m.edlz")
+    assert torch.equal(fmt.load(tmp_path / "m.edlz", model=build)(x), expected)
+    runtime = fmt.load(tmp_path / "m.edlz", model=build, runtime="compressed")
+    assert runtime.edl_runtime["compressed"] == ["0", "2"]
+    assert torch.allclose(runtime(x), expected, atol=1e-5)
+
+
+def test_overflowing_scale_is_refused():
+    model = nn.Sequential(nn.Linear(10, 6))
+    quantize_linear(model, None, scheme="affine", weight_bits=8, activation_bits=None)
+    freeze(model)
+    data = fmt.encode(model, coding="fixed")[0]
+    for bad in (1e39, 1e-50):
+        with pytest.raises(FormatError, match="float32"):
+            fmt.decode(_crafted(data, lambda r, b=bad: r["quant"].update(scale=[b] * len(r["quant"]["scale"]))))
+
+
+def test_misspelled_layer_names_are_refused():
+    model = models.create("lenet300")
+    with pytest.raises(RecipeError, match="fc4"):
+        quantize_linear(model, None, weight_bits={"fc4": 4}, activation_bits=None)
