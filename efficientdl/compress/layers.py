@@ -82,7 +82,10 @@ def _own_parameters(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """``(name, leaf tensor)`` of the parameters ``module`` registers itself, parametrized ones included."""
     own = []
     if parametrize.is_parametrized(module):
-        own += [(name, module.parametrizations[name].original) for name in module.parametrizations.keys()]
+        # a parametrization over several stored tensors (torch's weight_norm: original0,
+        # original1) is not one weight matrix: it is left dense
+        own += [(name, module.parametrizations[name].original) for name in module.parametrizations.keys()
+                if hasattr(module.parametrizations[name], "original")]
     own += [(name, p) for name, p in module._parameters.items() if p is not None]
     return own
 

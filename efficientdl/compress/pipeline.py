@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import io
 import json
 import time
@@ -26,8 +27,8 @@ from torch import nn
 
 from ..errors import RecipeError
 from ..report.results import LayerRecord, StageReport
-from .layers import check_spec_keys, compressible_tensors, plain_copy, tensor_setting
-from .prune import prune
+from .layers import check_spec_keys, compressible_tensors, plain_copy, retie, tensor_setting, tied_pairs
+from .prune import prune, weight_mask
 from .recipe import Recipe
 from .share import SharedWeight, share
 
@@ -143,32 +144,47 @@ class _StageCheckpoints:
     rename, so a kill at any moment leaves either the previous or the new state.
     """
 
-    def __init__(self, directory: Any, recipe: Recipe, resume: bool) -> None:
+    def __init__(self, directory: Any, recipe: Recipe, resume: bool, start: str | None = None) -> None:
+        """Open ``directory``; with ``resume``, read what an earlier run completed there.
+
+        Args:
+            directory: the checkpoint directory (created when missing).
+            recipe: the run's recipe; resuming needs the same one.
+            resume: read the earlier state (else start afresh).
+            start: a digest of the starting weights and data (:func:`_start_digest`);
+                resuming needs the same one (``None``: not checked).
+        """
         from pathlib import Path
 
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.fingerprint = json.dumps(recipe.data, sort_keys=True, default=str)
+        self.start = start
         self.completed: dict[str, dict] = {}
         self.snapshots: dict[str, dict[str, np.ndarray]] = {}
         state_path = self.dir / "state.json"
-        if resume and state_path.exists():
-            try:
-                state = json.loads(state_path.read_text())
-            except (OSError, ValueError):
-                raise RecipeError(f"{state_path}: unreadable checkpoint state; run without --resume") from None
-            if state.get("recipe") != self.fingerprint:
-                raise RecipeError(f"{self.dir}: the checkpoints were made with another recipe; "
-                                  "run without --resume to start again")
-            try:
-                self.completed = {d["stage"]: d for d in state.get("stages", [])}
-                with np.load(self.dir / "snapshots.npz", allow_pickle=False) as z:
-                    for key in z.files:
-                        layer, _, phase = key.rpartition("|")
-                        self.snapshots.setdefault(layer, {})[phase] = z[key]
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-                raise RecipeError(f"{self.dir}: damaged checkpoints ({type(e).__name__}); "
-                                  "run without --resume to start again") from None
+        if not (resume and state_path.exists()):
+            return
+        again = "run without --resume to start again"
+        try:
+            state = json.loads(state_path.read_text())
+            if not isinstance(state, dict):
+                raise ValueError("not a mapping")
+            recipe_used, start_used = state.get("recipe"), state.get("start")
+            completed = {d["stage"]: d for d in state.get("stages", [])}
+            for fields in completed.values():
+                _restored(fields)                   # every record must rebuild its report
+            with np.load(self.dir / "snapshots.npz", allow_pickle=False) as z:
+                for key in z.files:
+                    layer, _, phase = key.rpartition("|")
+                    self.snapshots.setdefault(layer, {})[phase] = z[key]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise RecipeError(f"{self.dir}: damaged checkpoints ({type(e).__name__}); {again}") from None
+        if recipe_used != self.fingerprint:
+            raise RecipeError(f"{self.dir}: the checkpoints were made with another recipe; {again}")
+        if start is not None and start_used != start:
+            raise RecipeError(f"{self.dir}: the checkpoints were made from another starting model or data; {again}")
+        self.completed = completed
 
     def load(self, stage: str, model: nn.Module) -> None:
         """Put the weights of completed ``stage`` into the plain ``model`` (masks and codebooks too)."""
@@ -176,8 +192,10 @@ class _StageCheckpoints:
         from .prune import apply_mask
 
         c = read(self.dir / f"{stage}.edlz")
+        ties = tied_pairs(model)
         load_into(model, c)
         modules = dict(model.named_modules())
+        masked = set(self.completed[stage].get("masked", []))
         for rec in c.layers:
             module_name, _, attr = rec.name.rpartition(".")
             module = modules.get(module_name)
@@ -187,8 +205,9 @@ class _StageCheckpoints:
                 shared = SharedWeight(torch.from_numpy(codebook[1:].copy()), torch.from_numpy(indices), bits)
                 torch.nn.utils.parametrize.register_parametrization(module, attr, shared, unsafe=True)
                 module.parametrizations[attr].original.requires_grad_(False)
-            elif rec.kind == "sparse":          # pruning: the mask is where the stored weights are
+            elif rec.name in masked:            # pruning: the mask is where the stored weights are
                 apply_mask(module, c.tensors[rec.name] != 0, attr)
+        retie(ties)
 
     def save(self, report: StageReport, model: nn.Module, snapshots: dict[str, dict[str, np.ndarray]]) -> None:
         from ..format.container import atomic_write, encode
@@ -202,8 +221,10 @@ class _StageCheckpoints:
                                         "accuracy_after": report.accuracy_after, "seconds": report.seconds,
                                         "settings": report.settings, "history": report.history,
                                         "original_bytes": report.original_bytes, "size_bytes": report.size_bytes,
-                                        "layers": [dataclasses.asdict(layer) for layer in report.layers]}
-        state = {"recipe": self.fingerprint, "stages": list(self.completed.values())}
+                                        "layers": [dataclasses.asdict(layer) for layer in report.layers],
+                                        "masked": [t.param_name for t in compressible_tensors(model)
+                                                   if weight_mask(t.module, t.attr) is not None]}
+        state = {"recipe": self.fingerprint, "start": self.start, "stages": list(self.completed.values())}
         atomic_write(self.dir / "state.json", json.dumps(state, default=str).encode())
 
 
@@ -214,6 +235,17 @@ def check_resume(checkpoint_dir: Any, recipe: Recipe) -> list[str]:
         RecipeError: the checkpoints belong to another recipe or are unreadable.
     """
     return list(_StageCheckpoints(checkpoint_dir, recipe, resume=True).completed)
+
+
+def _start_digest(model: nn.Module, train_loader: Iterable, meta: dict[str, Any] | None) -> str:
+    """SHA-256 of the starting weights, the data description and the training set's size."""
+    digest = hashlib.sha256()
+    for name, t in sorted(plain_copy(model).state_dict().items()):
+        digest.update(name.encode())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(json.dumps({"meta": meta or {}, "train_size": getattr(train_loader, "dataset_size", None)},
+                             sort_keys=True, default=str).encode())
+    return digest.hexdigest()
 
 
 def _restored(fields: dict) -> StageReport:
@@ -274,7 +306,8 @@ def run(
     stages: list[StageReport] = []
     snapshots: dict[str, dict[str, np.ndarray]] = {}
 
-    checkpoints = _StageCheckpoints(checkpoint_dir, recipe, resume) if checkpoint_dir is not None else None
+    checkpoints = (_StageCheckpoints(checkpoint_dir, recipe, resume, _start_digest(model, train_loader, meta))
+                   if checkpoint_dir is not None else None)
     if checkpoints is not None:
         snapshots = checkpoints.snapshots
 

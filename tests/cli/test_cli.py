@@ -568,3 +568,15 @@ def test_train_with_warmup_and_clipping(tmp_path, capsys):
     code = main(["train", "-o", str(out), "--clip-grad-norm", "1", "--precision", "mixed", "--epochs", "1",
                  *SUBSETS, *DATA])
     assert "clip_grad_norm" in assert_one_line_error(capsys, code, "train")
+
+
+def test_resume_with_other_data_or_damaged_state_is_refused(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["compress", str(files["recipe"]), "-o", str(out), "--json", *SUBSETS]) == 0
+    capsys.readouterr()
+    other = ["--train-subset", "200", "--test-subset", "120"]
+    code = main(["compress", str(files["recipe"]), "-o", str(out), "--resume", "--json", *other])
+    assert "another starting model or data" in assert_one_line_error(capsys, code, "compress")
+    (out / "checkpoints" / "state.json").write_text("[1, 2]")
+    code = main(["compress", str(files["recipe"]), "-o", str(out), "--resume", "--json", *SUBSETS])
+    assert "damaged checkpoints" in assert_one_line_error(capsys, code, "compress")
