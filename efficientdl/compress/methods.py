@@ -45,12 +45,13 @@ import torch
 from torch import nn
 
 from ..errors import RecipeError
-from .layers import compressible_layers
+from .layers import compressible_layers, compressible_tensors, layer_type
 
 METHODS = ("fp32", "prune", "share", "deep-compression", "fixed-point-8", "fixed-point-4", "int8", "ttq",
            "prune+ttq", "low-rank+fixed-point")
 
-#: default pruning targets by layer type (the order of magnitude of Deep Compression's LeNets)
+#: default pruning targets (the order of magnitude of Deep Compression's LeNets): convolutions
+#: 60%, every other weight matrix (fully connected, recurrent, embedding) 90%
 DEFAULT_SPARSITY = {"Conv2d": 0.6, "Linear": 0.9}
 #: centroid fine-tuning rates: a centroid's gradient is the sum over its cluster (the paper's
 #: rule), so the clusters of an unpruned layer — 10× larger — need a far smaller rate
@@ -82,7 +83,8 @@ def stored_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     """``(non-zero MACs, dense MACs)`` per sample of the Linear/Conv2d layers of ``model``.
 
     A Linear layer does ``nnz(W)`` multiplies per sample (``out · in`` dense); a Conv2d
-    ``nnz(W) · H_out · W_out``.  Biases are not counted.
+    ``nnz(W) · H_out · W_out``.  Biases are not counted, and neither are other layer
+    types (recurrent, attention): for such models the count is a lower bound.
     """
     totals = [0, 0]
 
@@ -101,10 +103,11 @@ def stored_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     return totals[0], totals[1]
 
 
-def _by_present_type(spec: dict, model: nn.Module) -> dict:
-    """A default setting keyed by layer type, limited to the types the model has."""
-    present = {type(m).__name__ for _, m in compressible_layers(model)}
-    return {k: v for k, v in spec.items() if k in present}
+def _by_present_type(conv_value: Any, other_value: Any, model: nn.Module) -> dict:
+    """A per-type setting for the types of ``model``'s weight tensors: convolutions get
+    ``conv_value``, every other layer type (fc, recurrent, embedding, …) ``other_value``."""
+    return {layer_type(t.module): conv_value if isinstance(t.module, nn.modules.conv._ConvNd) else other_value
+            for t in compressible_tensors(model)}
 
 
 def _largest_linear(model: nn.Module) -> str | None:
@@ -152,9 +155,10 @@ def compare_methods(model: nn.Module, train_data: Iterable, test_data: Iterable,
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise RecipeError(f"unknown method {unknown[0]!r} (expected one of {', '.join(METHODS)})")
-    sparsity = _by_present_type(DEFAULT_SPARSITY, model) if sparsity is None else sparsity
-    share_bits = _by_present_type({"Conv2d": 8, "Linear": 5}, model)
-    dc_bits = _by_present_type({"Conv2d": 5, "Linear": 4}, model)
+    sparsity = (_by_present_type(DEFAULT_SPARSITY["Conv2d"], DEFAULT_SPARSITY["Linear"], model)
+                if sparsity is None else sparsity)
+    share_bits = _by_present_type(8, 5, model)
+    dc_bits = _by_present_type(5, 4, model)
     def fit(m: nn.Module, rate: float = lr) -> None:
         if epochs:
             Trainer(train_data, test_data, epochs=epochs, lr=rate, weight_decay=0.0, seed=seed,

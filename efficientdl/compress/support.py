@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .layers import compressible_layers, compressible_tensors
+from .layers import compressible_tensors
 
 
 class CustomParameters(nn.Module):
@@ -167,9 +167,9 @@ def support_table() -> list[dict[str, str]]:
 
     Returns:
         One row per layer type: ``{"layer": label, method: "supported" | "left dense" |
-        "partly (n of m)" | "no weights"}``; a method that raises on a type reports
-        ``"left dense"`` only if the model is unchanged — otherwise the error propagates
-        (a crash is a bug, never a table entry).
+        "partly (n of m)" | "no weights"}``.  A method that raises on a type is a bug:
+        the error propagates (and the test of the README's table fails) rather than
+        becoming a table entry.
     """
     rows = []
     for label in EXAMPLES:
@@ -186,17 +186,3 @@ def support_table() -> list[dict[str, str]]:
                            else f"partly ({len(done)} of {len(weights)})")
         rows.append(row)
     return rows
-
-
-def layer_methods(model: nn.Module) -> dict[str, list[str]]:
-    """For a user's model: which weight tensors each layer-level method would leave dense.
-
-    Pruning, weight sharing and the file handle every tensor of
-    :func:`~efficientdl.compress.layers.compressible_tensors`; fixed point and ternary
-    weights only ``Linear``/``Conv2d`` layers (:func:`compressible_layers`).
-
-    Returns:
-        ``{"left dense by fixed point / ternary": [state-dict names]}``.
-    """
-    layered = {f"{n}.weight" if n else "weight" for n, _ in compressible_layers(model)}
-    return {"left dense by fixed point / ternary": sorted(_weights(model) - layered)}

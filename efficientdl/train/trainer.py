@@ -165,7 +165,8 @@ class Trainer:
         weight_decay: L2 penalty coefficient.
         schedule: ``"cosine"``, ``"step"`` or ``"constant"``.
         warmup_epochs: length of the linear warmup in epochs (a fraction is allowed;
-            0 = none).
+            0 = none).  A training loader without ``len`` has no known epoch length:
+            the warmup then lasts ``ceil(warmup_epochs)`` steps.
         clip_grad_norm: largest global gradient L2 norm (``None`` = no clipping).
         seed: passed to :func:`set_seed` at the start of each :meth:`fit`.
         progress: show a transient progress bar and one line per epoch.

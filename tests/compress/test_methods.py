@@ -58,3 +58,14 @@ def test_unknown_method_is_refused():
     ds = data.load("digits", batch_size=64, train_subset=64, test_subset=64)
     with pytest.raises(RecipeError, match="unknown method 'magic'"):
         compare_methods(models.create("lenet300"), ds.train, ds.test, methods=["magic"])
+
+
+def test_pruning_in_the_comparison_reaches_recurrent_layers(tmp_path):
+    ds = data.load("digits", batch_size=64, train_subset=128, test_subset=64)
+    rows = compare_methods(models.create("lstm", hidden_size=16), ds.train, ds.test, methods=["fp32", "prune"],
+                           epochs=0, out_dir=tmp_path, latency_repeat=2)
+    from efficientdl import format as fmt
+
+    kinds = {r.name: r.kind for r in fmt.read(tmp_path / "prune.edlz").layers}
+    assert kinds["lstm.weight_hh_l0"] == "sparse" and kinds["lstm.weight_ih_l0"] == "sparse"
+    assert rows[1]["ratio"] > 2 * rows[0]["ratio"]
