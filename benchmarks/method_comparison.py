@@ -116,15 +116,24 @@ def main() -> None:
                         help="no training: measure the latencies of the saved files again (on a quiet machine)")
     parser.add_argument("--add-squeezenet", action="store_true",
                         help="no training: add the SqueezeNet row to saved results")
+    parser.add_argument("--only", nargs="+", metavar="METHOD",
+                        help="run only these methods again and replace their rows in the saved results")
     args = parser.parse_args()
     torch.set_num_threads(1)
     import numba
 
     numba.set_num_threads(1)        # the compressed runtime's kernels on one thread too, like torch
-    if args.retime or args.add_squeezenet:
+    if args.retime or args.add_squeezenet or args.only:
         saved = json.loads(args.json.read_text())
         results = saved["results"]
         base = {n: rows[0]["accuracy"] for n, rows in results.items()}     # the fp32 row, decoded from its file
+        for name in results if args.only else ():
+            model, ds, _ = dense_model(name, args.checkpoint_dir / f"{name}-dense.pt")
+            fresh = {r["method"]: r for r in compare_methods(
+                model, ds.train, ds.test, methods=args.only, epochs=args.epochs, lr=args.lr, seed=0,
+                out_dir=args.json.parent / "methods" / name, latency_repeat=args.latency_repeat,
+                progress=lambda line: print("  " + line, flush=True))}
+            results[name] = [fresh.get(r["method"], r) for r in results[name]]
         if args.add_squeezenet:
             _, ds, _ = dense_model("lenet5", args.checkpoint_dir / "lenet5-dense.pt")
             results["lenet5"] = [r for r in results["lenet5"] if r["method"] != "squeezenet+deep-compression"]
