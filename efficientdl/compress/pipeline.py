@@ -314,6 +314,9 @@ def run(
     order = ["dense"] + [stage for stage in ("prune", "quantize") if r.get(stage) is not None]
     done_before = [stage for stage in order if checkpoints is not None and stage in checkpoints.completed]
     done_before = order[:len(done_before)] if done_before == order[:len(done_before)] else []
+    if r.get("fold_batchnorm") and done_before:
+        raise RecipeError(f"{recipe.where('fold_batchnorm')}: --resume does not support fold_batchnorm yet; "
+                          "run without --resume")
 
     def completed(stage: str) -> StageReport | None:
         """The report of a stage an earlier run completed (its weights loaded if it was the last)."""
@@ -342,6 +345,12 @@ def run(
         done(dense)
     stages.append(dense)
     log(f"dense: accuracy {100 * dense.accuracy_after:.2f}%, {original} bytes of fp32 parameters")
+    if r.get("fold_batchnorm"):
+        from .fold import fold_batchnorm
+
+        folded = fold_batchnorm(model)              # the same function, one layer fewer to compress around
+        dense.settings["fold_batchnorm"] = folded
+        log(f"BatchNorm folded: {len(folded['folded'])} layer(s); left: {', '.join(folded['left']) or 'none'}")
     if len(done_before) > 1:                 # resumed past dense: the teacher is the dense model
         from ..format.container import load_into, read
 

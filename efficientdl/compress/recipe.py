@@ -6,6 +6,7 @@ A recipe is a mapping with these keys (all optional except ``model``)::
     data: fashion-mnist          # dataset name
     seed: 0
     batch_size: 128
+    fold_batchnorm: false        # fold BatchNorm into the layer before it, after dense training
     dense:    {epochs, lr, momentum, weight_decay, schedule, warmup_epochs, clip_grad_norm}
     prune:    {sparsity | quality, steps, sparsity_schedule, epochs, lr, momentum, weight_decay,
                schedule, warmup_epochs, clip_grad_norm, distill}
@@ -84,6 +85,7 @@ SCHEMA: dict[str, Any] = {
     "data": _is(str, "a dataset name"),
     "seed": _number(0, 2**31 - 1, integer=True),
     "batch_size": _number(1, 1 << 16, integer=True),
+    "fold_batchnorm": _is(bool, "true or false"),
     "dense": {**_TRAIN, "schedule": _choice("cosine", "step", "constant")},
     "prune": {**_TRAIN, "schedule": _choice("cosine", "step", "constant"), "sparsity": _per_layer(_number(0, 1)), "quality": _per_layer(_number(0, 100)),
               "steps": _number(1, 1000, integer=True), "sparsity_schedule": _choice("gradual", "linear"),

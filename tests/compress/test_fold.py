@@ -77,3 +77,23 @@ def test_folded_registry_model_rebuilds_from_the_file(tmp_path):
     rebuilt = fmt.load(tmp_path / "f.edlz")
     assert isinstance(rebuilt.features[1], nn.Identity) and rebuilt.features[0].bias is not None
     assert torch.allclose(rebuilt(x), expected, atol=1e-5)
+
+
+def test_recipe_folds_batchnorm_before_pruning(tmp_path):
+    from efficientdl.compress import load_recipe, pipeline
+
+    torch.manual_seed(0)
+    model = models.create("test-conv-bn")
+    _trained_bn(model.features[1])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: test-conv-bn\nfold_batchnorm: true\nprune:\n  sparsity: 0.5\n  epochs: 0\n")
+    batches = [(torch.randn(4, 1, 12, 12), torch.randint(0, 10, (4,))) for _ in range(2)]
+    result = pipeline.run(model, batches, batches, load_recipe(recipe), pretrained=True, progress=False,
+                          log=lambda *_: None)
+    assert result.stages[0].settings["fold_batchnorm"]["folded"] == [["features.0", "features.1"]]
+    decoded = fmt.decode(result.file_bytes)
+    assert "features.1.running_mean" not in decoded.tensors and "features.0.bias" in decoded.tensors
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: test-conv-bn\nfold_batchnorm: 1\n")
+    with pytest.raises(Exception, match="bad.yaml:2: fold_batchnorm"):
+        load_recipe(bad)
