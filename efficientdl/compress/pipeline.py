@@ -234,7 +234,11 @@ def check_resume(checkpoint_dir: Any, recipe: Recipe) -> list[str]:
     Raises:
         RecipeError: the checkpoints belong to another recipe or are unreadable.
     """
-    return list(_StageCheckpoints(checkpoint_dir, recipe, resume=True).completed)
+    completed = list(_StageCheckpoints(checkpoint_dir, recipe, resume=True).completed)
+    if completed and recipe.data.get("fold_batchnorm"):
+        raise RecipeError(f"{recipe.where('fold_batchnorm')}: --resume does not support fold_batchnorm yet; "
+                          "run without --resume")
+    return completed
 
 
 def _start_digest(model: nn.Module, train_loader: Iterable, meta: dict[str, Any] | None) -> str:
