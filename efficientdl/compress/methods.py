@@ -222,11 +222,10 @@ def compare_methods(model: nn.Module, train_data: Iterable, test_data: Iterable,
             built = build(method)
             path = where / f"{method}.edlz"
             fmt.save(built, path)
-            decoded = fmt.load(path)
-            runtime = "dense"
-            if method in ("share", "deep-compression"):
-                decoded, runtime = fmt.load(path, runtime="compressed"), "compressed"
-            macs, dense_macs = stored_macs(fmt.load(path), example)
+            container = fmt.read(path)
+            macs, dense_macs = stored_macs(fmt.load(container), example)
+            runtime = "compressed" if method in ("share", "deep-compression") else "dense"
+            decoded = fmt.load(container, runtime=runtime)
             latency = batch1_latency_us(decoded, example, latency_repeat)
             fp32_latency = fp32_latency or latency
             row = {"method": method, "accuracy": evaluate(decoded, test_data), "file_bytes": path.stat().st_size,
