@@ -80,6 +80,19 @@ def test_all_zero_input_and_float64():
     np.testing.assert_allclose(y, dense_reference(codes, codebook, x), rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("layout", ["columns", "rows"])
+@pytest.mark.parametrize("n", [None, 5])
+def test_float64_on_every_kernel(layout, n, monkeypatch):
+    # rows of ~60 entries: the unrolled steps (4 and 8 entries) and their remainders all run
+    monkeypatch.setattr(cpu, "ROWS_ABOVE_DENSITY", 0.0)
+    codes, codebook, x = random_case(70, 203, 0.3, 0.8, n=n, seed=7)
+    m = cpu.pack(codes, codebook, partitions=2)
+    twin = cpu.pack_rows(codes, codebook) if layout == "rows" else None
+    y = cpu.matmul(m, x.astype(np.float64), twin=twin)
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, dense_reference(codes, codebook, x), rtol=1e-9, atol=1e-9)
+
+
 def test_out_argument_is_overwritten():
     codes, codebook, x = random_case(20, 10, 0.5, 1.0, n=2)
     m = cpu.pack(codes, codebook)
