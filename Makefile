@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install data demo test bench clean
+.PHONY: install data demo test bench bench-gpu clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,11 @@ bench: install data
 	$(PY) tools/fuzz_container.py --json runs/bench/fuzz.json
 	$(PY) benchmarks/eie_layers.py --json runs/bench/eie_layers.json \
 		--models runs/bench/lenet300-s96-b3.edlz runs/bench/lenet5-s95-b5_4.edlz
+
+# on a CUDA machine: the EIE layers on the GPU kernel, and ResNet-18 mixed-precision training
+bench-gpu: install data
+	$(PY) benchmarks/eie_layers.py --device cuda --json runs/bench/eie_layers_cuda.json
+	$(PY) benchmarks/resnet_mixed_precision.py --json runs/bench/resnet_mixed_precision.json
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -104,14 +104,13 @@ class MixedPrecisionOptimizer:
             p.grad = None
         loss = closure()
         (loss.float() * self.scaler.scale).backward()
-        overflow = False
-        for p, m in zip(self.params, self.master):
-            g = p.grad.float() / self.scaler.scale if p.grad is not None else torch.zeros_like(m)
-            if not torch.isfinite(g).all():
-                overflow = True
-                break
-            m.grad = g
+        grads = [p.grad.float() / self.scaler.scale if p.grad is not None else torch.zeros_like(m)
+                 for p, m in zip(self.params, self.master)]
+        # one device-to-host transfer per step (a check per tensor would stall a GPU once per tensor)
+        overflow = bool(grads) and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
         if not overflow:
+            for m, g in zip(self.master, grads):
+                m.grad = g
             self.optimizer.step()
             with torch.no_grad():
                 for p, m in zip(self.params, self.master):
