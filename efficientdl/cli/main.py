@@ -219,7 +219,8 @@ def _trainer(args: argparse.Namespace, ds, teacher=None, **overrides):
 
     opts = dict(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                 schedule=args.schedule, precision=getattr(args, "precision", "fp32"),
-                warmup_epochs=getattr(args, "warmup_epochs", 0.0), clip_grad_norm=getattr(args, "clip_grad_norm", None))
+                warmup_epochs=getattr(args, "warmup_epochs", 0.0), clip_grad_norm=getattr(args, "clip_grad_norm", None),
+                optimizer=getattr(args, "optimizer", "sgd"))
     opts.update(overrides)
     return Trainer(ds.train, ds.test, seed=args.seed, progress=not (args.no_progress or args.json),
                    teacher=teacher, **opts)
@@ -1001,6 +1002,8 @@ def build_parser() -> argparse.ArgumentParser:
         g = p.add_argument_group("training")
         g.add_argument("--epochs", type=_nonneg_int, default=epochs, help=f"epochs (default {epochs})")
         g.add_argument("--lr", type=_positive_float, default=lr, help=f"learning rate (default {lr})")
+        g.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
+                       help="sgd (with --momentum) or adam (default sgd)")
         g.add_argument("--momentum", type=_fraction, default=0.9)
         g.add_argument("--weight-decay", type=_fraction, default=weight_decay)
         g.add_argument("--schedule", choices=["cosine", "step", "constant"], default="cosine")

@@ -34,7 +34,8 @@ from .share import SharedWeight, share
 
 
 #: the keys of a recipe stage that are passed to that stage's :class:`~efficientdl.train.Trainer`
-TRAINER_KEYS = ("epochs", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "clip_grad_norm")
+TRAINER_KEYS = ("epochs", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "clip_grad_norm",
+                "optimizer")
 
 
 @dataclass

@@ -79,6 +79,7 @@ _TRAIN = {
     "weight_decay": _number(0, 1),
     "warmup_epochs": _number(0, 10_000),
     "clip_grad_norm": _number(0, 1e6, lo_open=True),
+    "optimizer": _choice("sgd", "adam"),
 }
 SCHEMA: dict[str, Any] = {
     "model": _is(str, "a model name"),

@@ -35,6 +35,7 @@ from efficientdl.errors import DataError, ModelError, RecipeError
 
 SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("fp32", "mixed", "bf16", "fp16")
+OPTIMIZERS = ("sgd", "adam")
 #: precisions that run under torch.autocast (bf16 without scaling; fp16 with a GradScaler)
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -161,8 +162,10 @@ class Trainer:
         test_loader: optional loader evaluated after each epoch.
         epochs: default number of epochs for :meth:`fit`.
         lr: default base learning rate.
-        momentum: SGD momentum.
+        momentum: SGD momentum (unused by Adam).
         weight_decay: L2 penalty coefficient.
+        optimizer: ``"sgd"`` (with ``momentum``) or ``"adam"`` (Kingma & Ba, ICLR'15, with
+            torch's defaults β = (0.9, 0.999), ε = 1e-8); the schedule sets either one's rate.
         schedule: ``"cosine"``, ``"step"`` or ``"constant"``.
         warmup_epochs: length of the linear warmup in epochs (a fraction is allowed;
             0 = none).  A training loader without ``len`` has no known epoch length:
@@ -199,7 +202,10 @@ class Trainer:
         precision: str = "fp32",
         warmup_epochs: float = 0.0,
         clip_grad_norm: float | None = None,
+        optimizer: str = "sgd",
     ) -> None:
+        if optimizer not in OPTIMIZERS:
+            raise RecipeError(f"trainer: unknown optimizer {optimizer!r} (expected one of {', '.join(OPTIMIZERS)})")
         if precision not in PRECISIONS:
             raise RecipeError(f"trainer: unknown precision {precision!r} (expected one of {', '.join(PRECISIONS)})")
         if schedule not in SCHEDULES:
@@ -233,6 +239,7 @@ class Trainer:
         self.precision = precision
         self.warmup_epochs = warmup_epochs
         self.clip_grad_norm = clip_grad_norm
+        self.optimizer = optimizer
 
     @staticmethod
     def _check_epochs(epochs: Any) -> None:
@@ -306,16 +313,19 @@ class Trainer:
         if self.teacher is not None:
             self.teacher.to(self.device).eval()
         parameters = [p for p in model.parameters() if p.requires_grad]
-        make_sgd = lambda ps: torch.optim.SGD(ps, lr=base_lr, momentum=self.momentum,  # noqa: E731
-                                              weight_decay=self.weight_decay)
+        if self.optimizer == "adam":
+            make_optimizer = lambda ps: torch.optim.Adam(ps, lr=base_lr, weight_decay=self.weight_decay)  # noqa: E731
+        else:
+            make_optimizer = lambda ps: torch.optim.SGD(ps, lr=base_lr, momentum=self.momentum,  # noqa: E731
+                                                  weight_decay=self.weight_decay)
         self._mixed = self._grad_scaler = None
         if self.precision == "mixed":
             from .mixed_precision import MixedPrecisionOptimizer
 
-            self._mixed = MixedPrecisionOptimizer(model, make_sgd)
+            self._mixed = MixedPrecisionOptimizer(model, make_optimizer)
             optimizer = self._mixed.optimizer
         else:
-            optimizer = make_sgd(parameters)
+            optimizer = make_optimizer(parameters)
             if self.precision == "fp16":
                 self._grad_scaler = torch.amp.GradScaler(self.device.type)
         try:

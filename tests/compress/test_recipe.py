@@ -63,6 +63,7 @@ def test_unknown_key_nested(tmp_path):
     ("model: lenet300\ndense:\n  epochs: 2.5\n", 3, "integer"),
     ("model: lenet300\ndense:\n  schedule: warmup\n", 3, "cosine"),
     ("model: lenet300\ndense:\n  warmup_epochs: -1\n", 3, "dense.warmup_epochs"),
+    ("model: lenet300\nquantize:\n  bits: 4\n  optimizer: adamw\n", 4, "quantize.optimizer"),
     ("model: lenet300\nprune:\n  sparsity: 0.5\n  clip_grad_norm: 0\n", 4, "prune.clip_grad_norm"),
     ("model: lenet300\nprune:\n  steps: 2\n  sparsity: 1.5\n", 4, "prune.sparsity"),
     ("model: lenet300\nprune:\n  steps: 2\n  sparsity: {fc1: 0.9, fc2: 1.5}\n", 4, "'fc2'"),

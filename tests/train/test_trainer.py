@@ -102,6 +102,27 @@ def test_bad_hyperparameters():
         Trainer(loader, lr=0)
     with pytest.raises(RecipeError, match="kd_alpha"):
         Trainer(loader, kd_alpha=1.5)
+    with pytest.raises(RecipeError, match="optimizer 'adamw'"):
+        Trainer(loader, optimizer="adamw")
+
+
+def test_adam_takes_the_same_steps_as_torch_adam():
+    x, y = separable_problem(64)
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    torch.manual_seed(0)
+    model = small_mlp()
+    reference = small_mlp()
+    reference.load_state_dict(model.state_dict())
+    Trainer(batches, epochs=2, lr=0.01, weight_decay=1e-3, schedule="constant", optimizer="adam",
+            progress=False).fit(model)
+    adam = torch.optim.Adam(reference.parameters(), lr=0.01, weight_decay=1e-3)
+    for _ in range(2):
+        for xb, yb in batches:
+            adam.zero_grad()
+            nn.functional.cross_entropy(reference(xb), yb).backward()
+            adam.step()
+    for got, want in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(got, want)
 
 
 def test_divergence_is_a_model_error():
