@@ -52,6 +52,19 @@ def test_every_entry_width_and_partitioning(entry_bits, partitions):
     np.testing.assert_allclose(cpu.matmul(m, x), dense_reference(codes, codebook, x), rtol=1e-5, atol=1e-5)
 
 
+def test_entry_width_follows_the_cost_model():
+    # cost = entries × (bytes per entry + visit_cost), visit_cost 1 by default; with 4-bit
+    # codes an 8-bit entry keeps a 4-bit zero run, so a gap of 16 rows needs one filler
+    codebook = np.concatenate([[0.0], np.ones(15)]).astype(np.float32)
+    column = np.zeros((20, 1), np.int64)
+    column[[0, 1, 18], 0] = 1                  # gaps 0, 0, 16: 4 entries at 8 bits, 3 at 16
+    assert cpu.pack(column, codebook, partitions=1).entry_bits == 8                    # 4·2 = 8 < 3·3 = 9
+    assert cpu.pack(column, codebook, partitions=1, visit_cost=3.0).entry_bits == 16   # 4·4 = 16 > 3·5 = 15
+    far = np.zeros((100, 1), np.int64)
+    far[[0, 99], 0] = 1                        # gap 98: 6 fillers, 8 entries at 8 bits: 8·2 = 16 > 2·3 = 6
+    assert cpu.pack(far, codebook, partitions=1).entry_bits == 16
+
+
 def test_hand_worked_layout():
     # column 0 holds rows 0 and 20 (gap 19 > 15 needs one filler at 4-bit deltas), column 1 row 3
     codes = np.zeros((21, 2), np.int64)
