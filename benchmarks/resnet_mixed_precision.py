@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
 import statistics
 import sys
@@ -140,7 +141,7 @@ def train_and_test(run: Run, x, y, x_test, y_test, batch: int, epochs: int, seed
         order = torch.randperm(len(x), generator=generator).to(x.device)
         for s in range(steps_per_epoch):
             t = epoch * steps_per_epoch + s
-            run.set_lr(0.5 * run.lr * (1 + torch.cos(torch.tensor(torch.pi * t / total)).item()))
+            run.set_lr(0.5 * run.lr * (1 + math.cos(math.pi * t / total)))
             idx = order[s * batch:(s + 1) * batch]
             run.step(x[idx], y[idx])
     return run.accuracy(x_test, y_test)

@@ -78,6 +78,26 @@ class WeightTensor:
         return getattr(self.module, self.attr)
 
 
+def run_with_layer_hooks(model: nn.Module, example: torch.Tensor, hook) -> None:
+    """One forward pass of ``model`` (evaluation mode, no gradient) on the first sample of
+    ``example``, with ``hook(name, module, inputs, output)`` called on every layer of
+    :func:`compressible_layers`; the hooks are removed afterwards, also on error.
+
+    Args:
+        model: the network; it is left in evaluation mode.
+        example: a batch of inputs; only ``example[:1]`` runs.
+        hook: called once per compressible layer the pass reaches.
+    """
+    handles = [module.register_forward_hook(lambda m, i, o, name=name: hook(name, m, i, o))
+               for name, module in compressible_layers(model)]
+    try:
+        with torch.no_grad():
+            model.eval()(example[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _own_parameters(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """``(name, leaf tensor)`` of the parameters ``module`` registers itself, parametrized ones included."""
     own = []

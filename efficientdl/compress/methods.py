@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from ..errors import RecipeError
-from .layers import compressible_layers, compressible_tensors, layer_type
+from .layers import compressible_tensors, layer_type, run_with_layer_hooks
 
 METHODS = ("fp32", "prune", "share", "deep-compression", "fixed-point-8", "fixed-point-4", "int8", "ttq",
            "prune+ttq", "low-rank+fixed-point")
@@ -88,18 +88,12 @@ def stored_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     """
     totals = [0, 0]
 
-    def hook(module: nn.Module, inputs, output) -> None:
+    def hook(name: str, module: nn.Module, inputs, output) -> None:
         positions = output.shape[-1] * output.shape[-2] if isinstance(module, nn.Conv2d) else 1
         totals[0] += int(torch.count_nonzero(module.weight)) * positions
         totals[1] += module.weight.numel() * positions
 
-    handles = [m.register_forward_hook(hook) for _, m in compressible_layers(model)]
-    try:
-        with torch.no_grad():
-            model.eval()(example[:1])
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_layer_hooks(model, example, hook)
     return totals[0], totals[1]
 
 

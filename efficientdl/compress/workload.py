@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..hardware.workload import LayerWorkload
-from .layers import compressible_layers
+from .layers import compressible_layers, run_with_layer_hooks
 
 
 def model_workload(model: nn.Module, example_input: torch.Tensor, weight_bits: float = 32,
@@ -100,16 +100,8 @@ def shared_fc_layers(path: str | os.PathLike, example_input: torch.Tensor,
     c = fmt.read(path)
     model = fmt.load(c, model=model)
     inputs: dict[str, torch.Tensor] = {}
-    hooks = []
-    for name, module in compressible_layers(model):
-        hooks.append(module.register_forward_hook(
-            lambda m, i, o, name=name: inputs.__setitem__(name, i[0][0].detach().flatten())))
-    try:
-        with torch.no_grad():
-            model.eval()(example_input[:1])
-    finally:
-        for h in hooks:
-            h.remove()
+    run_with_layer_hooks(model, example_input,
+                         lambda name, m, i, o: inputs.__setitem__(name, i[0][0].detach().flatten()))
     layers, skipped = [], []
     for name, module in compressible_layers(model):
         key = f"{name}.weight"
