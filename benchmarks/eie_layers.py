@@ -12,8 +12,9 @@ latency of each method is measured side by side in one run:
   column-partitioned one skips zero activations, the row-major twin serves dense inputs and
   batches; all numba threads).  Its memory counts both layouts.
 
-Two cache regimes are reported.  *warm*: the same call repeated, so a matrix that
-fits the last-level cache is read from it.  *cold*: a 64 MiB buffer is written
+The methods are timed in turn, in rounds of a few calls each (:func:`median_us`), so a
+drift of the machine's speed reaches all of them alike.  Two cache regimes are reported.
+*warm*: the same call repeated, so a matrix that fits the last-level cache is read from it.  *cold*: a 64 MiB buffer is written
 before every timed call, so the weights come from DRAM as they do when a whole
 network (AlexNet: 240 MB) runs layer after layer — the regime EIE was designed for.
 
@@ -68,16 +69,38 @@ METHODS = ("dense", "torch_csr", "scipy_csr", "compressed")
 _FLUSH = np.ones(16 << 20, np.float32)   # 64 MiB, twice the last-level cache of common server CPUs
 
 
-def median_us(fn, repeat: int, cold: bool) -> float:
-    fn()                                      # warm-up (and JIT)
-    times = []
-    for _ in range(repeat):
-        if cold:
-            np.add(_FLUSH, 1.0, out=_FLUSH)
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e6 * float(np.median(times))
+def median_us(fns: dict, repeat: int, cold: bool, block: int = 5, settle_s: float = 0.02) -> dict:
+    """Median latency (µs) of each method, the methods timed in turn.
+
+    The machine's speed drifts (other tenants share its last-level cache and memory
+    bandwidth), so timing one method after another would give each a different machine.
+    Instead the calls run in rounds: each round times ``block`` calls of every method, in a
+    rotating order.  Before its block a method runs untimed for ``settle_s``: that brings
+    its own data back into the cache (the *warm* regime) and outlasts the previous
+    method's thread pool, whose workers spin for a few milliseconds after their last task
+    and would otherwise take the cores (measured: torch's sparse product slowed the next
+    call of our kernel by 1.2×).  *cold*: a 64 MiB buffer is written before every timed call.
+    """
+    names = list(fns)
+    for fn in fns.values():
+        fn()                                  # JIT
+    times = {m: [] for m in names}
+    rounds = max(1, -(-repeat // block))
+    for i in range(rounds):
+        order = names[i % len(names):] + names[:i % len(names)]
+        for m in order:
+            fn = fns[m]
+            start = time.perf_counter()
+            fn()
+            while time.perf_counter() - start < settle_s:
+                fn()
+            for _ in range(block):
+                if cold:
+                    np.add(_FLUSH, 1.0, out=_FLUSH)
+                t = time.perf_counter()
+                fn()
+                times[m].append(time.perf_counter() - t)
+    return {m: 1e6 * float(np.median(v)) for m, v in times.items()}
 
 
 def make_layer(cols: int, rows: int, weight_density: float, rng: np.random.Generator):
@@ -129,7 +152,7 @@ def bench_layer(name: str, spec, batches, repeat: int, regimes, rng) -> list[dic
         with torch.no_grad():
             for regime in regimes:
                 reps = repeat if batch == 1 else max(5, repeat // 4)
-                lat = {m: median_us(f, reps, regime == "cold") for m, f in fns.items()}
+                lat = median_us(fns, reps, regime == "cold", block=5 if batch == 1 else 3)
                 row = {"layer": name, "batch": batch, "regime": regime, "rows": rows, "cols": cols,
                        "weight_density": wd, "activation_density": ad, "nnz": nnz,
                        "entries": int(packed.entries.size), "entry_bits": packed.entry_bits,

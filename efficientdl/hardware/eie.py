@@ -156,8 +156,9 @@ def encode_layer(codes: np.ndarray, codebook: np.ndarray, config: EIEConfig = EI
     table[:codebook.size] = codebook
     full = np.concatenate([codes[order].astype(dtype, copy=False), bias_codes[:, None]], axis=1)
     try:
+        # EIE's format: fillers only where a zero run overflows the index (no run padding)
         packed = cpu.pack(full, np.where(np.arange(table.size) == 0, 0.0, 1.0), row_start=row_start,
-                          entry_bits=config.index_bits + config.weight_bits)
+                          entry_bits=config.index_bits + config.weight_bits, pad_to=1)
     except ValueError as e:
         raise HardwareError(f"EIE: {e}") from None
     ptr = packed.colptr.astype(np.int64)

@@ -70,17 +70,43 @@ def test_hand_worked_layout():
     codes = np.zeros((21, 2), np.int64)
     codes[0, 0], codes[20, 0], codes[3, 1] = 2, 1, 3
     codebook = np.array([0.0, 1.5, -2.0, 0.25], np.float32)
-    m = cpu.pack(codes, codebook, partitions=1, entry_bits=8)
+    m = cpu.pack(codes, codebook, partitions=1, entry_bits=8, pad_to=1)
     assert m.code_bits == 2 and m.entry_bits == 8       # 6-bit deltas: a gap of 19 fits, no filler
     assert list(m.entries) == [(0 << 2) | 2, (19 << 2) | 1, (3 << 2) | 3]
     assert m.colptr.tolist() == [[0, 2, 3]]
     codebook16 = np.concatenate([codebook, np.ones(12, np.float32)])   # 4-bit codes → 4-bit deltas
-    m = cpu.pack(codes, codebook16, partitions=1, entry_bits=8)
+    m = cpu.pack(codes, codebook16, partitions=1, entry_bits=8, pad_to=1)
     assert list(m.entries) == [(0 << 4) | 2, (15 << 4) | 0, (3 << 4) | 1, (3 << 4) | 3]
     y = cpu.matmul(m, np.array([2.0, -1.0], np.float32))
     expected = np.zeros(21)
     expected[0], expected[20], expected[3] = -4.0, 3.0, -0.25
     np.testing.assert_allclose(y, expected)
+
+
+def test_runs_are_padded_to_four_entries_without_moving_a_weight():
+    # the matrix of the hand-worked layout: column 0 holds rows 0 and 20 of 21, column 1 row 3
+    codes = np.zeros((21, 2), np.int64)
+    codes[0, 0], codes[20, 0], codes[3, 1] = 2, 1, 3
+    codebook = np.array([0.0, 1.5, -2.0, 0.25], np.float32)
+    m = cpu.pack(codes, codebook, partitions=1, entry_bits=8)
+    # column 0: no row after 20, so its zero run of 19 gives two (0, 0) fillers (rows 1, 2)
+    # and keeps 17; column 1: three fillers on the free rows 4, 5, 6 after its entry
+    assert list(m.entries) == [(0 << 2) | 2, 0, 0, (17 << 2) | 1, (3 << 2) | 3, 0, 0, 0]
+    assert m.colptr.tolist() == [[0, 4, 8]] and m.fillers == 5
+    np.testing.assert_array_equal(cpu.unpack(m), codes)
+    # a full column has no zero row to pad with: it keeps its 5 entries
+    full = cpu.pack(np.ones((5, 1), np.int64), codebook, partitions=1)
+    assert full.entries.size == 5 and full.fillers == 0
+    # random matrices: every run with room is a multiple of four, and the product is unchanged
+    codes, codebook, x = random_case(300, 120, 0.07, 0.6, seed=3)
+    for bits in (8, 16, 32):
+        m = cpu.pack(codes, codebook, partitions=3, entry_bits=bits)
+        assert np.all(np.diff(m.colptr, axis=1) % 4 == 0)
+        # runs on whole words are read a word at a time (8- and 16-bit entries)
+        assert (m.words.size == m.entries.size // 4) == (bits < 32)
+        np.testing.assert_array_equal(cpu.unpack(m), codes)
+        np.testing.assert_allclose(cpu.matmul(m, x), dense_reference(codes, codebook, x), rtol=1e-5, atol=1e-5)
+    assert cpu.pack(codes, codebook, partitions=3, pad_to=1).words.size == 0
 
 
 def test_all_zero_input_and_float64():
@@ -144,9 +170,12 @@ def test_bad_input_is_rejected():
 
 def test_row_twin_is_the_transposed_layout():
     codes, codebook, x = random_case(40, 70, 0.2, 1.0)
-    twin = cpu.pack_rows(codes, codebook, entry_bits=16)
+    twin = cpu.pack_rows(codes, codebook, entry_bits=16, pad_to=1)
     assert twin.shape == (70, 40) and twin.partitions == 1
     np.testing.assert_array_equal(cpu.unpack(twin), codes.T)
     np.testing.assert_array_equal(np.diff(twin.colptr[0]), np.count_nonzero(codes, axis=1))
+    padded = cpu.pack_rows(codes, codebook, entry_bits=16)
+    np.testing.assert_array_equal(cpu.unpack(padded), codes.T)
+    assert np.all(np.diff(padded.colptr[0]) % 4 == 0)
     with pytest.raises(ValueError, match="twin"):
         cpu.matmul(cpu.pack(codes, codebook), x, twin=cpu.pack(codes, codebook))
