@@ -14,9 +14,10 @@ latency of each method is measured side by side in one run:
 
 The methods are timed in turn, in rounds of a few calls each (:func:`median_us`), so a
 drift of the machine's speed reaches all of them alike.  Two cache regimes are reported.
-*warm*: the same call repeated, so a matrix that fits the last-level cache is read from it.  *cold*: a 64 MiB buffer is written
-before every timed call, so the weights come from DRAM as they do when a whole
-network (AlexNet: 240 MB) runs layer after layer — the regime EIE was designed for.
+*warm*: the same call repeated, so a matrix that fits the last-level cache is read from
+it.  *cold*: a 64 MiB buffer is written before every timed call, so the weights come from
+DRAM as they do when a whole network (AlexNet: 240 MB) runs layer after layer — the
+regime EIE was designed for.
 
 End to end: batch-1 inference of compressed LeNet-300-100 / LeNet-5 files, the
 compressed runtime against the dense decoded model, on real test images.
