@@ -461,25 +461,47 @@ def _spmm_serial(row_start, colptr, entries, code_bits, codebook, x, y):  # prag
         _spmm_partition(p, active, row_start, colptr, entries, code_bits, codebook, x, y)
 
 
-@numba.njit(fastmath=True, inline="always")
+#: the row kernels' float flags: fused multiply-add, but sums in the order written.  With
+#: reassociation allowed (``fastmath=True``) LLVM may turn independent accumulators into
+#: AVX-512 gathers, no faster than scalar loads on the machine we measured on (0.23 ns per
+#: element either way).  Contract-only with eight accumulators ran 1.04–1.14× faster at
+#: batch 1 on the NT layers, and contract-only 1.01–1.10× faster at batch 64.
+_ROWS_FASTMATH = {"contract"}
+
+
+@numba.njit(fastmath=_ROWS_FASTMATH, inline="always")
 def _rows_mv_range(first, last, rowptr, entries, code_bits, codebook, x, y):  # pragma: no cover - compiled
     """Rows ``first … last − 1`` of the matrix-vector product from the row-major twin.
 
+    Eight accumulators (four left the fused multiply-adds' latency on the critical path).
     It reads entry by entry: reading whole words of four (as the column kernel does) made
     it 1.08–1.19× slower on the NT layers."""
     mask = np.uint64((1 << code_bits) - 1)
     shift = np.uint64(code_bits)
     one = np.uint64(1)
     four = np.uint64(4)
+    eight = np.uint64(8)
     for r in range(np.uint64(first), np.uint64(last)):
         acc0 = codebook[0]                       # the exact zero, in x's dtype
-        acc1 = codebook[0]
-        acc2 = codebook[0]
-        acc3 = codebook[0]
+        acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = acc0
         col = np.uint64(0) - one                 # wraps; the first step adds ≥ 1
         k = np.uint64(rowptr[r])
         end = np.uint64(rowptr[r + one])
-        while k + four <= end:                   # four independent accumulators
+        while k + eight <= end:
+            q0, q1, q2, q3, d0, d1, d2, d3 = _decode4(entries, k, shift, mask, one)
+            q4, q5, q6, q7, d4, d5, d6, d7 = _decode4(entries, k + four, shift, mask, one)
+            c3 = col + d3
+            acc0 += codebook[q0] * x[col + d0]
+            acc1 += codebook[q1] * x[col + d1]
+            acc2 += codebook[q2] * x[col + d2]
+            acc3 += codebook[q3] * x[c3]
+            acc4 += codebook[q4] * x[c3 + d4]
+            acc5 += codebook[q5] * x[c3 + d5]
+            acc6 += codebook[q6] * x[c3 + d6]
+            acc7 += codebook[q7] * x[c3 + d7]
+            col = c3 + d7
+            k += eight
+        if k + four <= end:                      # a padded run ends with at most one step of four
             q0, q1, q2, q3, d0, d1, d2, d3 = _decode4(entries, k, shift, mask, one)
             acc0 += codebook[q0] * x[col + d0]
             acc1 += codebook[q1] * x[col + d1]
@@ -492,10 +514,10 @@ def _rows_mv_range(first, last, rowptr, entries, code_bits, codebook, x, y):  # 
             col += (e >> shift) + one
             acc0 += codebook[e & mask] * x[col]
             k += one
-        y[r] = (acc0 + acc1) + (acc2 + acc3)
+        y[r] = ((acc0 + acc1) + (acc2 + acc3)) + ((acc4 + acc5) + (acc6 + acc7))
 
 
-@numba.njit(fastmath=True, inline="always")
+@numba.njit(fastmath=_ROWS_FASTMATH, inline="always")
 def _rows_mm_range(first, last, rowptr, entries, code_bits, codebook, x, y):  # pragma: no cover - compiled
     """Rows ``first … last − 1`` of the product with several right-hand sides, from the twin."""
     mask = np.uint64((1 << code_bits) - 1)
@@ -539,26 +561,26 @@ def _rows_mm_range(first, last, rowptr, entries, code_bits, codebook, x, y):  # 
             k += one
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
+@numba.njit(parallel=True, fastmath=_ROWS_FASTMATH, cache=True)
 def _rows_mv_parallel(rowptr, entries, code_bits, codebook, x, y, chunks):  # pragma: no cover - compiled
     rows = rowptr.size - 1
     for p in prange(chunks):
         _rows_mv_range(p * rows // chunks, (p + 1) * rows // chunks, rowptr, entries, code_bits, codebook, x, y)
 
 
-@numba.njit(fastmath=True, cache=True)
+@numba.njit(fastmath=_ROWS_FASTMATH, cache=True)
 def _rows_mv_serial(rowptr, entries, code_bits, codebook, x, y, chunks):  # pragma: no cover - compiled
     _rows_mv_range(0, rowptr.size - 1, rowptr, entries, code_bits, codebook, x, y)
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
+@numba.njit(parallel=True, fastmath=_ROWS_FASTMATH, cache=True)
 def _rows_mm_parallel(rowptr, entries, code_bits, codebook, x, y, chunks):  # pragma: no cover - compiled
     rows = rowptr.size - 1
     for p in prange(chunks):
         _rows_mm_range(p * rows // chunks, (p + 1) * rows // chunks, rowptr, entries, code_bits, codebook, x, y)
 
 
-@numba.njit(fastmath=True, cache=True)
+@numba.njit(fastmath=_ROWS_FASTMATH, cache=True)
 def _rows_mm_serial(rowptr, entries, code_bits, codebook, x, y, chunks):  # pragma: no cover - compiled
     _rows_mm_range(0, rowptr.size - 1, rowptr, entries, code_bits, codebook, x, y)
 
