@@ -1,5 +1,6 @@
 """The CPU sparse codebook kernel against dense float64 matrix products."""
 
+import numba
 import numpy as np
 import pytest
 
@@ -132,12 +133,30 @@ def test_float64_on_every_kernel(layout, n, monkeypatch):
     np.testing.assert_allclose(y, dense_reference(codes, codebook, x), rtol=1e-9, atol=1e-9)
 
 
-def test_out_argument_is_overwritten():
-    codes, codebook, x = random_case(20, 10, 0.5, 1.0, n=2)
+@pytest.mark.parametrize("n", [None, 2])
+@pytest.mark.parametrize("layout", ["columns", "rows"])
+def test_out_argument_is_overwritten(n, layout):
+    codes, codebook, x = random_case(20, 10, 0.5, 1.0, n=n)
     m = cpu.pack(codes, codebook)
-    out = np.full((20, 2), 7.0, np.float32)
-    assert cpu.matmul(m, x, out=out) is out
+    twin = cpu.pack_rows(codes, codebook) if layout == "rows" else None
+    out = np.full((20,) if n is None else (20, n), 7.0, np.float32)
+    assert cpu.matmul(m, x, out=out, twin=twin) is out
     np.testing.assert_allclose(out, dense_reference(codes, codebook, x), rtol=1e-5, atol=1e-5)
+
+
+def test_fewer_threads_than_row_chunks(monkeypatch):
+    # the row kernels split rows into ROW_CHUNKS chunks whatever the thread count
+    monkeypatch.setattr(cpu, "SERIAL_WORK", 0)
+    codes, codebook, x = random_case(101, 300, 0.1, 1.0, seed=5)
+    m, twin = cpu.pack(codes, codebook), cpu.pack_rows(codes, codebook)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        y1 = cpu.matmul(m, x, twin=twin)
+    finally:
+        numba.set_num_threads(threads)
+    np.testing.assert_allclose(y1, dense_reference(codes, codebook, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(y1, cpu.matmul(m, x, twin=twin))
 
 
 def test_memory_is_a_fraction_of_dense_at_eie_densities():
