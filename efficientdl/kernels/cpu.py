@@ -22,7 +22,9 @@ In-memory layout (:class:`PackedMatrix`), decoded once at load time:
 Each run (the entries of one column in one partition) is padded with code-0 entries to
 a multiple of four (:func:`_pad_runs`), so the kernels' steps of four entries end the run
 exactly, and the column kernel reads the four as one word (:attr:`PackedMatrix.words`).
-Partition boundaries fall on whole cache lines of the output.
+Partition boundaries fall on whole cache lines of the output.  The column kernel
+prefetches the run :data:`PREFETCH_COLUMNS` active columns ahead, since the jumps over
+inactive columns defeat the hardware prefetcher.
 
 Row of an entry: ``r = r_prev + delta + 1`` (``r_prev = row_start[p] − 1`` at the
 top of a column).  The products are
