@@ -66,6 +66,8 @@ class PackedMatrix:
         entries: uint8/uint16/uint32 packed ``(delta << code_bits) | code``.
         code_bits: bits of the cluster index inside an entry.
         codebook: float32 ``(2^code_bits,)`` shared values; ``codebook[0] == 0``.
+        absolute: entries hold ``(row << code_bits) | code`` with the row counted from the
+            partition's first, not a zero run (the lookup twin of :func:`pack_rows`).
     """
 
     shape: tuple[int, int]
@@ -74,6 +76,7 @@ class PackedMatrix:
     entries: np.ndarray
     code_bits: int
     codebook: np.ndarray
+    absolute: bool = False
 
     @property
     def entry_bits(self) -> int:
@@ -104,7 +107,7 @@ class PackedMatrix:
         row to pad with.
         """
         wide = {8: np.uint32, 16: np.uint64}.get(self.entry_bits)
-        if (wide is None or sys.byteorder != "little"      # the first entry is the word's lowest bits
+        if (wide is None or self.absolute or sys.byteorder != "little"   # entry k is the word's lowest bits
                 or self.entries.size % 4 or np.any(self.colptr % 4)):
             return np.zeros(0, np.uint32)
         return self.entries.view(wide)
@@ -112,6 +115,9 @@ class PackedMatrix:
 
 #: column runs are padded to a multiple of this many entries (the kernels' unrolled step)
 PAD_TO = 4
+
+#: the lookup twin's table of products at most this large (see :func:`pack_rows`)
+LOOKUP_TABLE_BYTES = 128 * 1024
 
 #: partition boundaries fall on multiples of this many rows: 64 bytes, one cache line, of a
 #: float32 output (two of float64) when the output starts on a line, as :func:`matmul`'s does
@@ -230,20 +236,57 @@ def pack(codes: np.ndarray, codebook: np.ndarray, partitions: int = 0, entry_bit
     return PackedMatrix((rows, cols), row_start, colptr, entries, code_bits, table)
 
 
-def pack_rows(codes: np.ndarray, codebook: np.ndarray, entry_bits: int = 0, pad_to: int = PAD_TO) -> PackedMatrix:
-    """The row-major twin of :func:`pack`: ``W`` stored row by row (CSR), relative column indices.
+def pack_rows(codes: np.ndarray, codebook: np.ndarray, entry_bits: int = 0, pad_to: int = PAD_TO,
+              lookup: bool | None = None) -> PackedMatrix:
+    """The row-major twin of :func:`pack`: ``W`` stored row by row (CSR).
 
     It is the column layout of ``Wᵀ`` with one partition: its ``colptr[0]`` is the row
-    pointer of ``W`` and each entry's ``delta`` counts the zero columns skipped.  The
-    row-major kernels accumulate each output in registers (no scatter), which is faster
-    when most activations are nonzero or when there are many right-hand sides.
+    pointer of ``W``.  The row-major kernels accumulate each output in registers (no
+    scatter), which is faster when most activations are nonzero or when there are many
+    right-hand sides.  Two entry formats:
+
+    * relative (as :func:`pack`): each entry's ``delta`` counts the zero columns skipped;
+    * *lookup* (``absolute``): each entry is ``(column << code_bits) | code``, which is
+      also the index of ``codebook[code] · x[column]`` in a table of ``C · 2^code_bits``
+      products that the matrix-vector kernel builds per call.  A weight then costs one
+      table load and one addition (measured 1.4–1.7× faster on NT-Wd and NT-LSTM); the
+      table must stay near the core, so it is used when it takes at most
+      :data:`LOOKUP_TABLE_BYTES` (NT-We's 256 KB table ran 2× slower) and when the entries
+      fit in 16 bits, as wide as the relative ones would be.
+
+    Args:
+        codes, codebook: as for :func:`pack`.
+        entry_bits: relative entries of this width (0: chosen by the cost model).
+        pad_to: as for :func:`pack`.
+        lookup: the lookup format (True), the relative one (False) or the rule above (None).
 
     Returns:
         A :class:`PackedMatrix` of shape ``(cols, rows)``.
     """
+    codes = np.asarray(codes)
     # the row kernel is compute-bound: a filler costs far more than a byte (measured: 16-bit
     # entries without fillers run 20% faster than 8-bit ones with 18% fillers)
-    return pack(np.asarray(codes).T, codebook, partitions=1, entry_bits=entry_bits, visit_cost=8.0, pad_to=pad_to)
+    relative = pack(codes.T, codebook, partitions=1, entry_bits=entry_bits, visit_cost=8.0, pad_to=pad_to)
+    cols = codes.shape[1] if codes.ndim == 2 else 0
+    fits = (cols << relative.code_bits) <= 1 << 16
+    if lookup is None:
+        lookup = (not entry_bits and relative.entry_bits >= 16 and fits
+                  and (cols << relative.code_bits) * 4 <= LOOKUP_TABLE_BYTES)
+    if not lookup:
+        return relative
+    if not fits:
+        raise ValueError(f"lookup entries need cols · 2^code_bits ≤ 65536, got {cols} columns")
+    r, c = np.nonzero(codes)                     # row-major: by row, then column
+    counts = np.bincount(r, minlength=codes.shape[0]).astype(np.int64)
+    padded = counts + (-counts) % max(1, pad_to)  # filler 0 = column 0, code 0: adds codebook[0] · x[0] = 0
+    rowptr = np.zeros(codes.shape[0] + 1, np.int64)
+    np.cumsum(padded, out=rowptr[1:])
+    first = np.cumsum(counts) - counts
+    entries = np.zeros(int(rowptr[-1]), np.uint16)
+    entries[rowptr[r] + np.arange(r.size) - first[r]] = (c << relative.code_bits) | codes[r, c]
+    pointer_type = np.int32 if rowptr[-1] < 2**31 else np.int64
+    return PackedMatrix((cols, codes.shape[0]), np.array([0, cols], np.int64), rowptr[None, :].astype(pointer_type),
+                        entries, relative.code_bits, relative.codebook, absolute=True)
 
 
 @numba.njit(cache=True)
@@ -300,19 +343,22 @@ def _pad_runs(entries, offsets, tail_rows, code_bits, multiple):  # pragma: no c
 def unpack(m: PackedMatrix) -> np.ndarray:
     """The dense ``(rows, cols)`` matrix of cluster indices (for tests and conversions)."""
     out = np.zeros(m.shape, np.int64)
-    _unpack(m.row_start, m.colptr, m.entries, m.code_bits, out)
+    _unpack(m.row_start, m.colptr, m.entries, m.code_bits, m.absolute, out)
     return out
 
 
 @numba.njit(cache=True)
-def _unpack(row_start, colptr, entries, code_bits, out):  # pragma: no cover - compiled
+def _unpack(row_start, colptr, entries, code_bits, absolute, out):  # pragma: no cover - compiled
     mask = (1 << code_bits) - 1
     for p in range(row_start.size - 1):
         for j in range(colptr.shape[1] - 1):
             row = row_start[p] - 1
             for k in range(colptr[p, j], colptr[p, j + 1]):
                 e = np.int64(entries[k])
-                row += (e >> code_bits) + 1
+                if absolute:
+                    row = row_start[p] + (e >> code_bits)
+                else:
+                    row += (e >> code_bits) + 1
                 code = e & mask
                 if code:
                     out[row, j] = code
@@ -603,6 +649,111 @@ def _rows_mm_range(first, last, rowptr, entries, code_bits, codebook, x, y):  # 
             k += one
 
 
+@numba.njit(fastmath=_ROWS_FASTMATH, inline="always")
+def _lookup_table(first, last, code_bits, codebook, x, table):  # pragma: no cover - compiled
+    """Columns ``first … last − 1`` of the lookup twin's table:
+    ``table[(c << code_bits) | q] = codebook[q] · x[c]``, one cache line per column."""
+    for c in range(first, last):
+        base = c << code_bits
+        a = x[c]
+        for q in range(codebook.size):
+            table[base + q] = codebook[q] * a
+
+
+@numba.njit(fastmath=_ROWS_FASTMATH, inline="always")
+def _rows_lookup_range(first, last, rowptr, entries, codebook, table, y):  # pragma: no cover - compiled
+    """Rows ``first … last − 1`` of the matrix-vector product from the lookup twin: each
+    entry is the index of its product in ``table``, so a weight costs a load and an add."""
+    one = np.uint64(1)
+    four = np.uint64(4)
+    eight = np.uint64(8)
+    for r in range(np.uint64(first), np.uint64(last)):
+        acc0 = codebook[0]                       # the exact zero in x's dtype (float32 stays float32)
+        acc1 = acc2 = acc3 = acc4 = acc5 = acc6 = acc7 = acc0
+        k = np.uint64(rowptr[r])
+        end = np.uint64(rowptr[r + one])
+        while k + eight <= end:
+            acc0 += table[np.uint64(entries[k])]
+            acc1 += table[np.uint64(entries[k + one])]
+            acc2 += table[np.uint64(entries[k + np.uint64(2)])]
+            acc3 += table[np.uint64(entries[k + np.uint64(3)])]
+            acc4 += table[np.uint64(entries[k + np.uint64(4)])]
+            acc5 += table[np.uint64(entries[k + np.uint64(5)])]
+            acc6 += table[np.uint64(entries[k + np.uint64(6)])]
+            acc7 += table[np.uint64(entries[k + np.uint64(7)])]
+            k += eight
+        if k + four <= end:
+            acc0 += table[np.uint64(entries[k])]
+            acc1 += table[np.uint64(entries[k + one])]
+            acc2 += table[np.uint64(entries[k + np.uint64(2)])]
+            acc3 += table[np.uint64(entries[k + np.uint64(3)])]
+            k += four
+        while k < end:
+            acc0 += table[np.uint64(entries[k])]
+            k += one
+        y[r] = ((acc0 + acc1) + (acc2 + acc3)) + ((acc4 + acc5) + (acc6 + acc7))
+
+
+@numba.njit(parallel=True, fastmath=_ROWS_FASTMATH, cache=True)
+def _rows_lookup_mv_parallel(rowptr, entries, code_bits, codebook, x, y, chunks):  # pragma: no cover - compiled
+    cols = x.size
+    table = np.empty(cols << code_bits, x.dtype)
+    for p in prange(chunks):
+        _lookup_table(p * cols // chunks, (p + 1) * cols // chunks, code_bits, codebook, x, table)
+    rows = rowptr.size - 1
+    for p in prange(chunks):
+        _rows_lookup_range(p * rows // chunks, (p + 1) * rows // chunks, rowptr, entries, codebook, table, y)
+
+
+@numba.njit(fastmath=_ROWS_FASTMATH, cache=True)
+def _rows_lookup_mv_serial(rowptr, entries, code_bits, codebook, x, y, chunks):  # pragma: no cover - compiled
+    table = np.empty(x.size << code_bits, x.dtype)
+    _lookup_table(0, x.size, code_bits, codebook, x, table)
+    _rows_lookup_range(0, rowptr.size - 1, rowptr, entries, codebook, table, y)
+
+
+@numba.njit(fastmath=_ROWS_FASTMATH, inline="always")
+def _rows_absolute_mm_range(first, last, rowptr, entries, code_bits, codebook, x, y):  # pragma: no cover - compiled
+    """:func:`_rows_mm_range` for the lookup twin: each entry names its column outright."""
+    mask = np.uint64((1 << code_bits) - 1)
+    shift = np.uint64(code_bits)
+    one = np.uint64(1)
+    four = np.uint64(4)
+    n = x.shape[1]
+    for r in range(np.uint64(first), np.uint64(last)):
+        k = np.uint64(rowptr[r])
+        end = np.uint64(rowptr[r + one])
+        while k + four <= end:
+            e0 = np.uint64(entries[k])
+            e1 = np.uint64(entries[k + one])
+            e2 = np.uint64(entries[k + np.uint64(2)])
+            e3 = np.uint64(entries[k + np.uint64(3)])
+            c0, c1, c2, c3 = e0 >> shift, e1 >> shift, e2 >> shift, e3 >> shift
+            w0, w1, w2, w3 = codebook[e0 & mask], codebook[e1 & mask], codebook[e2 & mask], codebook[e3 & mask]
+            for b in range(n):
+                y[r, b] += (w0 * x[c0, b] + w1 * x[c1, b]) + (w2 * x[c2, b] + w3 * x[c3, b])
+            k += four
+        while k < end:
+            e = np.uint64(entries[k])
+            w = codebook[e & mask]
+            c = e >> shift
+            for b in range(n):
+                y[r, b] += w * x[c, b]
+            k += one
+
+
+@numba.njit(parallel=True, fastmath=_ROWS_FASTMATH, cache=True)
+def _rows_absolute_mm_parallel(rowptr, entries, code_bits, codebook, x, y, chunks):  # pragma: no cover - compiled
+    rows = rowptr.size - 1
+    for p in prange(chunks):
+        _rows_absolute_mm_range(p * rows // chunks, (p + 1) * rows // chunks, rowptr, entries, code_bits, codebook, x, y)
+
+
+@numba.njit(fastmath=_ROWS_FASTMATH, cache=True)
+def _rows_absolute_mm_serial(rowptr, entries, code_bits, codebook, x, y, chunks):  # pragma: no cover - compiled
+    _rows_absolute_mm_range(0, rowptr.size - 1, rowptr, entries, code_bits, codebook, x, y)
+
+
 @numba.njit(parallel=True, fastmath=_ROWS_FASTMATH, cache=True)
 def _rows_mv_parallel(rowptr, entries, code_bits, codebook, x, y, chunks):  # pragma: no cover - compiled
     rows = rowptr.size - 1
@@ -670,13 +821,18 @@ def _zeros_on_cache_lines(shape, like):  # pragma: no cover - compiled
 
 @numba.njit(inline="always")
 def _matvec_into(row_start, colptr, entries, words, code_bits, codebook, rowptr, row_entries, row_code_bits,
-                 x, y, rows_above_density, serial_work):  # pragma: no cover - compiled
+                 row_lookup, x, y, rows_above_density, serial_work):  # pragma: no cover - compiled
     """The matrix-vector product's kernel choice (see :func:`matmul`), in compiled code."""
     codebook = codebook.astype(x.dtype)           # 16 values: products in x's precision
     cols = x.size
     nonzero = _count_nonzero(x)
     if row_entries.size and nonzero > rows_above_density * cols:
-        if row_entries.size >= serial_work:
+        if row_lookup:
+            if row_entries.size >= serial_work:
+                _rows_lookup_mv_parallel(rowptr, row_entries, row_code_bits, codebook, x, y, ROW_CHUNKS)
+            else:
+                _rows_lookup_mv_serial(rowptr, row_entries, row_code_bits, codebook, x, y, 1)
+        elif row_entries.size >= serial_work:
             _rows_mv_parallel(rowptr, row_entries, row_code_bits, codebook, x, y, ROW_CHUNKS)
         else:
             _rows_mv_serial(rowptr, row_entries, row_code_bits, codebook, x, y, 1)
@@ -691,19 +847,19 @@ def _matvec_into(row_start, colptr, entries, words, code_bits, codebook, rowptr,
 # count, multiply) took 15–20 µs more than this one on the small EIE layers.
 @numba.njit(cache=True)
 def _matvec(row_start, colptr, entries, words, code_bits, codebook, rowptr, row_entries, row_code_bits,
-            x, rows_above_density, serial_work):  # pragma: no cover - compiled
+            row_lookup, x, rows_above_density, serial_work):  # pragma: no cover - compiled
     y = _zeros_on_cache_lines((row_start[row_start.size - 1],), x)
     _matvec_into(row_start, colptr, entries, words, code_bits, codebook, rowptr, row_entries, row_code_bits,
-                 x, y, rows_above_density, serial_work)
+                 row_lookup, x, y, rows_above_density, serial_work)
     return y
 
 
 @numba.njit(cache=True)
 def _matvec_out(row_start, colptr, entries, words, code_bits, codebook, rowptr, row_entries, row_code_bits,
-                x, y, rows_above_density, serial_work):  # pragma: no cover - compiled
+                row_lookup, x, y, rows_above_density, serial_work):  # pragma: no cover - compiled
     y[:] = 0
     _matvec_into(row_start, colptr, entries, words, code_bits, codebook, rowptr, row_entries, row_code_bits,
-                 x, y, rows_above_density, serial_work)
+                 row_lookup, x, y, rows_above_density, serial_work)
 
 
 _NO_ROWPTR = np.zeros(1, np.int32)           # stand-ins for a missing twin
@@ -745,16 +901,18 @@ def matmul(m: PackedMatrix, x: np.ndarray, out: np.ndarray | None = None,
         raise ValueError(f"out must be a C-contiguous {x.dtype} array of shape {shape}")
     if twin is not None and twin.shape != (cols, rows):
         raise ValueError(f"twin must be the row-major twin of shape ({cols}, {rows}), got {twin.shape}")
+    if m.absolute:
+        raise ValueError("m must be a column layout from pack(), not a lookup twin")
     if x.ndim == 1:                              # the latency-bound case: one compiled call
         if twin is None:
-            rowptr, row_entries, row_code_bits = _NO_ROWPTR, _NO_ENTRIES, m.code_bits
+            rowptr, row_entries, row_code_bits, lookup = _NO_ROWPTR, _NO_ENTRIES, m.code_bits, False
         else:
-            rowptr, row_entries, row_code_bits = twin.colptr[0], twin.entries, twin.code_bits
+            rowptr, row_entries, row_code_bits, lookup = twin.colptr[0], twin.entries, twin.code_bits, twin.absolute
         if out is None:
             return _matvec(m.row_start, m.colptr, m.entries, m.words, m.code_bits, m.codebook, rowptr, row_entries,
-                           row_code_bits, x, ROWS_ABOVE_DENSITY, SERIAL_WORK)
+                           row_code_bits, lookup, x, ROWS_ABOVE_DENSITY, SERIAL_WORK)
         _matvec_out(m.row_start, m.colptr, m.entries, m.words, m.code_bits, m.codebook, rowptr, row_entries,
-                    row_code_bits, x, out, ROWS_ABOVE_DENSITY, SERIAL_WORK)
+                    row_code_bits, lookup, x, out, ROWS_ABOVE_DENSITY, SERIAL_WORK)
         return out
     codebook = m.codebook.astype(x.dtype, copy=False)
     if out is None:
@@ -767,7 +925,10 @@ def matmul(m: PackedMatrix, x: np.ndarray, out: np.ndarray | None = None,
     if twin is not None:
         work = twin.entries.size * n
         chunks = ROW_CHUNKS if work >= SERIAL_WORK else 1
-        kernel = _rows_mm_serial if chunks == 1 else _rows_mm_parallel
+        if twin.absolute:
+            kernel = _rows_absolute_mm_serial if chunks == 1 else _rows_absolute_mm_parallel
+        else:
+            kernel = _rows_mm_serial if chunks == 1 else _rows_mm_parallel
         kernel(twin.colptr[0], twin.entries, twin.code_bits, codebook, x, out, chunks)
         return out
     kernel = _spmm_serial if m.entries.size * n < SERIAL_WORK or m.partitions == 1 else _spmm_parallel

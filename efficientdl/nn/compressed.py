@@ -52,6 +52,7 @@ class _PackedWeight(nn.Module):
         self.register_buffer("row_entries", torch.from_numpy(_signed_view(twin.entries)))
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
         self._entry_dtypes = (m.entries.dtype, twin.entries.dtype)
+        self._twin_lookup = twin.absolute
         self._packed = (m, twin) if self.entries.device.type == "cpu" else None
         self._gpu_cache = None
 
@@ -67,7 +68,8 @@ class _PackedWeight(nn.Module):
                              self.entries.cpu().numpy().view(self._entry_dtypes[0]), self.code_bits, codebook)
         twin = cpu.PackedMatrix((self.shape[1], self.shape[0]), np.array([0, self.shape[1]], np.int64),
                                 self.rowptr.cpu().numpy()[None, :],
-                                self.row_entries.cpu().numpy().view(self._entry_dtypes[1]), self.code_bits, codebook)
+                                self.row_entries.cpu().numpy().view(self._entry_dtypes[1]), self.code_bits, codebook,
+                                absolute=self._twin_lookup)
         if self.entries.device.type == "cpu":
             self._packed = (m, twin)
         return m, twin

@@ -198,3 +198,52 @@ def test_row_twin_is_the_transposed_layout():
     assert np.all(np.diff(padded.colptr[0]) % 4 == 0)
     with pytest.raises(ValueError, match="twin"):
         cpu.matmul(cpu.pack(codes, codebook), x, twin=cpu.pack(codes, codebook))
+
+
+def test_lookup_twin_hand_worked():
+    # W (2×3): row 0 holds codes 2 at column 0 and 1 at column 2; row 1 holds 3 at column 1
+    codes = np.array([[2, 0, 1], [0, 3, 0]])
+    codebook = np.array([0.0, 1.5, -2.0, 0.25], np.float32)
+    twin = cpu.pack_rows(codes, codebook, lookup=True, pad_to=1)
+    assert twin.absolute and twin.shape == (3, 2) and twin.code_bits == 2
+    # entry = (column << code_bits) | code, which indexes codebook[code] · x[column] in the table
+    assert list(twin.entries) == [(0 << 2) | 2, (2 << 2) | 1, (1 << 2) | 3]
+    assert twin.colptr.tolist() == [[0, 2, 3]]
+    np.testing.assert_array_equal(cpu.unpack(twin), codes.T)
+    padded = cpu.pack_rows(codes, codebook, lookup=True)
+    assert list(padded.entries) == [2, 9, 0, 0, 7, 0, 0, 0] and padded.colptr.tolist() == [[0, 4, 8]]
+    x = np.array([2.0, -1.0, 4.0], np.float32)
+    m = cpu.pack(codes, codebook)
+    # (−2.0·2 + 1.5·4, 0.25·−1) = (2.0, −0.25), on the lookup kernel (all activations nonzero)
+    np.testing.assert_allclose(cpu.matmul(m, x, twin=padded), [2.0, -0.25])
+    np.testing.assert_allclose(cpu.matmul(m, np.stack([x, 2 * x], 1), twin=padded), [[2.0, 4.0], [-0.25, -0.5]])
+
+
+@pytest.mark.parametrize("n", [None, 1, 5, 64])
+@pytest.mark.parametrize("threads", ["serial", "parallel"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lookup_twin_matches_dense_math(n, threads, dtype, monkeypatch):
+    monkeypatch.setattr(cpu, "SERIAL_WORK", 1 << 62 if threads == "serial" else 0)
+    for rows, cols, density in [(1, 1, 1.0), (37, 1000, 0.1), (300, 203, 0.3), (64, 64, 0.0)]:
+        codes, codebook, x = random_case(rows, cols, density, 0.9, n=n, seed=rows + cols)
+        m, twin = cpu.pack(codes, codebook), cpu.pack_rows(codes, codebook, lookup=True)
+        assert twin.absolute and twin.words.size == 0
+        np.testing.assert_array_equal(cpu.unpack(twin), codes.T)
+        y = cpu.matmul(m, x.astype(dtype), twin=twin)
+        tol = 1e-5 if dtype == np.float32 else 1e-9
+        np.testing.assert_allclose(y, dense_reference(codes, codebook, x), rtol=tol, atol=tol)
+
+
+def test_twin_format_follows_the_table_size():
+    codebook = np.concatenate([[0.0], np.ones(15)]).astype(np.float32)
+    rng = np.random.default_rng(0)
+    sparse = lambda rows, cols: np.where(rng.random((rows, cols)) < 0.1, rng.integers(1, 16, (rows, cols)), 0)
+    # 10% density: relative entries would be 16-bit, the same bytes as lookup entries
+    assert cpu.pack_rows(sparse(50, 1200), codebook).absolute              # 1200 · 16 · 4 B = 75 KB table
+    assert not cpu.pack_rows(sparse(50, 4096), codebook).absolute          # 256 KB: too big to stay near the core
+    assert not cpu.pack_rows(sparse(50, 1200), codebook, entry_bits=16).absolute
+    with pytest.raises(ValueError, match="lookup"):
+        cpu.pack_rows(sparse(5, 5000), codebook, lookup=True)
+    with pytest.raises(ValueError, match="lookup twin"):
+        twin = cpu.pack_rows(sparse(5, 20), codebook, lookup=True)
+        cpu.matmul(twin, np.ones(5, np.float32))
