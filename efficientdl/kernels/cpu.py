@@ -251,7 +251,7 @@ def pack_rows(codes: np.ndarray, codebook: np.ndarray, entry_bits: int = 0, pad_
       products that the matrix-vector kernel builds per call.  A weight then costs one
       table load and one addition (measured 1.4–1.7× faster on NT-Wd and NT-LSTM); the
       table must stay near the core, so it is used when it takes at most
-      :data:`LOOKUP_TABLE_BYTES` (NT-We's 256 KB table ran 2× slower) and when the entries
+      :data:`LOOKUP_TABLE_BYTES` (NT-We's 256 KB table ran 1.2× slower) and when the entries
       fit in 16 bits, as wide as the relative ones would be.
 
     Args:
