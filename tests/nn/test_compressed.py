@@ -40,6 +40,13 @@ def test_linear_accepts_non_contiguous_and_float64_input():
     x = torch.randn(6, 4, dtype=torch.float64).t()                  # non-contiguous (4, 6)
     w = torch.from_numpy(codebook[codes]).double()
     torch.testing.assert_close(layer(x), x @ w.t())
+    # one sample takes the short path: non-contiguous float64 input, float32 bias
+    bias = torch.randn(8)
+    layer = CompressedLinear(codes, codebook, bias)
+    one = torch.randn(6, 1, dtype=torch.float64).t()
+    torch.testing.assert_close(layer(one), one @ w.t() + bias.double())
+    layer.load_state_dict({**layer.state_dict(), "bias": 2 * bias})  # a new bias is seen
+    torch.testing.assert_close(layer(one), one @ w.t() + 2 * bias.double())
 
 
 @pytest.mark.parametrize("stride,padding,dilation", [(1, 0, 1), (2, 1, 1), (1, 2, 2), ((2, 1), (0, 1), 1)])
