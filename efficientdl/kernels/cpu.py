@@ -694,10 +694,20 @@ def _rows_lookup_range(first, last, rowptr, entries, codebook, table, y):  # pra
         y[r] = ((acc0 + acc1) + (acc2 + acc3)) + ((acc4 + acc5) + (acc6 + acc7))
 
 
+@numba.njit(inline="always")
+def _table_on_cache_lines(size, like):  # pragma: no cover - compiled
+    """An uninitialised array of ``size`` elements of ``like``'s dtype starting on a cache
+    line, so each column of the lookup table (16 float32 products for 4-bit codes) fills
+    one line instead of straddling two."""
+    raw = np.empty(size * like.itemsize + CACHE_LINE_BYTES, np.uint8)
+    skip = (CACHE_LINE_BYTES - raw.ctypes.data % CACHE_LINE_BYTES) % CACHE_LINE_BYTES
+    return raw[skip:skip + size * like.itemsize].view(like.dtype)
+
+
 @numba.njit(parallel=True, fastmath=_ROWS_FASTMATH, cache=True)
 def _rows_lookup_mv_parallel(rowptr, entries, code_bits, codebook, x, y, chunks):  # pragma: no cover - compiled
     cols = x.size
-    table = np.empty(cols << code_bits, x.dtype)
+    table = _table_on_cache_lines(cols << code_bits, x)
     for p in prange(chunks):
         _lookup_table(p * cols // chunks, (p + 1) * cols // chunks, code_bits, codebook, x, table)
     rows = rowptr.size - 1
@@ -707,7 +717,7 @@ def _rows_lookup_mv_parallel(rowptr, entries, code_bits, codebook, x, y, chunks)
 
 @numba.njit(fastmath=_ROWS_FASTMATH, cache=True)
 def _rows_lookup_mv_serial(rowptr, entries, code_bits, codebook, x, y, chunks):  # pragma: no cover - compiled
-    table = np.empty(x.size << code_bits, x.dtype)
+    table = _table_on_cache_lines(x.size << code_bits, x)
     _lookup_table(0, x.size, code_bits, codebook, x, table)
     _rows_lookup_range(0, rowptr.size - 1, rowptr, entries, codebook, table, y)
 
