@@ -236,10 +236,15 @@ def check_resume(checkpoint_dir: Any, recipe: Recipe) -> list[str]:
         RecipeError: the checkpoints belong to another recipe or are unreadable.
     """
     completed = list(_StageCheckpoints(checkpoint_dir, recipe, resume=True).completed)
+    _refuse_folded_resume(recipe, completed)
+    return completed
+
+
+def _refuse_folded_resume(recipe: Recipe, completed: list[str]) -> None:
+    """Refuse to resume a run that folds BatchNorm: not supported yet."""
     if completed and recipe.data.get("fold_batchnorm"):
         raise RecipeError(f"{recipe.where('fold_batchnorm')}: --resume does not support fold_batchnorm yet; "
                           "run without --resume")
-    return completed
 
 
 def _start_digest(model: nn.Module, train_loader: Iterable, meta: dict[str, Any] | None) -> str:
@@ -319,9 +324,7 @@ def run(
     order = ["dense"] + [stage for stage in ("prune", "quantize") if r.get(stage) is not None]
     done_before = [stage for stage in order if checkpoints is not None and stage in checkpoints.completed]
     done_before = order[:len(done_before)] if done_before == order[:len(done_before)] else []
-    if r.get("fold_batchnorm") and done_before:
-        raise RecipeError(f"{recipe.where('fold_batchnorm')}: --resume does not support fold_batchnorm yet; "
-                          "run without --resume")
+    _refuse_folded_resume(recipe, done_before)
 
     def completed(stage: str) -> StageReport | None:
         """The report of a stage an earlier run completed (its weights loaded if it was the last)."""

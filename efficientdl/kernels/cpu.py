@@ -375,24 +375,21 @@ def _decode4(entries, k, shift, mask, one):  # pragma: no cover - compiled
     The offsets are summed among themselves, off the loop-carried position, so a
     step of four entries adds one dependent addition to the position.
     """
-    e0 = np.uint64(entries[k])
-    e1 = np.uint64(entries[k + one])
-    e2 = np.uint64(entries[k + np.uint64(2)])
-    e3 = np.uint64(entries[k + np.uint64(3)])
-    d0 = (e0 >> shift) + one
-    d1 = d0 + (e1 >> shift) + one
-    d2 = d1 + (e2 >> shift) + one
-    d3 = d2 + (e3 >> shift) + one
-    return e0 & mask, e1 & mask, e2 & mask, e3 & mask, d0, d1, d2, d3
+    return _codes_and_offsets(np.uint64(entries[k]), np.uint64(entries[k + one]),
+                              np.uint64(entries[k + np.uint64(2)]), np.uint64(entries[k + np.uint64(3)]),
+                              shift, mask, one)
 
 
 @numba.njit(inline="always")
 def _decode_word(w, bits, emask, shift, mask, one):  # pragma: no cover - compiled
     """:func:`_decode4` of the four entries packed in the word ``w`` (``bits`` each, lowest first)."""
-    e0 = w & emask
-    e1 = (w >> bits) & emask
-    e2 = (w >> (bits + bits)) & emask
-    e3 = w >> (bits + bits + bits)
+    return _codes_and_offsets(w & emask, (w >> bits) & emask, (w >> (bits + bits)) & emask,
+                              w >> (bits + bits + bits), shift, mask, one)
+
+
+@numba.njit(inline="always")
+def _codes_and_offsets(e0, e1, e2, e3, shift, mask, one):  # pragma: no cover - compiled
+    """Codes of four consecutive entries and their positions relative to the one before."""
     d0 = (e0 >> shift) + one
     d1 = d0 + (e1 >> shift) + one
     d2 = d1 + (e2 >> shift) + one
@@ -695,13 +692,20 @@ def _rows_lookup_range(first, last, rowptr, entries, codebook, table, y):  # pra
 
 
 @numba.njit(inline="always")
+def _on_cache_line(raw, nbytes, like):  # pragma: no cover - compiled
+    """The ``nbytes`` of the byte buffer ``raw`` (``nbytes`` + one line long) that start on a
+    cache line, viewed as ``like``'s dtype."""
+    skip = (CACHE_LINE_BYTES - raw.ctypes.data % CACHE_LINE_BYTES) % CACHE_LINE_BYTES
+    return raw[skip:skip + nbytes].view(like.dtype)
+
+
+@numba.njit(inline="always")
 def _table_on_cache_lines(size, like):  # pragma: no cover - compiled
     """An uninitialised array of ``size`` elements of ``like``'s dtype starting on a cache
     line, so each column of the lookup table (16 float32 products for 4-bit codes) fills
     one line instead of straddling two."""
-    raw = np.empty(size * like.itemsize + CACHE_LINE_BYTES, np.uint8)
-    skip = (CACHE_LINE_BYTES - raw.ctypes.data % CACHE_LINE_BYTES) % CACHE_LINE_BYTES
-    return raw[skip:skip + size * like.itemsize].view(like.dtype)
+    nbytes = size * like.itemsize
+    return _on_cache_line(np.empty(nbytes + CACHE_LINE_BYTES, np.uint8), nbytes, like)
 
 
 @numba.njit(parallel=True, fastmath=_ROWS_FASTMATH, cache=True)
@@ -824,9 +828,7 @@ def _zeros_on_cache_lines(shape, like):  # pragma: no cover - compiled
     nbytes = like.itemsize
     for size in shape:
         nbytes *= size
-    raw = np.zeros(nbytes + CACHE_LINE_BYTES, np.uint8)
-    skip = (CACHE_LINE_BYTES - raw.ctypes.data % CACHE_LINE_BYTES) % CACHE_LINE_BYTES
-    return raw[skip:skip + nbytes].view(like.dtype).reshape(shape)
+    return _on_cache_line(np.zeros(nbytes + CACHE_LINE_BYTES, np.uint8), nbytes, like).reshape(shape)
 
 
 @numba.njit(inline="always")
