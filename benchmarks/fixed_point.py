@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from efficientdl import format as fmt, train  # noqa: E402
-from efficientdl.compress.fixed_point import freeze, quantize_linear  # noqa: E402
+from efficientdl.compress.quantization.fixed_point import freeze, quantize_linear  # noqa: E402
 from _dense import dense_model  # noqa: E402
 from efficientdl.report import markdown_table  # noqa: E402
 

@@ -43,8 +43,8 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from efficientdl.compress.huffman import huffman_decode, huffman_encode  # noqa: E402
-from efficientdl.compress.sparse_index import relative_index_encode  # noqa: E402
+from efficientdl.compress.coding.huffman import huffman_decode, huffman_encode  # noqa: E402
+from efficientdl.compress.coding.sparse_index import relative_index_encode  # noqa: E402
 
 NUM_SYMBOLS = 32  # 5-bit alphabet
 

@@ -27,7 +27,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from efficientdl.compress.share import kmeans_1d  # noqa: E402
+from efficientdl.compress.quantization.share import kmeans_1d  # noqa: E402
 
 
 def inertia(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> float:

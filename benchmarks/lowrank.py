@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from efficientdl import train  # noqa: E402
-from efficientdl.compress.lowrank import low_rank  # noqa: E402
+from efficientdl.compress.lowrank.svd import low_rank  # noqa: E402
 from _dense import dense_model  # noqa: E402
 from efficientdl.report import markdown_table  # noqa: E402
 

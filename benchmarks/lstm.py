@@ -35,7 +35,7 @@ import copy  # noqa: E402
 from _recipe_bench import arguments, run, write  # noqa: E402
 
 from efficientdl import train  # noqa: E402
-from efficientdl.compress.prune import prune_once  # noqa: E402
+from efficientdl.compress.pruning.prune import prune_once  # noqa: E402
 from efficientdl.report import markdown_table  # noqa: E402
 
 TARGET_RATIO = 10.0

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from efficientdl import models, train  # noqa: E402
 from efficientdl import format as fmt  # noqa: E402
-from efficientdl.compress.ternary import ternarize, ternary_state  # noqa: E402
+from efficientdl.compress.quantization.ternary import ternarize, ternary_state  # noqa: E402
 from _dense import dense_model  # noqa: E402
 from efficientdl.report import markdown_table, plots  # noqa: E402
 

@@ -45,9 +45,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from efficientdl import format as fmt, models  # noqa: E402
-from efficientdl.compress.fixed_point import freeze, quantize_linear  # noqa: E402
-from efficientdl.compress.prune import apply_mask, magnitude_mask  # noqa: E402
-from efficientdl.compress.share import share_layer  # noqa: E402
+from efficientdl.compress.quantization.fixed_point import freeze, quantize_linear  # noqa: E402
+from efficientdl.compress.pruning.prune import apply_mask, magnitude_mask  # noqa: E402
+from efficientdl.compress.quantization.share import share_layer  # noqa: E402
 from efficientdl.errors import FormatError  # noqa: E402
 
 PREFIX = struct.Struct("<4sHHII")

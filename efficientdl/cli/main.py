@@ -413,7 +413,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def _quantize_linear(args: argparse.Namespace, model, ds, trainer, before: float, out: Path) -> int:
     """``edl quantize --method fixed-point|int8``: calibrate, optionally fine-tune, freeze."""
-    from ..compress import fixed_point
+    from ..compress.quantization import fixed_point
     from ..compress.layers import compressible_tensors
     from ..train import evaluate, save_checkpoint
 

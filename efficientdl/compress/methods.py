@@ -139,11 +139,11 @@ def compare_methods(model: nn.Module, train_data: Iterable, test_data: Iterable,
     """
     from .. import format as fmt
     from ..train import Trainer, evaluate
-    from .fixed_point import freeze, quantize_linear
-    from .lowrank import low_rank
-    from .prune import prune
-    from .share import share
-    from .ternary import ternarize
+    from .quantization.fixed_point import freeze, quantize_linear
+    from .lowrank.svd import low_rank
+    from .pruning.prune import prune
+    from .quantization.share import share
+    from .quantization.ternary import ternarize
 
     methods = list(METHODS if methods is None else methods)
     unknown = [m for m in methods if m not in METHODS]

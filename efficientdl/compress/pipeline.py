@@ -28,9 +28,9 @@ from torch import nn
 from ..errors import RecipeError
 from ..report.results import LayerRecord, StageReport
 from .layers import check_spec_keys, compressible_tensors, plain_copy, retie, tensor_setting, tied_pairs
-from .prune import prune, weight_mask
+from .pruning.prune import prune, weight_mask
 from .recipe import Recipe
-from .share import SharedWeight, share
+from .quantization.share import SharedWeight, share
 
 
 #: the keys of a recipe stage that are passed to that stage's :class:`~efficientdl.train.Trainer`
@@ -190,7 +190,7 @@ class _StageCheckpoints:
     def load(self, stage: str, model: nn.Module) -> None:
         """Put the weights of completed ``stage`` into the plain ``model`` (masks and codebooks too)."""
         from ..format.container import load_into, read
-        from .prune import apply_mask
+        from .pruning.prune import apply_mask
 
         c = read(self.dir / f"{stage}.edlz")
         ties = tied_pairs(model)

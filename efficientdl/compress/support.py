@@ -102,11 +102,11 @@ def _file_kinds(model: nn.Module) -> dict[str, str]:
 def _check(method: str, model: nn.Module, x: torch.Tensor) -> set[str]:
     """The weight tensors (state-dict names) ``method`` compressed in ``model``."""
     from ..format.container import load
-    from .fixed_point import freeze, quantize_linear
-    from .lowrank import low_rank
-    from .prune import prune_once, sensitivity, weight_mask
-    from .share import share, shared_weight
-    from .ternary import ternarize
+    from .quantization.fixed_point import freeze, quantize_linear
+    from .lowrank.svd import low_rank
+    from .pruning.prune import prune_once, sensitivity, weight_mask
+    from .quantization.share import share, shared_weight
+    from .quantization.ternary import ternarize
 
     before = {t.param_name: t.value.detach().clone() for t in compressible_tensors(model)}
     if method == "pruning":

@@ -57,12 +57,12 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..compress.fixed_point import QuantSpec, dequantize, integer_codes, weight_spec
-from ..compress.huffman import huffman_decode, huffman_encode
+from ..compress.quantization.fixed_point import QuantSpec, dequantize, integer_codes, weight_spec
+from ..compress.coding.huffman import huffman_decode, huffman_encode
 from ..compress.layers import compressible_tensors, layer_type, tensor_setting, tied_parameters
-from ..compress.prune import weight_mask
-from ..compress.share import shared_weight
-from ..compress.sparse_index import relative_index_decode, relative_index_encode
+from ..compress.pruning.prune import weight_mask
+from ..compress.quantization.share import shared_weight
+from ..compress.coding.sparse_index import relative_index_decode, relative_index_encode
 from ..errors import FormatError, ModelError
 from ..report.results import LayerRecord
 from ..train.trainer import plain_state_dict
@@ -729,7 +729,7 @@ def load(path: str | os.PathLike | Container, model: Any = None, runtime: str = 
 
 def _attach_input_quantizers(model: nn.Module, specs: Any, where: str) -> None:
     """Put the file's activation quantizers on ``model``'s layers (the user's own model too)."""
-    from ..compress.fixed_point import attach_input_quantizer
+    from ..compress.quantization.fixed_point import attach_input_quantizer
 
     if specs is None:
         return

@@ -283,7 +283,7 @@ def to_runtime(model: nn.Module, codebooks: dict[str, tuple[np.ndarray, np.ndarr
             new = CompressedConv2d.from_conv(layer, codes, codebook, partitions)
         spec = getattr(layer, "edl_input_quant", None)
         if spec is not None:            # the layer's activation quantizer comes along
-            from ..compress.fixed_point import attach_input_quantizer
+            from ..compress.quantization.fixed_point import attach_input_quantizer
 
             attach_input_quantizer(new, spec)
         parent_name, _, child = module_name.rpartition(".")

@@ -41,7 +41,7 @@ def dsd(model: nn.Module, trainer: Trainer, sparsity: Any, epochs: tuple[int, in
         "history": {phase: per-epoch records}}``.
     """
     from ..compress.layers import compressible_layers, fold_parametrizations
-    from ..compress.prune import prune_once
+    from ..compress.pruning.prune import prune_once
 
     history = {}
     if not pretrained and epochs[0]:

@@ -7,8 +7,8 @@ import torch
 
 from efficientdl import format as fmt
 from efficientdl.compress.layers import compressible_tensors, tied_parameters
-from efficientdl.compress.prune import prune_once, sensitivity
-from efficientdl.compress.share import share
+from efficientdl.compress.pruning.prune import prune_once, sensitivity
+from efficientdl.compress.quantization.share import share
 from efficientdl.compress.support import EXAMPLES, example
 from efficientdl.errors import ModelError
 

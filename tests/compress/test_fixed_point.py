@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from efficientdl import format as fmt, models
-from efficientdl.compress.fixed_point import (QuantSpec, affine_activation_spec, affine_weight_spec, fake_quantize,
+from efficientdl.compress.quantization.fixed_point import (QuantSpec, affine_activation_spec, affine_weight_spec, fake_quantize,
                                               fixed_point_spec, freeze, integer_codes, integer_weights,
                                               quantize_linear)
 from efficientdl.errors import FormatError, RecipeError
@@ -172,7 +172,7 @@ def test_a_peak_at_a_power_of_two_stays_exact():
 
 
 def test_changed_weights_are_not_written_as_stale_codes():
-    from efficientdl.compress.share import share
+    from efficientdl.compress.quantization.share import share
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(20, 10))
@@ -185,7 +185,7 @@ def test_changed_weights_are_not_written_as_stale_codes():
 
 
 def test_input_quantizers_come_back_on_a_users_model_and_in_the_compressed_runtime(tmp_path):
-    from efficientdl.compress.share import share
+    from efficientdl.compress.quantization.share import share
 
     torch.manual_seed(0)
     build = lambda: nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4))  # noqa: E731  no registry name

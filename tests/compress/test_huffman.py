@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from efficientdl.compress.huffman import (
+from efficientdl.compress.coding.huffman import (
     canonical_codes,
     huffman_code_lengths,
     huffman_decode,

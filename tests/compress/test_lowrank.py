@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from efficientdl.compress.lowrank import choose_rank, low_rank, svd_linear
+from efficientdl.compress.lowrank.svd import choose_rank, low_rank, svd_linear
 from efficientdl.errors import RecipeError
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from efficientdl.compress.lowrank_conv import conv_low_rank, decompose_conv
+from efficientdl.compress.lowrank.conv import conv_low_rank, decompose_conv
 from efficientdl.compress.macs import conv2d_macs, conv2d_output_hw, model_macs
 from efficientdl.errors import RecipeError
 

@@ -6,7 +6,7 @@ import torch
 
 from efficientdl import data, models
 from efficientdl.compress.methods import compare_methods, pareto_front, stored_macs
-from efficientdl.compress.prune import apply_mask
+from efficientdl.compress.pruning.prune import apply_mask
 from efficientdl.errors import RecipeError
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from efficientdl.compress.prune import (
+from efficientdl.compress.pruning.prune import (
     magnitude_mask,
     prune,
     prune_once,

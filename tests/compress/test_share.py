@@ -6,8 +6,8 @@ import torch
 from sklearn.cluster import KMeans
 from torch import nn
 
-from efficientdl.compress.prune import magnitude_mask, prune_once, weight_mask
-from efficientdl.compress.share import kmeans_1d, share, share_layer, shared_weight
+from efficientdl.compress.pruning.prune import magnitude_mask, prune_once, weight_mask
+from efficientdl.compress.quantization.share import kmeans_1d, share, share_layer, shared_weight
 from efficientdl.errors import RecipeError
 
 
@@ -254,7 +254,7 @@ def test_sharing_a_copy_leaves_the_pruned_original_intact():
     """Deep copies share parametrize's generated class; folding one copy must not break the other."""
     import copy as _copy
 
-    from efficientdl.compress.prune import apply_mask, magnitude_mask
+    from efficientdl.compress.pruning.prune import apply_mask, magnitude_mask
 
     torch.manual_seed(0)
     original = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from efficientdl.compress.sparse_index import relative_index_decode, relative_index_encode
+from efficientdl.compress.coding.sparse_index import relative_index_decode, relative_index_encode
 from efficientdl.errors import FormatError
 
 

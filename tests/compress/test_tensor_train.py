@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from efficientdl.compress.tensor_train import balanced_factors, tensor_train, tt_linear, tt_modes, tt_svd
+from efficientdl.compress.lowrank.tensor_train import balanced_factors, tensor_train, tt_linear, tt_modes, tt_svd
 from efficientdl.errors import RecipeError
 
 
@@ -93,7 +93,7 @@ def test_automatic_modes_and_counts_by_hand():
 
 def test_model_level_conversion_and_round_trip(tmp_path):
     from efficientdl import format as fmt, models, train
-    from efficientdl.compress.lowrank import low_rank
+    from efficientdl.compress.lowrank.svd import low_rank
     from efficientdl.nn import TTLinear
 
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from efficientdl import format as fmt
-from efficientdl.compress.ternary import BinaryWeight, FixedTernaryWeight, TernaryWeight, ternarize, ternary_state
+from efficientdl.compress.quantization.ternary import BinaryWeight, FixedTernaryWeight, TernaryWeight, ternarize, ternary_state
 from efficientdl.errors import RecipeError
 
 

@@ -16,8 +16,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from efficientdl import format as fmt
-from efficientdl.compress.prune import apply_mask, magnitude_mask
-from efficientdl.compress.share import SharedWeight, share_layer
+from efficientdl.compress.pruning.prune import apply_mask, magnitude_mask
+from efficientdl.compress.quantization.share import SharedWeight, share_layer
 from efficientdl.errors import FormatError, ModelError
 
 PREFIX = struct.Struct("<4sHHII")  # magic, version, reserved, header_len, header_crc (the documented layout)

@@ -9,8 +9,8 @@ from torch import nn
 
 from efficientdl import format as fmt
 from efficientdl.compress.layers import compressible_tensors
-from efficientdl.compress.prune import prune_once
-from efficientdl.compress.share import share
+from efficientdl.compress.pruning.prune import prune_once
+from efficientdl.compress.quantization.share import share
 
 
 class Custom(nn.Module):

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from efficientdl.compress.prune import apply_mask, magnitude_mask
-from efficientdl.compress.share import share_layer
+from efficientdl.compress.pruning.prune import apply_mask, magnitude_mask
+from efficientdl.compress.quantization.share import share_layer
 from efficientdl.compress.workload import file_workload, model_workload
 from efficientdl import format as fmt
 from efficientdl.hardware import HardwareError

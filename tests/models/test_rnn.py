@@ -7,8 +7,8 @@ import torch
 from efficientdl import format as fmt
 from efficientdl import models, train
 from efficientdl.compress.layers import compressible_tensors
-from efficientdl.compress.prune import prune_once
-from efficientdl.compress.share import share
+from efficientdl.compress.pruning.prune import prune_once
+from efficientdl.compress.quantization.share import share
 from efficientdl.errors import ModelError
 from efficientdl.models.rnn import LSTMClassifier
 

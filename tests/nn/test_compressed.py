@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from efficientdl import format as fmt
-from efficientdl.compress.prune import apply_mask, magnitude_mask
-from efficientdl.compress.share import share_layer
+from efficientdl.compress.pruning.prune import apply_mask, magnitude_mask
+from efficientdl.compress.quantization.share import share_layer
 from efficientdl.errors import ModelError
 from efficientdl.nn import CompressedConv2d, CompressedLinear, runtime_memory, to_runtime
 

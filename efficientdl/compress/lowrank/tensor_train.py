@@ -25,10 +25,10 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from ..errors import EdlError, RecipeError
-from ..models.transforms import record_transform, register_transform
-from ..nn.tensor_train import TTLinear, tt_ranks
-from .layers import check_spec_keys, layer_setting, replace_module, select_layers
+from ...errors import EdlError, RecipeError
+from ...models.transforms import record_transform, register_transform
+from ...nn.tensor_train import TTLinear, tt_ranks
+from ..layers import check_spec_keys, layer_setting, replace_module, select_layers
 
 #: automatic factorisation refuses features with a prime factor above this (such a mode
 #: would make one core as large as the layer); pass the modes by hand instead

@@ -39,9 +39,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import RecipeError
-from ..models.transforms import record_transform, register_transform
-from .layers import check_spec_keys, compressible_tensors, fold_parametrization, layer_setting, retie, tied_pairs
+from ...errors import RecipeError
+from ...models.transforms import record_transform, register_transform
+from ..layers import check_spec_keys, compressible_tensors, fold_parametrization, layer_setting, retie, tied_pairs
 
 SCHEMES = ("fixed", "affine")
 MIN_BITS, MAX_BITS = 2, 16

@@ -38,11 +38,11 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..errors import RecipeError
-from ..models.transforms import record_transform, register_transform
-from .layers import check_spec_keys, layer_setting, replace_module, select_layers
-from .lowrank import choose_rank
-from .macs import conv2d_macs, layer_io_shapes, sequential_conv_macs
+from ...errors import RecipeError
+from ...models.transforms import record_transform, register_transform
+from ..layers import check_spec_keys, layer_setting, replace_module, select_layers
+from .svd import choose_rank
+from ..macs import conv2d_macs, layer_io_shapes, sequential_conv_macs
 
 SCHEMES = ("spatial", "channel")
 

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import RecipeError
-from ..models.transforms import record_transform, register_transform
-from .layers import layer_setting, replace_module
+from ...errors import RecipeError
+from ...models.transforms import record_transform, register_transform
+from ..layers import layer_setting, replace_module
 
 
 def choose_rank(singular_values: torch.Tensor, in_features: int, out_features: int, rank: int | None = None,

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import RecipeError
-from .layers import compressible_layers, retie, tied_pairs
+from ...errors import RecipeError
+from ..layers import compressible_layers, retie, tied_pairs
 
 METHODS = ("ttq", "twn", "binary")
 

@@ -26,9 +26,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import RecipeError
-from ..report.results import StageReport
-from .layers import check_spec_keys, compressible_tensors, fold_parametrization, retie, tensor_setting, tied_pairs
+from ...errors import RecipeError
+from ...report.results import StageReport
+from ..layers import check_spec_keys, compressible_tensors, fold_parametrization, retie, tensor_setting, tied_pairs
 
 INITS = ("linear", "density", "random")
 
