@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
+from ..core.parametrize import fold_parametrization, replace_module
+from ..core.state import only_weight_quantizers
 from ..models.transforms import record_transform, register_transform
 
 _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -37,7 +38,7 @@ def _pairs(model: nn.Module) -> tuple[list[tuple[str, str]], list[str]]:
             continue
         children = list(parent.named_children())
         for (a_name, a), (b_name, b) in zip(children, children[1:]):
-            if isinstance(b, _NORMS) and isinstance(a, _FOLDABLE) and not parametrize.is_parametrized(a) \
+            if isinstance(b, _NORMS) and isinstance(a, _FOLDABLE) and only_weight_quantizers(a) \
                     and b.track_running_stats and b.running_mean is not None \
                     and b.num_features == a.weight.shape[0]:
                 prefix = f"{parent_name}." if parent_name else ""
@@ -49,8 +50,7 @@ def _pairs(model: nn.Module) -> tuple[list[tuple[str, str]], list[str]]:
 
 def _fold_pair(model: nn.Module, layer_name: str, norm_name: str, use_statistics: bool = True) -> None:
     layer, norm = model.get_submodule(layer_name), model.get_submodule(norm_name)
-    if use_statistics and hasattr(layer, "edl_weight_quant"):
-        del layer.edl_weight_quant      # scaled weights leave the quantizer's grid
+    fold_parametrization(layer, "weight")   # a quantizer only (see _pairs): scaled weights leave its grid
     channels = layer.weight.shape[0]
     if layer.bias is None:
         layer.bias = nn.Parameter(torch.zeros(channels, dtype=layer.weight.dtype, device=layer.weight.device))
@@ -61,8 +61,7 @@ def _fold_pair(model: nn.Module, layer_name: str, norm_name: str, use_statistics
             shift = norm.bias if norm.affine else torch.zeros_like(norm.running_mean)
             layer.weight.mul_(scale.reshape(-1, *([1] * (layer.weight.dim() - 1))))
             layer.bias.copy_(scale * (layer.bias - norm.running_mean) + shift)
-    parent_name, _, child = norm_name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, nn.Identity())
+    replace_module(model, norm_name, nn.Identity())
 
 
 def fold_batchnorm(model: nn.Module) -> dict[str, list]:

@@ -57,15 +57,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..compress.quantization.fixed_point import QuantSpec, dequantize, integer_codes, weight_spec
 from ..compress.coding.huffman import huffman_decode, huffman_encode
-from ..compress.layers import compressible_tensors, layer_type, tensor_setting, tied_parameters
-from ..compress.pruning.prune import weight_mask
-from ..compress.quantization.share import shared_weight
 from ..compress.coding.sparse_index import relative_index_decode, relative_index_encode
+from ..core.parametrize import plain_state_dict
+from ..core.state import (QuantSpec, WeightQuantizer, attach_input_quantizer, dequantize, freeze_weight_quantizer,
+                          input_spec, integer_codes, shared_weight, weight_mask, weight_spec)
+from ..core.tensors import compressible_tensors, layer_type, tensor_setting, tied_parameters
 from ..errors import FormatError, ModelError
 from ..report.results import LayerRecord
-from ..train.trainer import plain_state_dict
 
 MAGIC = b"EDLZ"
 FORMAT_VERSION = 1
@@ -217,12 +216,6 @@ def _write_quant(w: _Writer, name: str, t: torch.Tensor, coding: str, spec: Quan
     return rec, layer
 
 
-def _exactly_quantized(t: torch.Tensor, spec: QuantSpec) -> bool:
-    """Whether ``t`` holds exactly values of ``spec``'s grid, so its integer codes give it back."""
-    t = t.detach().cpu().float()
-    return bool(torch.equal(dequantize(integer_codes(t, spec), spec), t))
-
-
 def _write_shared(w: _Writer, name: str, t: torch.Tensor, index_bits: int, coding: str, indices: np.ndarray,
                   centroids: np.ndarray, weight_bits: int, layout: str = "smaller") -> tuple[dict, LayerRecord]:
     """A weight-shared tensor in the sparse (relative index + codes) or the dense-codes layout.
@@ -302,9 +295,7 @@ def encode(
         if isinstance(ib, bool) or not isinstance(ib, int) or not 1 <= ib <= MAX_INDEX_BITS:
             raise ModelError(f"index bits for '{tensor.key}' must be an integer in 1..{MAX_INDEX_BITS}, got {ib!r}")
         sw = shared_weight(module, tensor.attr)
-        qs = weight_spec(module) if tensor.attr == "weight" else None
-        if qs is not None and not _exactly_quantized(weight, qs):
-            qs = None            # changed since it was quantized (shared, folded, trained): not its codes
+        qs = weight_spec(module, tensor.attr)    # a quantizer's output is on its grid by construction
         inferred = None if sw is not None or qs is not None or not infer_shared else _inferred_codebook(weight, 8)
         if weight.numel() == 0:
             rec, layer = _write_dense(w, pname, weight)
@@ -336,8 +327,8 @@ def encode(
     header = {"format": "efficientdl", "version": FORMAT_VERSION,
               "arch": arch if arch is not None else getattr(model, "edl_arch", None),
               "meta": meta or {}, "tensors": records}
-    inputs = {name: m.edl_input_quant.to_json() for name, m in model.named_modules()
-              if isinstance(getattr(m, "edl_input_quant", None), QuantSpec)}
+    inputs = {name: spec.to_json() for name, spec in ((n, input_spec(m)) for n, m in model.named_modules())
+              if spec is not None}
     if inputs:                  # activation quantizers: part of what the model computes
         header["input_quantizers"] = inputs
     header_bytes = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
@@ -662,9 +653,7 @@ def load_into(model: nn.Module, source: str | os.PathLike | Container) -> nn.Mod
         ModelError: naming the first tensor whose name or shape does not match.
     """
     c = source if isinstance(source, Container) else read(source)
-    if any(parametrize.is_parametrized(m) for m in model.modules()):
-        raise ModelError("load_into needs a model without parametrizations (a plain, freshly built model)")
-    target = model.state_dict(keep_vars=True)
+    target = _plain_targets(model)
     for name, t in c.tensors.items():
         if name not in target:
             raise ModelError(f"file tensor '{name}' has no counterpart in the model")
@@ -676,7 +665,32 @@ def load_into(model: nn.Module, source: str | os.PathLike | Container) -> nn.Mod
     with torch.no_grad():
         for name, t in c.tensors.items():
             target[name].copy_(t.to(target[name].dtype))
+    for module in model.modules():      # the decoded values are on their quantizers' grids
+        if parametrize.is_parametrized(module):
+            for attr in module.parametrizations.keys():
+                freeze_weight_quantizer(module, attr)
     return model
+
+
+def _plain_targets(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state-dict tensors by their plain names; a quantized weight's latent tensor
+    under the weight's own name.
+
+    Raises:
+        ModelError: the model carries a parametrization other than a weight quantizer
+            (a mask or a codebook would change the values loaded).
+    """
+    target = model.state_dict(keep_vars=True)
+    for prefix, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        head = f"{prefix}." if prefix else ""
+        for attr in module.parametrizations.keys():
+            if not all(isinstance(p, WeightQuantizer) for p in module.parametrizations[attr]):
+                raise ModelError("load_into needs a model without parametrizations (a plain, freshly built model)")
+            target = {(head + attr if k == f"{head}parametrizations.{attr}.original" else k): v
+                      for k, v in target.items()}
+    return target
 
 
 RUNTIMES = ("dense", "compressed")
@@ -729,8 +743,6 @@ def load(path: str | os.PathLike | Container, model: Any = None, runtime: str = 
 
 def _attach_input_quantizers(model: nn.Module, specs: Any, where: str) -> None:
     """Put the file's activation quantizers on ``model``'s layers (the user's own model too)."""
-    from ..compress.quantization.fixed_point import attach_input_quantizer
-
     if specs is None:
         return
     if not isinstance(specs, dict):

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.parametrize import replace_module
+from ..core.state import attach_input_quantizer, input_spec
 from ..errors import ModelError
 from ..kernels import cpu
 
@@ -281,13 +283,10 @@ def to_runtime(model: nn.Module, codebooks: dict[str, tuple[np.ndarray, np.ndarr
             new = CompressedLinear.from_linear(layer, codes, codebook, partitions)
         else:
             new = CompressedConv2d.from_conv(layer, codes, codebook, partitions)
-        spec = getattr(layer, "edl_input_quant", None)
+        spec = input_spec(layer)
         if spec is not None:            # the layer's activation quantizer comes along
-            from ..compress.quantization.fixed_point import attach_input_quantizer
-
             attach_input_quantizer(new, spec)
-        parent_name, _, child = module_name.rpartition(".")
-        setattr(modules[parent_name] if parent_name else model, child, new)
+        replace_module(model, module_name, new)
         converted.append(module_name)
     return model.eval(), converted, kept
 

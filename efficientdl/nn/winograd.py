@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.parametrize import replace_module
 from ..errors import ModelError
 
 FILTER = 3
@@ -214,8 +215,6 @@ def to_winograd(model: nn.Module, tile: int = 2) -> tuple[nn.Module, list[str], 
         if reason:
             skipped[name] = reason
             continue
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, WinogradConv2d.from_conv(module, tile, name))
+        replace_module(model, name, WinogradConv2d.from_conv(module, tile, name))
         converted.append(name)
     return model, converted, skipped

@@ -11,7 +11,7 @@ from torch import nn
 from efficientdl import format as fmt, models
 from efficientdl.compress.quantization.fixed_point import (QuantSpec, affine_activation_spec, affine_weight_spec, fake_quantize,
                                               fixed_point_spec, freeze, integer_codes, integer_weights,
-                                              quantize_linear)
+                                              input_spec, quantize_linear)
 from efficientdl.errors import FormatError, RecipeError
 
 
@@ -86,7 +86,7 @@ def test_integer_arithmetic_equals_the_quantized_float_layer():
     expected = layer(x)
     (qw, ws), = integer_weights(layer).values()
     assert qw.dtype == torch.int8
-    xs = layer[0].edl_input_quant
+    xs = input_spec(layer[0])
     qx = integer_codes(x, xs).long()
     acc = (qx - xs.zero_point[0]) @ qw.long().T                 # int64 accumulation
     y = acc.double() * xs.scale[0] * torch.tensor(ws.scale, dtype=torch.float64) + layer[0].bias.double()

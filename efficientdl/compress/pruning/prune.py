@@ -22,29 +22,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ...core.state import WeightMask, weight_mask  # noqa: F401  (re-exported: the stage's state)
 from ...errors import RecipeError
 from ...report.results import StageReport
 from ..layers import check_spec_keys, compressible_tensors, retie, tensor_setting, tied_pairs
-
-
-class WeightMask(nn.Module):
-    """Parametrization ``W ↦ W ⊙ M`` with a fixed boolean mask ``M`` (a buffer)."""
-
-    def __init__(self, mask: torch.Tensor):
-        super().__init__()
-        self.register_buffer("mask", mask.to(torch.bool))
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * self.mask
-
-
-def weight_mask(module: nn.Module, attr: str = "weight") -> torch.Tensor | None:
-    """The boolean mask of a pruned tensor (``module.<attr>``), or ``None`` when it is not pruned."""
-    if parametrize.is_parametrized(module, attr):
-        for p in module.parametrizations[attr]:
-            if isinstance(p, WeightMask):
-                return p.mask
-    return None
 
 
 def apply_mask(module: nn.Module, mask: torch.Tensor, attr: str = "weight") -> None:

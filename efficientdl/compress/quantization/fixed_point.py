@@ -22,9 +22,10 @@ During fine-tuning the weight quantizer is a ``torch.nn.utils.parametrize``
 parametrization (the latent fp32 weight trains; the forward pass sees ``x̂``) and the
 activation quantizer a forward pre-hook on the layer; both pass gradients straight
 through inside the representable range and block them where the value saturates.
-:func:`freeze` then folds the quantized values into the weights and keeps each layer's
-:class:`QuantSpec` on the module (``edl_weight_quant``, ``edl_input_quant``), which is
-what the compressed file stores: integer codes with their radix points or scales.
+:func:`freeze` then puts the quantized values into the stored weights; the weight
+quantizer stays on as a parametrization and the input quantizer as a pre-hook
+(:mod:`efficientdl.core.state`), which is what the compressed file stores: integer
+codes with their radix points or scales.
 The change is recorded in ``model.edl_arch["transforms"]`` so a loaded file quantizes
 activations again.
 """
@@ -32,160 +33,23 @@ activations again.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ...core.state import (MAX_BITS, MIN_BITS, SCHEMES, InputQuantizer, QuantSpec, WeightQuantizer,
+                           attach_input_quantizer, dequantize, fake_quantize, freeze_weight_quantizer,
+                           input_spec, integer_codes, integer_ranges, weight_spec)
 from ...errors import RecipeError
 from ...models.transforms import record_transform, register_transform
-from ..layers import check_spec_keys, compressible_tensors, fold_parametrization, layer_setting, retie, tied_pairs
+from ..layers import check_spec_keys, compressible_tensors, layer_setting, retie, tied_pairs
 
-SCHEMES = ("fixed", "affine")
-MIN_BITS, MAX_BITS = 2, 16
-
-
-@dataclass
-class QuantSpec:
-    """One quantizer: ``x̂ = (clamp(round(x / s) + z, q_min, q_max) − z) · s``.
-
-    Attributes:
-        scheme: ``"fixed"`` (dynamic fixed point, ``s = 2^(−fl)``, ``z = 0``) or ``"affine"``.
-        bits: integer width ``b``.
-        qmin, qmax: the integer range (signed ``[−2^(b−1), 2^(b−1) − 1]`` or unsigned ``[0, 2^b − 1]``).
-        scale: ``s``, one per channel along ``axis`` (or one value).
-        zero_point: ``z``, as ``scale``.
-        frac_bits: for ``"fixed"``, the radix points ``fl`` (``s = 2^(−fl)``).
-        axis: the channel axis of per-channel quantization (0, the output channels), or None.
-    """
-
-    scheme: str
-    bits: int
-    qmin: int
-    qmax: int
-    scale: list[float]
-    zero_point: list[int]
-    frac_bits: list[int] | None = None
-    axis: int | None = None
-    _cache: dict = field(default_factory=dict, repr=False, compare=False)
-
-    def tensors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(scale, zero_point)`` as float tensors broadcastable against ``x``."""
-        key = (x.device, x.dtype, x.dim())
-        if key not in self._cache:
-            s = torch.tensor(self.scale, dtype=torch.float32, device=x.device)
-            z = torch.tensor(self.zero_point, dtype=torch.float32, device=x.device)
-            if self.axis is not None:
-                shape = [1] * x.dim()
-                shape[self.axis] = -1
-                s, z = s.reshape(shape), z.reshape(shape)
-            else:
-                s, z = s.reshape(()), z.reshape(())
-            self._cache[key] = (s.to(x.dtype), z.to(x.dtype))
-        return self._cache[key]
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (see :meth:`from_json`)."""
-        out = {"scheme": self.scheme, "bits": self.bits, "qmin": self.qmin, "qmax": self.qmax, "axis": self.axis}
-        if self.scheme == "fixed":
-            out["frac_bits"] = list(self.frac_bits)
-        else:
-            out.update(scale=list(self.scale), zero_point=list(self.zero_point))
-        return out
-
-    @classmethod
-    def from_json(cls, d: Any, channels: int | None = None, where: str = "quantizer") -> "QuantSpec":
-        """Validate and build a spec from :meth:`to_json`'s dict.
-
-        Args:
-            d: the dict.
-            channels: the size of the channel axis, when the spec is per channel.
-            where: names the source in error messages.
-
-        Raises:
-            ValueError: a missing field or an out-of-range value (one line).
-        """
-        if not isinstance(d, dict) or d.get("scheme") not in SCHEMES:
-            raise ValueError(f"{where}: not a quantizer (scheme must be one of {', '.join(SCHEMES)})")
-        bits, qmin, qmax, axis = d.get("bits"), d.get("qmin"), d.get("qmax"), d.get("axis")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (bits, qmin, qmax)) \
-                or not MIN_BITS <= bits <= MAX_BITS or (qmin, qmax) not in integer_ranges(bits):
-            raise ValueError(f"{where}: bits {bits!r} and range [{qmin!r}, {qmax!r}] are not a valid integer format")
-        if axis not in (None, 0):
-            raise ValueError(f"{where}: axis must be 0 or null, got {axis!r}")
-        if d["scheme"] == "fixed":
-            fl = d.get("frac_bits")
-            if not isinstance(fl, list) or not fl or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                              and -64 <= v <= 64 for v in fl):
-                raise ValueError(f"{where}: frac_bits must be a list of integers in [-64, 64]")
-            scale, zp = [2.0 ** -v for v in fl], [0] * len(fl)
-        else:
-            fl, scale, zp = None, d.get("scale"), d.get("zero_point")
-            if not isinstance(scale, list) or not isinstance(zp, list) or not scale or len(scale) != len(zp) \
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale) \
-                    or not all(isinstance(v, int) and not isinstance(v, bool) and qmin <= v <= qmax for v in zp):
-                raise ValueError(f"{where}: scales must be numbers, zero points integers in the range")
-            scale = [float(torch.tensor(float(v), dtype=torch.float32)) for v in scale]   # as used: float32
-            if not all(math.isfinite(v) and v > 0 for v in scale):
-                raise ValueError(f"{where}: scales must be finite and positive in float32")
-        expected = 1 if axis is None else channels
-        if expected is not None and len(scale) != expected:
-            raise ValueError(f"{where}: {len(scale)} scales for {expected} channel(s)")
-        return cls(d["scheme"], bits, qmin, qmax, scale, zp, fl, axis)
-
-
-def integer_ranges(bits: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """The signed and the unsigned range of a ``bits``-bit integer."""
-    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1), (0, (1 << bits) - 1)
-
-
-class _FakeQuant(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, scale, zero_point, qmin, qmax):  # noqa: D401 - autograd API
-        q = torch.round(x / scale) + zero_point
-        ctx.save_for_backward((q >= qmin) & (q <= qmax))
-        return (q.clamp(qmin, qmax) - zero_point) * scale
-
-    @staticmethod
-    def backward(ctx, g):  # noqa: D401 - autograd API
-        (inside,) = ctx.saved_tensors
-        return g * inside, None, None, None, None
-
-
-def fake_quantize(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """``x̂ = (clamp(round(x / s) + z, q_min, q_max) − z) · s`` with a straight-through gradient.
-
-    The gradient is passed unchanged where ``round(x / s) + z`` lies in ``[q_min, q_max]``
-    and is zero where the value saturates.  Rounding is to nearest, ties to even.
-
-    Args:
-        x: any float tensor (for a per-channel spec, channels along ``spec.axis``).
-        spec: the quantizer.
-
-    Returns:
-        The quantized values, in ``x``'s dtype.
-    """
-    s, z = spec.tensors(x)
-    return _FakeQuant.apply(x, s, z, float(spec.qmin), float(spec.qmax))
-
-
-def integer_codes(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """The integers ``q = clamp(round(x / s) + z, q_min, q_max)`` as an ``int32`` tensor.
-
-    Applied to an already quantized tensor it returns its codes exactly
-    (``(q − z) · s / s`` rounds back to ``q − z`` for ``|q| < 2^16``).
-    """
-    s, z = spec.tensors(x.float())
-    return (torch.round(x.float() / s) + z).clamp(spec.qmin, spec.qmax).to(torch.int32)
-
-
-def dequantize(q: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """``(q − z) · s`` in float32, the same arithmetic as :func:`fake_quantize`."""
-    s, z = spec.tensors(q.float())
-    return (q.float() - z) * s
-
+__all__ = ["MAX_BITS", "MIN_BITS", "SCHEMES", "InputQuantizer", "QuantSpec", "WeightQuantizer",
+           "affine_activation_spec", "affine_weight_spec", "attach_input_quantizer", "calibrate", "dequantize",
+           "fake_quantize", "fixed_point_spec", "freeze", "input_spec", "integer_codes", "integer_ranges",
+           "integer_weights", "quantize_linear", "weight_spec"]
 
 # --------------------------------------------------------------------------- choosing the parameters
 def fixed_point_spec(x: torch.Tensor, bits: int, signed: bool | None = None, search: int = 4,
@@ -261,49 +125,6 @@ def affine_activation_spec(lo: float, hi: float, bits: int) -> QuantSpec:
 def _check_bits(bits: Any) -> None:
     if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
         raise RecipeError(f"quantization bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
-
-
-# --------------------------------------------------------------------------- state on the model
-class WeightQuantizer(nn.Module):
-    """Parametrization ``W ↦ fake_quantize(W, spec)`` (the latent fp32 weight keeps training)."""
-
-    def __init__(self, spec: QuantSpec) -> None:
-        super().__init__()
-        self.spec = spec
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return fake_quantize(w, self.spec)
-
-
-class InputQuantizer:
-    """Forward pre-hook quantizing a layer's input with a per-tensor spec."""
-
-    def __init__(self, spec: QuantSpec) -> None:
-        self.spec = spec
-
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        if not args[0].is_floating_point():
-            return args
-        return (fake_quantize(args[0], self.spec),) + tuple(args[1:])
-
-
-def weight_spec(module: nn.Module) -> QuantSpec | None:
-    """The weight quantizer of a layer: its parametrization, or the spec kept by :func:`freeze`."""
-    if parametrize.is_parametrized(module, "weight"):
-        for p in module.parametrizations.weight:
-            if isinstance(p, WeightQuantizer):
-                return p.spec
-    spec = getattr(module, "edl_weight_quant", None)
-    return spec if isinstance(spec, QuantSpec) else None
-
-
-def attach_input_quantizer(module: nn.Module, spec: QuantSpec) -> None:
-    """Quantize ``module``'s input with ``spec`` (replacing a quantizer it already has)."""
-    for key, hook in list(module._forward_pre_hooks.items()):
-        if isinstance(hook, InputQuantizer):
-            del module._forward_pre_hooks[key]
-    module.edl_input_quant = spec
-    module.register_forward_pre_hook(InputQuantizer(spec))
 
 
 # --------------------------------------------------------------------------- calibration
@@ -439,33 +260,29 @@ def quantize_linear(model: nn.Module, calibration: Iterable | None, scheme: str 
 
 
 def freeze(model: nn.Module) -> nn.Module:
-    """Fold the weight quantizers into integer-valued weights and record the model's quantizers.
+    """Put the quantized values into the weights and record the model's quantizers.
 
-    Each quantized layer's weight becomes a plain parameter holding ``x̂`` exactly; its
-    spec stays on the module as ``edl_weight_quant`` (the compressed file stores the
-    integer codes with it), and the input quantizers stay as pre-hooks.  The specs are
-    recorded as the ``linear_quant`` transform of ``model.edl_arch``.
+    Each quantized layer's stored weight becomes ``x̂`` exactly and keeps its
+    :class:`WeightQuantizer` parametrization (which then costs nothing per call; the
+    compressed file stores the integer codes with the spec); the input quantizers stay
+    as pre-hooks.  The specs are recorded as the ``linear_quant`` transform of
+    ``model.edl_arch``.
 
     Returns:
         ``model``, changed in place.
     """
     layers = {}
-    ties = tied_pairs(model)
     for t in list(compressible_tensors(model)):
         if t.attr != "weight":
             continue
         name, module = t.module_name, t.module
-        spec = weight_spec(module)
-        if spec is not None and parametrize.is_parametrized(module, "weight"):
-            fold_parametrization(module, "weight")
-            module.edl_weight_quant = spec
-        inp = getattr(module, "edl_input_quant", None)
+        spec = freeze_weight_quantizer(module)
+        inp = input_spec(module)
         if spec is not None or inp is not None:
             layers[name] = {"weight": spec.to_json() if spec else None, "input": inp.to_json() if inp else None}
     arch = getattr(model, "edl_arch", None)
     if isinstance(arch, dict):  # one record of the quantizers, replacing an earlier one
         arch["transforms"] = [t for t in arch.get("transforms", []) if t.get("op") != "linear_quant"]
-    retie(ties)
     if layers:
         record_transform(model, "linear_quant", layers=layers)
     return model
@@ -479,8 +296,9 @@ def _replay_linear_quant(model: nn.Module, layers: dict) -> None:
         module = modules.get(name)
         if module is None or not hasattr(module, "weight"):
             raise ValueError(f"'{name}' is not a layer of the model")
-        if entry.get("weight") is not None:
-            module.edl_weight_quant = QuantSpec.from_json(entry["weight"], module.weight.shape[0], name)
+        if entry.get("weight") is not None and weight_spec(module) is None:
+            spec = QuantSpec.from_json(entry["weight"], module.weight.shape[0], name)
+            parametrize.register_parametrization(module, "weight", WeightQuantizer(spec), unsafe=True)
         if entry.get("input") is not None:
             attach_input_quantizer(module, QuantSpec.from_json(entry["input"], None, name))
     freeze(model)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ...core.state import SharedWeight, shared_weight  # noqa: F401  (re-exported: the stage's state)
 from ...errors import RecipeError
 from ...report.results import StageReport
 from ..layers import check_spec_keys, compressible_tensors, fold_parametrization, retie, tensor_setting, tied_pairs
@@ -134,41 +135,6 @@ def kmeans_1d(
     return centroids, labels
 
 
-class SharedWeight(nn.Module):
-    """Parametrization ``W = C[I]`` with codebook ``C = (0, centroids)`` and fixed indices ``I``.
-
-    Attributes:
-        centroids: trainable ``nn.Parameter`` of the ``2^b − 1`` shared values.
-        indices: int64 buffer of the weight's shape; 0 means a pruned (zero) weight.
-        bits: bits per index ``b``.
-    """
-
-    def __init__(self, centroids: torch.Tensor, indices: torch.Tensor, bits: int):
-        super().__init__()
-        self.bits = int(bits)
-        self.centroids = nn.Parameter(centroids.to(torch.float32).clone())
-        self.register_buffer("indices", indices.to(torch.int64))
-
-    def codebook(self) -> torch.Tensor:
-        """The full codebook ``(0, c_1, …, c_K)`` (differentiable in the centroids)."""
-        return torch.cat([self.centroids.new_zeros(1), self.centroids])
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:  # stored weight is unused
-        return self.codebook()[self.indices]
-
-    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight
-
-
-def shared_weight(module: nn.Module, attr: str = "weight") -> SharedWeight | None:
-    """The :class:`SharedWeight` parametrization of ``module.<attr>``, if it has one."""
-    if parametrize.is_parametrized(module, attr):
-        for p in module.parametrizations[attr]:
-            if isinstance(p, SharedWeight):
-                return p
-    return None
-
-
 def share_layer(module: nn.Module, bits: int, init: str = "linear", seed: int = 0,
                 attr: str = "weight") -> SharedWeight:
     """Cluster one layer's nonzero weights into ``2^bits − 1`` shared values in place.
@@ -187,9 +153,7 @@ def share_layer(module: nn.Module, bits: int, init: str = "linear", seed: int = 
         The registered :class:`SharedWeight`.
     """
     w = getattr(module, attr).detach().clone()
-    fold_parametrization(module, attr)
-    if attr == "weight" and hasattr(module, "edl_weight_quant"):
-        del module.edl_weight_quant     # the values leave the fixed-point grid
+    fold_parametrization(module, attr)   # a mask or a quantizer: the values leave its grid
     flat = w.flatten().numpy()
     nonzero = np.flatnonzero(flat)
     k = (1 << bits) - 1
