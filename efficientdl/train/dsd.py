@@ -9,6 +9,12 @@ Neural Networks", ICLR'17).
    is trained again at a lower learning rate, escaping the sparse solution's saddle
    points into a better minimum.
 
+The sparse phase prunes every compressible tensor
+(:func:`~efficientdl.compress.layers.compressible_tensors`: Linear and convolution
+weights, embeddings, each recurrent gate matrix, custom matrices), so the re-dense phase
+lifts the mask of every one of them: the masked tensor ``W ⊙ M`` becomes a plain
+parameter holding those values (zeros where ``M`` was 0), free to train again.
+
 :func:`dsd` returns the accuracy after each phase; :func:`dense_baseline` trains the same
 network for the same total number of epochs without the sparse phase, for comparison.
 """
@@ -40,8 +46,8 @@ def dsd(model: nn.Module, trainer: Trainer, sparsity: Any, epochs: tuple[int, in
         ``{"dense": acc, "sparse": acc, "redense": acc, "sparsity": {layer: s},
         "history": {phase: per-epoch records}}``.
     """
-    from ..compress.layers import compressible_layers, fold_parametrizations
-    from ..compress.pruning.prune import prune_once
+    from ..compress.layers import compressible_tensors, fold_parametrization, retie, tied_pairs
+    from ..compress.pruning.prune import prune_once, weight_mask
 
     history = {}
     if not pretrained and epochs[0]:
@@ -52,8 +58,11 @@ def dsd(model: nn.Module, trainer: Trainer, sparsity: Any, epochs: tuple[int, in
         history["sparse"] = trainer.fit(model, epochs=epochs[1], lr=lr, description="DSD sparse")
     if trainer.test_loader is not None:
         result["sparse"] = evaluate(model, trainer.test_loader)
-    for _, module in compressible_layers(model):      # lift the mask: pruned weights restart at zero
-        fold_parametrizations(module)
+    ties = tied_pairs(model)
+    for t in list(compressible_tensors(model)):      # lift every mask: pruned weights restart at zero
+        if weight_mask(t.module, t.attr) is not None:
+            fold_parametrization(t.module, t.attr)
+    retie(ties)
     if epochs[2]:
         history["redense"] = trainer.fit(model, epochs=epochs[2], lr=lr * redense_lr_scale,
                                          description="DSD re-dense")

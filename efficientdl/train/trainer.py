@@ -16,13 +16,14 @@ back into ordinary ``weight`` tensors for checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -49,6 +50,69 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Run the body from :func:`set_seed` ``(seed)`` and give the caller its generators back afterwards.
+
+    Python's ``random``, NumPy's global generator and PyTorch's CPU generator (and, when
+    ``device`` is a GPU or CUDA is already in use, the CUDA generators) are saved, seeded,
+    and restored on exit — as ``torch.random.fork_rng`` does for PyTorch — so the body is
+    reproducible from ``seed`` and the caller's random streams continue as if it had not
+    run.
+
+    Args:
+        seed: the seed of the body.
+        device: the device the body computes on.
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices: list[int] = []
+    if torch.cuda.is_available() and (torch.cuda.is_initialized() or (device is not None and device.type == "cuda")):
+        devices = list(range(torch.cuda.device_count()))
+    try:
+        with torch.random.fork_rng(devices=devices):
+            set_seed(seed)
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+def parametrization_parameters(model: nn.Module) -> set[int]:
+    """Ids of the parameters that parametrization objects own themselves.
+
+    These are what a method adds beside the stored tensor: the centroids of weight
+    sharing (``SharedWeight.centroids``), the scales of trained ternary quantization
+    (``TernaryWeight.wp``/``wn``) — found by where they live (a module inside a
+    ``module.parametrizations[name]`` chain), not by their names.  The stored tensor
+    itself (``parametrizations[name].original``) is not among them.
+    """
+    owned: set[int] = set()
+    for module in model.modules():
+        if parametrize.is_parametrized(module):
+            for chain in module.parametrizations.values():
+                for p in chain:                      # the parametrization objects, not `original`
+                    owned.update(id(q) for q in p.parameters())
+    return owned
+
+
+def decays(model: nn.Module, parameters: list[nn.Parameter]) -> list[bool]:
+    """Which of ``parameters`` (of ``model``) weight decay applies to, as nanoGPT's ``configure_optimizers``.
+
+    Decay for tensors with at least two dimensions (the weight matrices and kernels); none
+    for 1-D ones (biases, normalisation scales and shifts) and none for the parameters of
+    parametrizations (:func:`parametrization_parameters`: codebooks, centroids, scales).
+    """
+    owned = parametrization_parameters(model)
+    return [p.dim() >= 2 and id(p) not in owned for p in parameters]
+
+
+def parameter_groups(parameters: list, decay: list[bool], weight_decay: float) -> list[dict]:
+    """Two optimiser groups: ``decay`` marks the parameters with ``weight_decay``, the others get 0."""
+    groups = [{"params": [p for p, d in zip(parameters, decay) if d], "weight_decay": weight_decay},
+              {"params": [p for p, d in zip(parameters, decay) if not d], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 @torch.no_grad()
@@ -136,6 +200,11 @@ class Trainer:
     gradients (parametrization originals included, so masks and codebooks train
     through their parametrizations).
 
+    Weight decay (L2, ``w ← w − lr · (g + λ w)`` for SGD) applies, as in nanoGPT's
+    ``configure_optimizers``, only to parameters with at least two dimensions that are
+    not owned by a parametrization (:func:`decays`): biases, normalisation scales and
+    the centroids of weight sharing are not pulled towards zero.
+
     Schedules (``lr0`` = base rate, ``p`` = fraction of all steps done):
         ``"cosine"``: ``lr = lr0 * (1 + cos(pi * p)) / 2``, updated every step.
         ``"step"``: ``lr0``, times 0.1 from epoch ``0.5 * epochs``, times 0.01 from
@@ -163,7 +232,7 @@ class Trainer:
         epochs: default number of epochs for :meth:`fit`.
         lr: default base learning rate.
         momentum: SGD momentum (unused by Adam).
-        weight_decay: L2 penalty coefficient.
+        weight_decay: L2 penalty coefficient ``λ`` of the weight matrices (see above).
         optimizer: ``"sgd"`` (with ``momentum``) or ``"adam"`` (Kingma & Ba, ICLR'15, with
             torch's defaults β = (0.9, 0.999), ε = 1e-8); the schedule sets either one's rate.
         schedule: ``"cosine"``, ``"step"`` or ``"constant"``.
@@ -171,7 +240,10 @@ class Trainer:
             0 = none).  A training loader without ``len`` has no known epoch length:
             the warmup then lasts ``ceil(warmup_epochs)`` steps.
         clip_grad_norm: largest global gradient L2 norm (``None`` = no clipping).
-        seed: passed to :func:`set_seed` at the start of each :meth:`fit`.
+        seed: the random state of each :meth:`fit` (dropout, a loader shuffling with the
+            global generator): every fit runs from :func:`set_seed` ``(seed)`` inside
+            :func:`seeded`, so fits with the same seed are reproducible and the caller's
+            global generators are left where they were (neither reseeded nor advanced).
         progress: show a transient progress bar and one line per epoch.
         device: where to train.
         teacher: optional distillation teacher, kept in evaluation mode, no gradient.
@@ -306,18 +378,24 @@ class Trainer:
         base_lr = self.lr if lr is None else lr
         self._check_epochs(epochs)
         _check_number("lr", base_lr, 0.0, low_open=True)
-        set_seed(self.seed)
+        with seeded(self.seed, self.device):
+            return self._fit(model, epochs, base_lr, description, on_epoch)
+
+    def _fit(self, model: nn.Module, epochs: int, base_lr: float, description: str,
+             on_epoch: Callable[[nn.Module, dict], None] | None) -> list[dict]:
         model.to(self.device)
         was_training = model.training
         teacher_was_training = self.teacher.training if self.teacher is not None else False
         if self.teacher is not None:
             self.teacher.to(self.device).eval()
         parameters = [p for p in model.parameters() if p.requires_grad]
+        decay = decays(model, parameters)        # by position: the mixed path passes fp32 masters in this order
         if self.optimizer == "adam":
-            make_optimizer = lambda ps: torch.optim.Adam(ps, lr=base_lr, weight_decay=self.weight_decay)  # noqa: E731
+            make_optimizer = lambda ps: torch.optim.Adam(  # noqa: E731
+                parameter_groups(ps, decay, self.weight_decay), lr=base_lr)
         else:
-            make_optimizer = lambda ps: torch.optim.SGD(ps, lr=base_lr, momentum=self.momentum,  # noqa: E731
-                                                  weight_decay=self.weight_decay)
+            make_optimizer = lambda ps: torch.optim.SGD(  # noqa: E731
+                parameter_groups(ps, decay, self.weight_decay), lr=base_lr, momentum=self.momentum)
         self._mixed = self._grad_scaler = None
         if self.precision == "mixed":
             from .mixed_precision import MixedPrecisionOptimizer

@@ -6,7 +6,7 @@ import torch
 from sklearn.cluster import KMeans
 from torch import nn
 
-from efficientdl.compress.pruning.prune import magnitude_mask, prune_once, weight_mask
+from efficientdl.compress.pruning.prune import prune_once, weight_mask
 from efficientdl.compress.quantization.share import kmeans_1d, share, share_layer, shared_weight
 from efficientdl.errors import RecipeError
 
@@ -243,11 +243,26 @@ def test_share_per_layer_bits_and_skipped_layers():
 def test_share_unpruned_layer_and_mask_intersection():
     torch.manual_seed(0)
     layer = nn.Linear(40, 30)
-    mask = magnitude_mask(layer.weight, 0.5)
     share_layer(layer, bits=5)
     assert int((layer.weight != 0).sum()) == layer.weight.numel()  # nothing was pruned
     assert torch.unique(layer.weight.detach()).numel() <= 31
-    assert mask.sum() == 600
+    # a pruned layer: the shared weight is zero exactly where the mask is zero (index 0), and every
+    # kept weight becomes its nearest centroid
+    from efficientdl.compress.pruning.prune import apply_mask
+
+    pruned = nn.Linear(40, 30)
+    mask = torch.rand(30, 40, generator=torch.Generator().manual_seed(1)) < 0.5     # a mask built by hand
+    assert 0 < int(mask.sum()) < mask.numel()
+    latent = pruned.weight.detach().clone()
+    apply_mask(pruned, mask)
+    sw = share_layer(pruned, bits=5)
+    shared = pruned.weight.detach()
+    assert torch.equal(shared == 0, ~mask)
+    assert torch.equal(sw.indices == 0, ~mask)
+    assert weight_mask(pruned) is None                                   # the mask is folded into the indices
+    kept, centroids = latent[mask].numpy(), sw.centroids.detach().numpy()
+    np.testing.assert_allclose(np.abs(shared[mask].numpy() - kept), nearest_distance(kept, centroids),
+                               rtol=0, atol=1e-7)
 
 
 def test_sharing_a_copy_leaves_the_pruned_original_intact():

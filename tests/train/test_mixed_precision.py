@@ -81,7 +81,26 @@ def test_trainer_precisions_train_and_return_fp32(precision):
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert evaluate(model, loader) > 0.85
     if precision == "mixed":
-        assert history[-1]["skipped_steps"] >= 0 and history[-1]["loss_scale"] >= 1.0
+        # 4 epochs × 8 steps, gradients ≪ 65504 / 2^15 = 2: no step overflows, and 32 clean steps are
+        # fewer than the 2000 after which the scale would grow
+        assert [(r["skipped_steps"], r["loss_scale"]) for r in history] == [(0, 2.0 ** 15)] * 4
+
+
+def test_trainer_skips_the_overflowing_step_and_halves_the_scale(monkeypatch):
+    """A loss scale of 2^40 makes the first backward overflow fp16 (any gradient above 2^-24·65504 does):
+    the trainer reports exactly one skipped step, the scale halved, and the weights untouched."""
+    import functools
+
+    from efficientdl.train import Trainer, mixed_precision
+
+    monkeypatch.setattr(mixed_precision, "LossScaler", functools.partial(LossScaler, scale=2.0 ** 40))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 2))
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = torch.randn(16, 10), torch.randint(0, 2, (16,))
+    history = Trainer([(x, y)], epochs=1, lr=0.1, seed=0, progress=False, precision="mixed").fit(model)
+    assert history[0]["skipped_steps"] == 1 and history[0]["loss_scale"] == 2.0 ** 39
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
 
 
 def test_unknown_precision_is_refused():

@@ -2,6 +2,9 @@
 
 import io
 import math
+import random
+
+import numpy as np
 
 import pytest
 import torch
@@ -82,6 +85,49 @@ def test_same_seed_same_weights():
     assert not all(torch.equal(a, b) for a, b in zip(first.parameters(), third.parameters()))
 
 
+def _draws():
+    return torch.rand(4).tolist(), random.random(), float(np.random.rand())
+
+
+def test_fit_leaves_the_global_generators_where_they_were():
+    """A fit neither reseeds nor consumes the caller's torch / Python / NumPy generators, while
+    dropout inside it is still reproducible from the trainer's seed."""
+    x, y = separable_problem()
+    loader = TensorLoader(x, y, batch_size=32, shuffle=True, seed=0)
+
+    initial = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 2))
+
+    def dropout_mlp():
+        model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 2))
+        model.load_state_dict(initial.state_dict())
+        return model
+
+    trainer = Trainer(loader, epochs=1, lr=0.1, seed=0, progress=False)
+    set_seed(123)
+    reference = [_draws(), _draws()]                   # the caller's stream without any fit
+    set_seed(0)
+    fresh = _draws()                                   # what a reseed to the trainer's seed would give
+    model_a = dropout_mlp()
+    set_seed(123)
+    first = _draws()
+    trainer.fit(model_a)
+    second = _draws()
+    assert [first, second] == [reference[0], reference[1]]
+    assert second != fresh
+    # the same seed gives the same training, whatever the caller's generators hold
+    set_seed(999)
+    torch.rand(17)
+    model_b = dropout_mlp()
+    Trainer(loader, epochs=1, lr=0.1, seed=0, progress=False).fit(model_b)
+    assert all(torch.equal(a, b) for a, b in zip(model_a.parameters(), model_b.parameters()))
+    model_c = dropout_mlp()
+    trainer.fit(model_c)                               # the same trainer again: the same result
+    assert all(torch.equal(a, c) for a, c in zip(model_a.parameters(), model_c.parameters()))
+    model_d = dropout_mlp()
+    Trainer(loader, epochs=1, lr=0.1, seed=1, progress=False).fit(model_d)   # dropout follows the seed
+    assert not all(torch.equal(a, d) for a, d in zip(model_a.parameters(), model_d.parameters()))
+
+
 def test_schedules_follow_their_formulas():
     x, y = separable_problem(64)
     loader = TensorLoader(x, y, batch_size=16)
@@ -115,7 +161,10 @@ def test_adam_takes_the_same_steps_as_torch_adam():
     reference.load_state_dict(model.state_dict())
     Trainer(batches, epochs=2, lr=0.01, weight_decay=1e-3, schedule="constant", optimizer="adam",
             progress=False).fit(model)
-    adam = torch.optim.Adam(reference.parameters(), lr=0.01, weight_decay=1e-3)
+    matrices = [p for p in reference.parameters() if p.dim() == 2]      # decay for weight matrices only
+    biases = [p for p in reference.parameters() if p.dim() == 1]
+    adam = torch.optim.Adam([{"params": matrices, "weight_decay": 1e-3}, {"params": biases, "weight_decay": 0.0}],
+                            lr=0.01)
     for _ in range(2):
         for xb, yb in batches:
             adam.zero_grad()
@@ -346,3 +395,57 @@ def test_bad_warmup_and_clipping():
             Trainer(loader, clip_grad_norm=bad)
     with pytest.raises(RecipeError, match="mixed"):
         Trainer(loader, clip_grad_norm=1.0, precision="mixed")
+
+
+class _ZeroGradient(nn.Module):
+    """Logits that do not depend on the parameters' values: every parameter gets a zero gradient,
+    so one optimiser step shows the weight decay alone."""
+
+    def __init__(self):
+        super().__init__()
+        from efficientdl.compress import apply_mask, share_layer
+
+        self.fc = nn.Linear(4, 3)
+        self.bn = nn.BatchNorm1d(3)
+        self.masked = nn.Linear(3, 3)
+        self.shared = nn.Linear(3, 2)
+        with torch.no_grad():                     # dyadic values: (1 − lr·wd) · w is exact in float32
+            for i, p in enumerate(self.parameters()):
+                p.copy_((torch.arange(p.numel()).reshape(p.shape) % 7 - 3 + i) / 16)
+        apply_mask(self.masked, torch.tensor([[1, 0, 1], [0, 1, 1], [1, 1, 0]], dtype=torch.bool))
+        share_layer(self.shared, bits=2)           # 1-D centroids, a frozen stored weight
+
+    def forward(self, x):
+        out = self.shared(torch.relu(self.masked(self.bn(self.fc(x)))))
+        return out * 0.0 + torch.tensor([2.0, -1.0])
+
+
+def _decay_step(optimizer):
+    model = _ZeroGradient()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    x, y = torch.randn(4, 4), torch.tensor([0, 1, 0, 1])
+    Trainer([(x, y)], epochs=1, lr=0.5, momentum=0.0, weight_decay=0.25, schedule="constant",
+            optimizer=optimizer, progress=False).fit(model)
+    return before, dict(model.named_parameters())
+
+
+def test_weight_decay_shrinks_only_weight_matrices():
+    """nanoGPT's ``configure_optimizers`` rule: L2 decay for parameters with at least two dimensions,
+    none for biases, normalisation scales and the centroids of weight sharing (SGD without momentum:
+    ``w ← w − lr · (g + λ w)``, here ``g = 0``: ``w ← (1 − lr · λ) w`` = 7/8 · w)."""
+    before, after = _decay_step("sgd")
+    decayed = {"fc.weight", "masked.parametrizations.weight.original"}
+    frozen = {"shared.parametrizations.weight.original"}          # requires_grad False: not optimised
+    assert set(before) == decayed | frozen | {"fc.bias", "bn.weight", "bn.bias", "masked.bias", "shared.bias",
+                                              "shared.parametrizations.weight.0.centroids"}
+    for name, p in after.items():
+        expected = before[name] * 0.875 if name in decayed else before[name]
+        assert torch.equal(p.detach(), expected), name
+    assert torch.count_nonzero(before["fc.weight"]) > 0 and torch.count_nonzero(before["fc.bias"]) > 0
+
+
+def test_adam_leaves_parameters_without_decay_unchanged():
+    before, after = _decay_step("adam")       # zero gradient and no decay: Adam's step is exactly 0
+    for name in ("fc.bias", "bn.weight", "bn.bias", "shared.parametrizations.weight.0.centroids"):
+        assert torch.equal(after[name].detach(), before[name]), name
+    assert not torch.equal(after["fc.weight"].detach(), before["fc.weight"])
