@@ -24,7 +24,7 @@ from torch import nn
 
 from ..core.parametrize import fold_parametrization, replace_module
 from ..core.state import only_weight_quantizers
-from ..models.transforms import record_transform, register_transform
+from .transforms import record_transform, register_transform
 
 _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)

@@ -13,7 +13,7 @@ the compressed file and measures, on the model decoded from that file:
 * ``latency_us`` — median batch-1 CPU latency of the decoded model (plain PyTorch layers,
   or the compressed runtime where the method's weights are codebook-indexed).
 
-Methods (:data:`METHODS`):
+Methods (:data:`METHODS`, a registry: a new method is one builder function there):
 
 ``fp32``                 the trained model as it is.
 ``prune``                iterative magnitude pruning with retraining (Han et al. 2015).
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+from dataclasses import dataclass
 import tempfile
 import time
 from pathlib import Path
@@ -44,11 +45,14 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from ..core.registry import Registry
 from ..errors import RecipeError
 from .layers import compressible_tensors, layer_type, run_with_layer_hooks
-
-METHODS = ("fp32", "prune", "share", "deep-compression", "fixed-point-8", "fixed-point-4", "int8", "ttq",
-           "prune+ttq", "low-rank+fixed-point")
+from .lowrank.svd import low_rank
+from .pruning.prune import prune
+from .quantization.fixed_point import freeze, quantize_linear
+from .quantization.share import share
+from .quantization.ternary import ternarize
 
 #: default pruning targets (the order of magnitude of Deep Compression's LeNets): convolutions
 #: 60%, every other weight matrix (fully connected, recurrent, embedding) 90%
@@ -109,6 +113,107 @@ def _largest_linear(model: nn.Module) -> str | None:
     return max(linear)[1] if linear else None
 
 
+@dataclass
+class MethodContext:
+    """What a method's builder gets: the trained model and the shared fine-tuning budget.
+
+    Attributes:
+        model: the trained fp32 model (never modified; builders work on copies).
+        calibration: training batches (calibration data for the quantizers).
+        fit: ``fit(model, lr=None)`` fine-tunes with the common budget (``lr`` overrides the rate).
+        pruned: a fresh copy of the pruned model (pruned once, with retraining, then cached).
+        seed: training seed.
+        share_bits, dc_bits: per-type bits of weight sharing alone and of Deep Compression.
+    """
+
+    model: nn.Module
+    calibration: Iterable
+    fit: Callable[..., None]
+    pruned: Callable[[], nn.Module]
+    seed: int
+    share_bits: dict
+    dc_bits: dict
+
+    def copy(self) -> nn.Module:
+        """A deep copy of the trained model."""
+        return copy.deepcopy(self.model)
+
+
+#: the methods of :func:`compare_methods`: name → ``build(context) -> compressed model``
+METHODS: Registry[Callable[[MethodContext], nn.Module]] = Registry("method")
+#: methods whose decoded files run on the compressed runtime (codebook-indexed weights)
+COMPRESSED_RUNTIME = ("share", "deep-compression")
+
+
+@METHODS.register("fp32", help="the trained model as it is")
+def _fp32(ctx: MethodContext) -> nn.Module:
+    return ctx.copy()
+
+
+@METHODS.register("prune", help="iterative magnitude pruning with retraining")
+def _prune(ctx: MethodContext) -> nn.Module:
+    return ctx.pruned()
+
+
+@METHODS.register("share", help="k-means weight sharing with trained centroids")
+def _share(ctx: MethodContext) -> nn.Module:
+    m = ctx.copy()
+    share(m, bits=ctx.share_bits, seed=ctx.seed, finetune=lambda mm: ctx.fit(mm, DENSE_CENTROID_LR))
+    return m
+
+
+@METHODS.register("deep-compression", help="pruning + weight sharing + Huffman coding")
+def _deep_compression(ctx: MethodContext) -> nn.Module:
+    m = ctx.pruned()
+    share(m, bits=ctx.dc_bits, seed=ctx.seed, finetune=lambda mm: ctx.fit(mm, PRUNED_CENTROID_LR))
+    return m
+
+
+def _calibrated(scheme: str, weight_bits: int, finetuned: bool) -> Callable[[MethodContext], nn.Module]:
+    def build(ctx: MethodContext) -> nn.Module:
+        m = ctx.copy()
+        quantize_linear(m, ctx.calibration, scheme=scheme, weight_bits=weight_bits, activation_bits=8)
+        if finetuned:
+            ctx.fit(m)
+        return freeze(m)
+    return build
+
+
+METHODS.register("fixed-point-8", _calibrated("fixed", 8, False),
+                 help="dynamic fixed point, 8-bit weights and activations, calibration only")
+METHODS.register("fixed-point-4", _calibrated("fixed", 4, True),
+                 help="4-bit weights, 8-bit activations, fine-tuned with the quantizers")
+METHODS.register("int8", _calibrated("affine", 8, False), help="affine int8 post-training quantization")
+
+
+@METHODS.register("ttq", help="trained ternary quantization (first and last layer fp32)")
+def _ttq(ctx: MethodContext) -> nn.Module:
+    m = ctx.copy()
+    ternarize(m, "ttq")
+    ctx.fit(m)
+    return m
+
+
+@METHODS.register("prune+ttq", help="pruning, then TTQ on the surviving weights")
+def _prune_ttq(ctx: MethodContext) -> nn.Module:
+    m = ctx.pruned()
+    ternarize(m, "ttq")
+    ctx.fit(m)
+    return m
+
+
+@METHODS.register("low-rank+fixed-point", help="SVD of the largest fc layer (4× fewer parameters), then 8-bit")
+def _low_rank_fixed_point(ctx: MethodContext) -> nn.Module:
+    m = ctx.copy()
+    target = _largest_linear(m)
+    if target is None:
+        raise RecipeError("low-rank+fixed-point needs an nn.Linear layer")
+    low_rank(m, reduction={target: 4})
+    ctx.fit(m)
+    quantize_linear(m, ctx.calibration, scheme="fixed", weight_bits=8, activation_bits=8)
+    return freeze(m)
+
+
 def compare_methods(model: nn.Module, train_data: Iterable, test_data: Iterable, methods: Iterable[str] | None = None,
                     epochs: int = 2, lr: float = 0.005, sparsity: Any = None, seed: int = 0,
                     out_dir: str | Path | None = None, latency_repeat: int = 200,
@@ -139,20 +244,13 @@ def compare_methods(model: nn.Module, train_data: Iterable, test_data: Iterable,
     """
     from .. import format as fmt
     from ..train import Trainer, evaluate
-    from .quantization.fixed_point import freeze, quantize_linear
-    from .lowrank.svd import low_rank
-    from .pruning.prune import prune
-    from .quantization.share import share
-    from .quantization.ternary import ternarize
 
     methods = list(METHODS if methods is None else methods)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise RecipeError(f"unknown method {unknown[0]!r} (expected one of {', '.join(METHODS)})")
+    for name in methods:
+        METHODS.entry(name)
     sparsity = (_by_present_type(DEFAULT_SPARSITY["Conv2d"], DEFAULT_SPARSITY["Linear"], model)
                 if sparsity is None else sparsity)
-    share_bits = _by_present_type(8, 5, model)
-    dc_bits = _by_present_type(5, 4, model)
+
     def fit(m: nn.Module, rate: float = lr) -> None:
         if epochs:
             Trainer(train_data, test_data, epochs=epochs, lr=rate, weight_decay=0.0, seed=seed,
@@ -167,43 +265,8 @@ def compare_methods(model: nn.Module, train_data: Iterable, test_data: Iterable,
             pruned_cache.append(m)
         return copy.deepcopy(pruned_cache[0])
 
-    def build(method: str) -> nn.Module:
-        if method == "fp32":
-            return copy.deepcopy(model)
-        if method == "prune":
-            return pruned()
-        if method == "share":
-            m = copy.deepcopy(model)
-            share(m, bits=share_bits, seed=seed, finetune=lambda mm: fit(mm, DENSE_CENTROID_LR))
-            return m
-        if method == "deep-compression":
-            m = pruned()
-            share(m, bits=dc_bits, seed=seed, finetune=lambda mm: fit(mm, PRUNED_CENTROID_LR))
-            return m
-        if method in ("fixed-point-8", "int8"):
-            m = copy.deepcopy(model)
-            quantize_linear(m, train_data, scheme="fixed" if method == "fixed-point-8" else "affine",
-                            weight_bits=8, activation_bits=8)
-            return freeze(m)
-        if method == "fixed-point-4":
-            m = copy.deepcopy(model)
-            quantize_linear(m, train_data, scheme="fixed", weight_bits=4, activation_bits=8)
-            fit(m)
-            return freeze(m)
-        if method in ("ttq", "prune+ttq"):
-            m = copy.deepcopy(model) if method == "ttq" else pruned()
-            ternarize(m, "ttq")
-            fit(m)
-            return m
-        # low-rank + fixed point
-        m = copy.deepcopy(model)
-        target = _largest_linear(m)
-        if target is None:
-            raise RecipeError("low-rank+fixed-point needs an nn.Linear layer")
-        low_rank(m, reduction={target: 4})
-        fit(m)
-        quantize_linear(m, train_data, scheme="fixed", weight_bits=8, activation_bits=8)
-        return freeze(m)
+    context = MethodContext(model, train_data, fit, pruned, seed, _by_present_type(8, 5, model),
+                            _by_present_type(5, 4, model))
 
     example = next(iter(test_data))[0][:1]
     original_bytes = 4 * sum(p.numel() for p in model.parameters())
@@ -213,12 +276,12 @@ def compare_methods(model: nn.Module, train_data: Iterable, test_data: Iterable,
         where.mkdir(parents=True, exist_ok=True)
         fp32_latency = None
         for method in ["fp32"] + [m for m in methods if m != "fp32"]:
-            built = build(method)
+            built = METHODS.get(method)(context)
             path = where / f"{method}.edlz"
             fmt.save(built, path)
             container = fmt.read(path)
             macs, dense_macs = stored_macs(fmt.load(container), example)
-            runtime = "compressed" if method in ("share", "deep-compression") else "dense"
+            runtime = "compressed" if method in COMPRESSED_RUNTIME else "dense"
             decoded = fmt.load(container, runtime=runtime)
             latency = batch1_latency_us(decoded, example, latency_repeat)
             fp32_latency = fp32_latency or latency

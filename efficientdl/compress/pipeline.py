@@ -27,8 +27,8 @@ from torch import nn
 
 from ..errors import RecipeError
 from ..report.results import LayerRecord, StageReport
-from .layers import check_spec_keys, compressible_tensors, plain_copy, retie, tensor_setting, tied_pairs
-from .pruning.prune import prune, weight_mask
+from .layers import check_spec_keys, compressible_tensors, plain_copy, retie, tied_pairs
+from .pruning.prune import prune, pruning_targets, weight_mask
 from .recipe import Recipe
 from .quantization.share import SharedWeight, share
 
@@ -126,13 +126,12 @@ def check_against_model(recipe: Recipe, model: nn.Module) -> None:
             check_spec_keys(spec, model, f"{stage}.{key}")
         except RecipeError as e:
             raise RecipeError(f"{recipe.where(stage, key)}: {e}") from None
-    prune_section = r.get("prune") or {}
-    if prune_section.get("sparsity") is not None and prune_section.get("quality") is not None:
-        for t in compressible_tensors(model):     # per layer, one pruning method
-            if tensor_setting(prune_section["sparsity"], t, "sparsity") is not None \
-                    and tensor_setting(prune_section["quality"], t, "quality") is not None:
-                raise RecipeError(f"{recipe.where('prune', 'quality')}: prune: both 'sparsity' and 'quality' "
-                                  f"select '{t.key}'; give each layer one")
+    prune_section = r.get("prune")
+    if prune_section is not None:       # per layer, one pruning method
+        try:
+            pruning_targets(model, prune_section.get("sparsity"), prune_section.get("quality"))
+        except RecipeError as e:
+            raise RecipeError(f"{recipe.where('prune', 'quality')}: {e}") from None
 
 
 class _StageCheckpoints:

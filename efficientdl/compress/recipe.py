@@ -34,7 +34,10 @@ from typing import Any, Callable
 
 import yaml
 
+from ..core.options import Option
 from ..errors import RecipeError
+from ..train.options import TRAIN_OPTIONS
+from .pruning.prune import check_targets
 
 
 def _number(lo: float | None = None, hi: float | None = None, integer: bool = False,
@@ -72,26 +75,23 @@ def _is(kind: type, name: str) -> Callable[[Any], str | None]:
     return lambda v: None if isinstance(v, kind) else f"expected {name}, got {v!r}"
 
 
-_TRAIN = {
-    "epochs": _number(0, 10_000, integer=True),
-    "lr": _number(0, 100, lo_open=True),
-    "momentum": _number(0, 0.999),
-    "weight_decay": _number(0, 1),
-    "warmup_epochs": _number(0, 10_000),
-    "clip_grad_norm": _number(0, 1e6, lo_open=True),
-    "optimizer": _choice("sgd", "adam"),
-}
+def _option(option: Option) -> Callable[[Any], str | None]:
+    return option.problem
+
+
+#: every stage's (re)training keys, as the Trainer and the command line declare them
+_TRAIN = {name: _option(option) for name, option in TRAIN_OPTIONS.items()}
 SCHEMA: dict[str, Any] = {
     "model": _is(str, "a model name"),
     "data": _is(str, "a dataset name"),
     "seed": _number(0, 2**31 - 1, integer=True),
     "batch_size": _number(1, 1 << 16, integer=True),
     "fold_batchnorm": _is(bool, "true or false"),
-    "dense": {**_TRAIN, "schedule": _choice("cosine", "step", "constant")},
-    "prune": {**_TRAIN, "schedule": _choice("cosine", "step", "constant"), "sparsity": _per_layer(_number(0, 1)), "quality": _per_layer(_number(0, 100)),
+    "dense": _TRAIN,
+    "prune": {**_TRAIN, "sparsity": _per_layer(_number(0, 1)), "quality": _per_layer(_number(0, 100)),
               "steps": _number(1, 1000, integer=True), "sparsity_schedule": _choice("gradual", "linear"),
               "distill": _is(bool, "true or false")},
-    "quantize": {**_TRAIN, "schedule": _choice("cosine", "step", "constant"), "bits": _per_layer(_number(1, 16, integer=True)),
+    "quantize": {**_TRAIN, "bits": _per_layer(_number(1, 16, integer=True)),
                  "init": _choice("linear", "density", "random"), "distill": _is(bool, "true or false")},
     "encode": {"index_bits": _per_layer(_number(1, 8, integer=True)), "coding": _choice("huffman", "fixed")},
 }
@@ -173,13 +173,9 @@ def validate(data: Any, path: str | None = None, lines: dict[tuple, int] | None 
     walk(data, SCHEMA, ())
     if "model" not in data:
         raise RecipeError(f"{recipe.where()}: the recipe must name a 'model'")
-    prune = data.get("prune")
-    if prune is not None and "sparsity" not in prune and "quality" not in prune:
-        raise RecipeError(f"{recipe.where('prune')}: prune needs exactly one of 'sparsity' and 'quality' per layer")
-    if prune is not None and "sparsity" in prune and "quality" in prune \
-            and not (isinstance(prune["sparsity"], dict) and isinstance(prune["quality"], dict)):
-        raise RecipeError(f"{recipe.where('prune')}: prune needs exactly one of 'sparsity' and 'quality' "
-                          "per layer (both together only as per-layer mappings)")
+    if data.get("prune") is not None:
+        prune = data["prune"]
+        check_targets(prune.get("sparsity"), prune.get("quality"), where=recipe.where("prune"))
     if data.get("quantize") is not None and "bits" not in data["quantize"]:
         raise RecipeError(f"{recipe.where('quantize')}: quantize needs 'bits'")
     return recipe

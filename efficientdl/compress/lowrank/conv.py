@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ...errors import RecipeError
-from ...models.transforms import record_transform, register_transform
+from ..transforms import record_transform, register_transform
 from ..layers import check_spec_keys, layer_setting, replace_module, select_layers
 from .svd import choose_rank
 from ..macs import conv2d_macs, layer_io_shapes, sequential_conv_macs

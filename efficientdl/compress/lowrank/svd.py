@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ...errors import RecipeError
-from ...models.transforms import record_transform, register_transform
+from ..transforms import record_transform, register_transform
 from ..layers import layer_setting, replace_module
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ...errors import EdlError, RecipeError
-from ...models.transforms import record_transform, register_transform
+from ..transforms import record_transform, register_transform
 from ...nn.tensor_train import TTLinear, tt_ranks
 from ..layers import check_spec_keys, layer_setting, replace_module, select_layers
 

@@ -1,8 +1,12 @@
 """Pruning (Han et al., NIPS'15): masks as parametrizations, magnitude and threshold
 criteria, iterative schedules with retraining, and per-layer sensitivity analysis."""
 
-from .prune import (WeightMask, apply_mask, magnitude_mask, prune, prune_once, sensitivity,
-                    sparsities_from_sensitivity, sparsity_schedule, std_mask, weight_mask)
+from .criteria import CRITERIA, SELECTIONS, PruningContext, global_mask, magnitude_scores, parse_pattern
+from .prune import (TARGETS, WeightMask, apply_mask, check_targets, magnitude_mask, prune, prune_once,
+                    pruning_targets, sensitivity, sparsities_from_sensitivity, sparsity_schedule, std_mask,
+                    weight_mask)
 
-__all__ = ["WeightMask", "apply_mask", "magnitude_mask", "prune", "prune_once", "sensitivity",
-           "sparsities_from_sensitivity", "sparsity_schedule", "std_mask", "weight_mask"]
+__all__ = ["CRITERIA", "SELECTIONS", "TARGETS", "PruningContext", "WeightMask", "apply_mask", "check_targets",
+           "global_mask", "magnitude_mask", "magnitude_scores", "parse_pattern", "prune", "prune_once",
+           "pruning_targets", "sensitivity", "sparsities_from_sensitivity", "sparsity_schedule", "std_mask",
+           "weight_mask"]

@@ -25,6 +25,8 @@ from torch.nn.utils import parametrize
 from ...core.state import WeightMask, weight_mask  # noqa: F401  (re-exported: the stage's state)
 from ...errors import RecipeError
 from ...report.results import StageReport
+from .criteria import (CRITERIA, SELECTIONS, PruningContext, magnitude_scores, parse_pattern,
+                       select_per_layer, select_threshold)
 from ..layers import check_spec_keys, compressible_tensors, retie, tensor_setting, tied_pairs
 
 
@@ -54,23 +56,18 @@ def apply_mask(module: nn.Module, mask: torch.Tensor, attr: str = "weight") -> N
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Mask that keeps the ``round((1 − sparsity) · n)`` weights of largest magnitude.
 
-    Ties at the threshold are broken by position (a stable top-k), so the kept count
-    is exact.
+    The magnitude criterion with the per-layer selection
+    (:mod:`~efficientdl.compress.pruning.criteria`).  Ties at the threshold are broken
+    by position (a stable sort), so the kept count is exact.
 
     Args:
         weight: the layer's (effective) weight.
         sparsity: fraction of weights to remove, in ``[0, 1]``.
 
     Returns:
-        Boolean mask of the weight's shape.
+        Boolean mask of the weight's shape, on the weight's device.
     """
-    n = weight.numel()
-    keep = int(round((1.0 - sparsity) * n))
-    mask = torch.zeros(n, dtype=torch.bool)
-    if keep > 0:
-        idx = torch.topk(weight.detach().abs().flatten(), keep, sorted=False).indices
-        mask[idx] = True
-    return mask.view_as(weight)
+    return select_per_layer(magnitude_scores(weight), sparsity)
 
 
 def std_mask(weight: torch.Tensor, quality: float) -> torch.Tensor:
@@ -87,10 +84,37 @@ def std_mask(weight: torch.Tensor, quality: float) -> torch.Tensor:
     Returns:
         Boolean mask of the weight's shape.
     """
-    w = weight.detach()
-    alive = w[w != 0]
-    threshold = quality * (alive.std() if alive.numel() > 1 else torch.tensor(0.0))
-    return w.abs() > threshold
+    return select_threshold(magnitude_scores(weight), quality, weight)
+
+
+#: how a tensor's pruning target is given → the mask selection it uses
+TARGETS = {"sparsity": "per_layer", "quality": "threshold", "pattern": "n:m"}
+
+
+def check_targets(sparsity: Any = None, quality: Any = None, pattern: Any = None, where: str = "",
+                  names: tuple[str, str] = ("'sparsity'", "'quality'")) -> None:
+    """The rule every entry point applies: each tensor gets exactly one target.
+
+    ``sparsity`` (per-layer selection), ``quality`` (the threshold rule) and ``pattern``
+    (``n:m``) may be combined only as per-layer mappings, choosing the method layer by
+    layer; which tensors two mappings both select is checked on the model by
+    :func:`prune_once`.
+
+    Args:
+        sparsity, quality, pattern: the settings as given (``None``: not given).
+        where: prefix of the message (a recipe position), if any.
+        names: how the first two settings are called where they were given (recipe keys
+            or command-line flags).
+
+    Raises:
+        RecipeError: none given, or two given not both as per-layer mappings.
+    """
+    given = [v for v in (sparsity, quality, pattern) if v is not None]
+    what, prefix = f"exactly one of {names[0]} and {names[1]}", f"{where}: " if where else ""
+    if not given:
+        raise RecipeError(f"{prefix}prune needs {what} per layer")
+    if len(given) > 1 and not all(isinstance(v, Mapping) for v in given):
+        raise RecipeError(f"{prefix}prune needs {what} per layer (both together only as per-layer mappings)")
 
 
 def _check_fraction(value: Any, name: str, what: str) -> float:
@@ -99,44 +123,92 @@ def _check_fraction(value: Any, name: str, what: str) -> float:
     return float(value)
 
 
-def prune_once(model: nn.Module, sparsity: Any = None, quality: Any = None) -> dict[str, float]:
-    """Prune every selected tensor once, by target sparsity or by the std threshold.
+def _target(t: Any, settings: dict[str, Any]) -> tuple[str, Any] | None:
+    """The one ``(kind, value)`` a tensor's settings give it, or ``None`` when none selects it."""
+    chosen = [(kind, tensor_setting(spec, t, kind)) for kind, spec in settings.items() if spec is not None]
+    chosen = [(kind, value) for kind, value in chosen if value is not None]
+    if len(chosen) > 1:
+        a, b = chosen[0][0], chosen[1][0]
+        raise RecipeError(f"prune: both '{a}' and '{b}' select '{t.key}'; give each layer one")
+    if not chosen:
+        return None
+    kind, value = chosen[0]
+    if kind == "sparsity":
+        return kind, _check_fraction(value, t.key, "sparsity")
+    if kind == "quality":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise RecipeError(f"quality for '{t.key}' must be a number ≥ 0, got {value!r}")
+        return kind, float(value)
+    try:
+        return kind, parse_pattern(value)
+    except ValueError as error:
+        raise RecipeError(f"pattern for '{t.key}': {error}") from None
 
-    ``sparsity`` and ``quality`` may both be given as per-layer mappings, choosing the
-    method layer by layer (``sparsity: {fc1: 0.92}``, ``quality: {fc2: 1.3}``); a tensor
-    that both select is refused.
+
+def pruning_targets(model: nn.Module, sparsity: Any = None, quality: Any = None,
+                    pattern: Any = None) -> list[tuple[Any, str, Any]]:
+    """The tensors of ``model`` the settings select, each with its one target.
+
+    Args:
+        model: the model.
+        sparsity, quality, pattern: as for :func:`prune_once`.
+
+    Returns:
+        ``[(WeightTensor, kind, value), ...]`` in registration order, ``kind`` one of
+        :data:`TARGETS`; tensors no setting covers are left out.
+
+    Raises:
+        RecipeError: a key names no layer, two settings select one tensor, or a value is
+            out of range.
+    """
+    check_targets(sparsity, quality, pattern)
+    settings = {"sparsity": sparsity, "quality": quality, "pattern": pattern}
+    for kind, spec in settings.items():
+        check_spec_keys(spec, model, kind)
+    selected = []
+    for t in list(compressible_tensors(model)):
+        target = _target(t, settings)
+        if target is not None:
+            selected.append((t, *target))
+    return selected
+
+
+def prune_once(model: nn.Module, sparsity: Any = None, quality: Any = None, pattern: Any = None,
+               criterion: str = "magnitude", statistics: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """Prune every selected tensor once: score its weights, then select a mask.
+
+    The criterion (:data:`~efficientdl.compress.pruning.criteria.CRITERIA`) scores each
+    weight; the tensor's target picks the selection: ``sparsity`` keeps the highest
+    ``(1 − s)·n`` scores, ``quality`` keeps ``score > q · std(W)`` (the paper's rule with
+    the magnitude criterion), ``pattern`` keeps ``n`` of every ``m`` (``"2:4"``).  They
+    may be combined as per-layer mappings, choosing the method layer by layer
+    (``sparsity: {fc1: 0.92}``, ``quality: {fc2: 1.3}``); a tensor that two select is
+    refused.  Already-pruned weights stay pruned (masks intersect).
 
     Args:
         model: any ``nn.Module``; its weight matrices
             (:func:`~efficientdl.compress.layers.compressible_tensors`) are pruned.
         sparsity: per-layer target sparsity (scalar or mapping, see
-            :func:`~efficientdl.compress.layers.layer_setting`). The layer ends with at
-            least this sparsity (already-pruned weights stay pruned).
-        quality: per-layer quality parameter ``q`` of the rule ``|w| > q·std(W)``.
+            :func:`~efficientdl.compress.layers.layer_setting`).
+        quality: per-layer quality parameter ``q`` of the rule ``score > q·std(W)``.
+        pattern: per-layer ``"N:M"`` pattern.
+        criterion: the registered criterion's name (default ``"magnitude"``, ``|w|``).
+        statistics: per tensor key, calibration statistics handed to the criterion.
 
     Returns:
         Mapping of tensor key to its sparsity after pruning.
     """
-    if sparsity is None and quality is None:
-        raise RecipeError("prune: give 'sparsity' or 'quality' (or both, for different layers)")
-    for spec, what in ((sparsity, "sparsity"), (quality, "quality")):
-        check_spec_keys(spec, model, what)
+    scores_of = CRITERIA.get(criterion, "prune")
+    targets = pruning_targets(model, sparsity, quality, pattern)
     result = {}
     ties = tied_pairs(model)
-    for t in list(compressible_tensors(model)):
-        s_value = tensor_setting(sparsity, t, "sparsity") if sparsity is not None else None
-        q_value = tensor_setting(quality, t, "quality") if quality is not None else None
-        if s_value is not None and q_value is not None:
-            raise RecipeError(f"prune: both 'sparsity' and 'quality' select '{t.key}'; give each layer one")
-        if s_value is None and q_value is None:
-            continue
+    for t, kind, value in targets:
         w = t.value
-        if s_value is not None:
-            mask = magnitude_mask(w, _check_fraction(s_value, t.key, "sparsity"))
-        else:
-            if isinstance(q_value, bool) or not isinstance(q_value, (int, float)) or q_value < 0:
-                raise RecipeError(f"quality for '{t.key}' must be a number ≥ 0, got {q_value!r}")
-            mask = std_mask(w, float(q_value))
+        scores = scores_of(w, PruningContext(t, (statistics or {}).get(t.key)))
+        try:
+            mask = SELECTIONS.get(TARGETS[kind])(scores, value, w)
+        except ValueError as error:
+            raise RecipeError(f"prune: '{t.key}': {error}") from None
         apply_mask(t.module, mask, t.attr)
         result[t.key] = 1.0 - float((t.value != 0).sum()) / w.numel()
     retie(ties)

@@ -4,6 +4,7 @@ dynamic fixed point and int8 affine quantization, ternary and binary weights (TT
 from .fixed_point import freeze, integer_weights, quantize_linear
 from .share import SharedWeight, kmeans_1d, share, share_layer, shared_weight
 from .ternary import ternarize, ternary_state
+from .registry import QUANTIZERS, quantize
 
-__all__ = ["SharedWeight", "freeze", "integer_weights", "kmeans_1d", "quantize_linear", "share",
+__all__ = ["QUANTIZERS", "SharedWeight", "freeze", "integer_weights", "kmeans_1d", "quantize", "quantize_linear", "share",
            "share_layer", "shared_weight", "ternarize", "ternary_state"]

@@ -43,7 +43,7 @@ from ...core.state import (MAX_BITS, MIN_BITS, SCHEMES, InputQuantizer, QuantSpe
                            attach_input_quantizer, dequantize, fake_quantize, freeze_weight_quantizer,
                            input_spec, integer_codes, integer_ranges, weight_spec)
 from ...errors import RecipeError
-from ...models.transforms import record_transform, register_transform
+from ..transforms import record_transform, register_transform
 from ..layers import check_spec_keys, compressible_tensors, layer_setting, retie, tied_pairs
 
 __all__ = ["MAX_BITS", "MIN_BITS", "SCHEMES", "InputQuantizer", "QuantSpec", "WeightQuantizer",

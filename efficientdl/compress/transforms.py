@@ -8,8 +8,11 @@ a list of ``{"op": name, ...JSON parameters}``; a checkpoint or compressed file 
 registry model, after which the stored weights fit it exactly.
 
 A transform is a function ``fn(model, **params) -> None`` registered under its op name
-with :func:`register_transform`; it must itself call :func:`record_transform` so that
-the replayed model records the same list again.
+with :func:`register_transform` in :data:`TRANSFORMS`; it must itself call
+:func:`record_transform` so that the replayed model records the same list again.  The
+registry belongs to ``compress`` because the replay functions are the methods' own
+code (the modules of this package register them when ``efficientdl.compress`` is
+imported); :func:`efficientdl.models.rebuild` calls :func:`apply_transforms`.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from typing import Any, Callable
 
 from torch import nn
 
+from ..core.registry import Registry
 from ..errors import EdlError, ModelError
 
-_TRANSFORMS: dict[str, Callable[..., None]] = {}
+#: op name → replay function ``fn(model, **params)``
+TRANSFORMS: Registry[Callable[..., None]] = Registry("model transform")
 
 
 def register_transform(op: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
@@ -34,13 +39,7 @@ def register_transform(op: str) -> Callable[[Callable[..., None]], Callable[...,
         A decorator that registers its argument and returns it unchanged.
     """
 
-    def decorator(fn: Callable[..., None]) -> Callable[..., None]:
-        if op in _TRANSFORMS and _TRANSFORMS[op] is not fn:
-            raise ValueError(f"transform {op!r} is already registered")
-        _TRANSFORMS[op] = fn
-        return fn
-
-    return decorator
+    return TRANSFORMS.register(op)
 
 
 def record_transform(model: nn.Module, op: str, **params: Any) -> None:
@@ -75,8 +74,6 @@ def apply_transforms(model: nn.Module, transforms: Any, where: str = "architectu
     Raises:
         ModelError: a malformed list, an unknown op, or parameters the op refuses.
     """
-    from .. import compress  # noqa: F401  (registers the transforms of the compression methods)
-
     if transforms is None:
         return model
     if not isinstance(transforms, list):
@@ -85,9 +82,9 @@ def apply_transforms(model: nn.Module, transforms: Any, where: str = "architectu
         if not isinstance(step, dict) or not isinstance(step.get("op"), str):
             raise ModelError(f"{where}: transform {i} is malformed (expected a mapping with an 'op' name)")
         params = {k: v for k, v in step.items() if k != "op"}
-        fn = _TRANSFORMS.get(step["op"])
-        if fn is None:
-            raise ModelError(f"{where}: unknown transform {step['op']!r} (known: {', '.join(sorted(_TRANSFORMS))})")
+        if step["op"] not in TRANSFORMS:
+            raise ModelError(f"{where}: unknown transform {step['op']!r} (known: {', '.join(sorted(TRANSFORMS))})")
+        fn = TRANSFORMS.get(step["op"])
         try:
             fn(model, **params)
         except (TypeError, ValueError, KeyError, AttributeError, EdlError) as error:
