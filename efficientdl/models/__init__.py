@@ -76,7 +76,7 @@ def create(name: str, num_classes: int = 10, in_channels: int = 1, **kwargs: Any
 
 def rebuild(arch: Any, where: str = "architecture") -> nn.Module:
     """Build the model an ``edl_arch`` record describes: the registry model, then its
-    recorded structural transforms (:func:`efficientdl.models.transforms.apply_transforms`).
+    recorded structural transforms (:func:`efficientdl.compress.transforms.apply_transforms`).
 
     Args:
         arch: ``{"name": ..., "kwargs": {...}, "transforms": [...]}`` as stored in a file.
@@ -88,7 +88,7 @@ def rebuild(arch: Any, where: str = "architecture") -> nn.Module:
     Raises:
         ModelError: no valid record, an unknown name, or transforms that do not apply.
     """
-    from .transforms import apply_transforms
+    from ..compress.transforms import apply_transforms
 
     if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
         raise ModelError(f"{where}: no registry architecture is recorded; pass the model to load into")
