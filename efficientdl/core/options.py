@@ -62,9 +62,9 @@ class Option:
         if self.kind is bool:
             return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
         if self.kind is str:
-            if not isinstance(value, str) or (self.choices is not None and value not in self.choices):
-                return f"expected {self.expected()}, got {value!r}"
-            return None
+            if self.choices is not None and value not in self.choices:
+                return f"unknown {self.name} {value!r} (expected {self.expected()})"
+            return None if isinstance(value, str) else f"expected a string, got {value!r}"
         numeric = (int,) if self.kind is int else (int, float)
         if isinstance(value, bool) or not isinstance(value, numeric) or \
                 (isinstance(value, float) and not math.isfinite(value)):
@@ -93,12 +93,12 @@ class Option:
         """Return ``value`` if acceptable.
 
         Raises:
-            RecipeError: ``"WHERE: NAME: expected …, got …"``.
+            RecipeError: ``"WHERE: NAME: expected …, got …"`` (``"WHERE: unknown NAME …"`` for a choice).
         """
         msg = self.problem(value)
         if msg:
             prefix = f"{where}: " if where else ""
-            raise RecipeError(f"{prefix}{self.name}: {msg}")
+            raise RecipeError(f"{prefix}{msg}" if msg.startswith("unknown ") else f"{prefix}{self.name}: {msg}")
         return value
 
     def parse(self, text: str) -> Any:

@@ -17,7 +17,7 @@ OPTIMIZERS = ("sgd", "adam")
 #: the (re)training settings a recipe stage and the command line take
 TRAIN_OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("epochs", int, None, 0, 10_000, help="training epochs"),
-    Option("lr", float, None, 0, 100, low_open=True, help="base learning rate"),
+    Option("lr", float, None, 0, None, low_open=True, help="base learning rate"),
     Option("momentum", float, 0.9, 0, 1, high_open=True, help="SGD momentum"),
     Option("weight_decay", float, None, 0, 1, help="L2 penalty of the weight matrices"),
     Option("warmup_epochs", float, 0.0, 0, 10_000, help="linear learning-rate warmup, in epochs"),

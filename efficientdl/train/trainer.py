@@ -23,7 +23,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -32,11 +32,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.nn.utils import parametrize
 
+from efficientdl.core.parametrize import plain_state_dict
 from efficientdl.errors import DataError, ModelError, RecipeError
 
-SCHEDULES = ("cosine", "step", "constant")
-PRECISIONS = ("fp32", "mixed", "bf16", "fp16")
-OPTIMIZERS = ("sgd", "adam")
+from efficientdl.train.options import (DISTILL_OPTIONS, OPTIMIZERS, PRECISION, PRECISIONS,  # noqa: F401
+                                       SCHEDULES, TRAIN_OPTIONS)
 #: precisions that run under torch.autocast (bf16 without scaling; fp16 with a GradScaler)
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -184,14 +184,6 @@ def distillation_loss(
     return alpha * temperature**2 * soft + (1.0 - alpha) * hard
 
 
-def _check_number(name: str, value: Any, low: float, high: float = math.inf, low_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bound = f"{'>' if low_open else '>='} {low}" + ("" if high == math.inf else f" and <= {high}")
-        raise RecipeError(f"trainer: {name} is {value!r} (expected a number {bound})")
-
-
 class Trainer:
     """SGD training loop with learning-rate schedules, progress display and distillation.
 
@@ -276,21 +268,15 @@ class Trainer:
         clip_grad_norm: float | None = None,
         optimizer: str = "sgd",
     ) -> None:
-        if optimizer not in OPTIMIZERS:
-            raise RecipeError(f"trainer: unknown optimizer {optimizer!r} (expected one of {', '.join(OPTIMIZERS)})")
-        if precision not in PRECISIONS:
-            raise RecipeError(f"trainer: unknown precision {precision!r} (expected one of {', '.join(PRECISIONS)})")
-        if schedule not in SCHEDULES:
-            raise RecipeError(f"trainer: unknown schedule {schedule!r} (expected one of {', '.join(SCHEDULES)})")
-        self._check_epochs(epochs)
-        _check_number("lr", lr, 0.0, low_open=True)
-        _check_number("momentum", momentum, 0.0, 1.0)
-        _check_number("weight_decay", weight_decay, 0.0)
-        _check_number("kd_temperature", kd_temperature, 0.0, low_open=True)
-        _check_number("kd_alpha", kd_alpha, 0.0, 1.0)
-        _check_number("warmup_epochs", warmup_epochs, 0.0)
+        settings = {"optimizer": optimizer, "schedule": schedule, "epochs": epochs, "lr": lr, "momentum": momentum,
+                    "weight_decay": weight_decay, "warmup_epochs": warmup_epochs}
+        for name, value in settings.items():
+            TRAIN_OPTIONS[name].check(value, "trainer")
+        for name, value in (("kd_temperature", kd_temperature), ("kd_alpha", kd_alpha)):
+            DISTILL_OPTIONS[name].check(value, "trainer")
+        PRECISION.check(precision, "trainer")
         if clip_grad_norm is not None:
-            _check_number("clip_grad_norm", clip_grad_norm, 0.0, low_open=True)
+            TRAIN_OPTIONS["clip_grad_norm"].check(clip_grad_norm, "trainer")
             if precision == "mixed":
                 raise RecipeError("trainer: clip_grad_norm is not supported with precision 'mixed' "
                                   "(expected fp32, bf16 or fp16)")
@@ -312,11 +298,6 @@ class Trainer:
         self.warmup_epochs = warmup_epochs
         self.clip_grad_norm = clip_grad_norm
         self.optimizer = optimizer
-
-    @staticmethod
-    def _check_epochs(epochs: Any) -> None:
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-            raise RecipeError(f"trainer: epochs is {epochs!r} (expected a non-negative integer)")
 
     def learning_rate(self, base_lr: float, epoch: int, epochs: int, step: int = 0, steps_per_epoch: int = 1) -> float:
         """The scheduled learning rate at ``step`` of 0-based ``epoch``, warmup included
@@ -376,8 +357,8 @@ class Trainer:
         """
         epochs = self.epochs if epochs is None else epochs
         base_lr = self.lr if lr is None else lr
-        self._check_epochs(epochs)
-        _check_number("lr", base_lr, 0.0, low_open=True)
+        TRAIN_OPTIONS["epochs"].check(epochs, "trainer")
+        TRAIN_OPTIONS["lr"].check(base_lr, "trainer")
         with seeded(self.seed, self.device):
             return self._fit(model, epochs, base_lr, description, on_epoch)
 
@@ -514,42 +495,6 @@ class Trainer:
                 highlight=False,
             )
         return record
-
-
-def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict with every parametrization folded into a plain tensor.
-
-    A module parametrized with ``torch.nn.utils.parametrize`` stores
-    ``<module>.parametrizations.<name>.original`` (plus any buffers of the
-    parametrization modules, e.g. masks); the effective tensor is
-    ``getattr(module, name)``.  This function replaces all those entries by the
-    effective tensor under the plain key ``<module>.<name>`` (e.g. ``fc1.weight``),
-    at the position of the first replaced entry, so the result loads into the same
-    architecture without parametrizations.
-
-    Args:
-        model: any module.
-
-    Returns:
-        Ordered mapping of names to detached, contiguous CPU tensors (copies).
-    """
-    owners = [
-        (f"{prefix}.parametrizations." if prefix else "parametrizations.", f"{prefix}." if prefix else "", module)
-        for prefix, module in model.named_modules()
-        if parametrize.is_parametrized(module)
-    ]
-    plain: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for key, value in model.state_dict().items():
-            for head, plain_prefix, module in owners:
-                tensor_name = key[len(head):].split(".", 1)[0] if key.startswith(head) else None
-                if tensor_name is not None and tensor_name in module.parametrizations:
-                    key = plain_prefix + tensor_name
-                    value = None if key in plain else getattr(module, tensor_name)
-                    break
-            if value is not None:
-                plain[key] = value.detach().to("cpu").clone().contiguous()
-    return plain
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
