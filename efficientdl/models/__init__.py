@@ -101,6 +101,7 @@ def rebuild(arch: Any, where: str = "architecture") -> nn.Module:
 
 from efficientdl.models.lenet import LeNet5, LeNet300  # noqa: E402  (registry must exist first)
 from efficientdl.models.resnet import ResNet18  # noqa: E402
+from efficientdl.models.resnet import ResNet50  # noqa: E402
 from efficientdl.models.rnn import LSTMClassifier  # noqa: E402
 from efficientdl.models.squeezenet import SqueezeNet  # noqa: E402
 
@@ -109,5 +110,6 @@ register("lenet5")(LeNet5)
 register("squeezenet")(SqueezeNet)
 register("lstm")(LSTMClassifier)
 register("resnet18")(ResNet18)
+register("resnet50")(ResNet50)
 
 __all__ = ["create", "available", "rebuild", "register", "LeNet300", "LeNet5", "LSTMClassifier", "ResNet18"]

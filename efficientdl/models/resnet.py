@@ -67,3 +67,77 @@ class ResNet18(nn.Module):
 
     def forward(self, x):
         return self.fc(self.pool(self.layers(self.stem(x))).flatten(1))
+
+
+# --------------------------------------------------------------------------- ResNet-50 (ImageNet)
+class Bottleneck(nn.Module):
+    """The bottleneck block of ResNet-50, v1.5: 1×1 reduce, 3×3 (carrying the stride), 1×1 expand ×4.
+
+    ``y = ReLU(BN(conv1×1(ReLU(BN(conv3×3_s(ReLU(BN(conv1×1(x)))))))) + downsample(x))``.
+    Version 1.5 (torchvision, NVIDIA DeepLearningExamples) puts the stride on the 3×3
+    convolution instead of the first 1×1 of the original paper.
+    """
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, width: int, stride: int = 1) -> None:
+        super().__init__()
+        out = width * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_channels != out:
+            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out += identity
+        return self.relu(out)
+
+
+class ResNet50(nn.Module):
+    """ResNet-50 v1.5 for ImageNet (He et al. CVPR'16; torchvision layout and names).
+
+    A 7×7 stride-2 stem with 64 channels, 3×3 stride-2 max-pooling, then stages of 3, 4,
+    6 and 3 bottleneck blocks of widths 64, 128, 256, 512 (outputs ×4), global average
+    pooling and one fully connected layer.  With 3 input channels and 1000 classes it has
+    25,557,032 parameters and 4.09 G multiply-accumulates per 224×224 image.
+
+    Args:
+        num_classes: outputs of the final fully connected layer (1000 for ImageNet).
+        in_channels: channels of the input images (3).
+    """
+
+    STAGES = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))
+
+    def __init__(self, num_classes: int = 1000, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        width_in = 64
+        for i, (width, blocks, stride) in enumerate(self.STAGES, start=1):
+            stage = []
+            for b in range(blocks):
+                stage.append(Bottleneck(width_in, width, stride if b == 0 else 1))
+                width_in = width * Bottleneck.expansion
+            setattr(self, f"layer{i}", nn.Sequential(*stage))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width_in, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.avgpool(x).flatten(1))
