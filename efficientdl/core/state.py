@@ -7,28 +7,31 @@ Every method leaves its result on the model itself, on the tensor it changed:
 * weight sharing (Han et al., ICLR'16): :class:`SharedWeight`, ``W = C[I]``;
 * linear quantization (dynamic fixed point, Qiu et al. FPGA'16; int8 affine, Jacob et
   al. CVPR'18): :class:`WeightQuantizer`, ``W ↦ x̂ = (clamp(round(W/s) + z) − z) · s``,
-  and :class:`InputQuantizer`, a forward pre-hook doing the same to a layer's input.
+  while fine-tuning; once frozen, the plain weight ``x̂`` and :class:`LayerQuantizers`,
+  which quantizes the layer's input (a forward pre-hook) and keeps the weight's grid as
+  a claim that ends by itself when the weight changes.
 
 Because they are parametrizations, autograd trains through them (the centroid
 gradient of weight sharing, the straight-through gradient of quantizers), one fold
 (:func:`efficientdl.core.parametrize.fold_parametrization`) removes any of them, and a
-method that changes a tensor's values folds first — a quantizer can never claim a
-grid its values have left.  The file format reads the same objects
+method that changes a tensor's values folds first — and a frozen quantizer's claim
+ends when its tensor is replaced or written to, so no state can outlive the values it
+describes.  The file format reads the same objects
 (:func:`weight_mask`, :func:`shared_weight`, :func:`weight_spec`, :func:`input_spec`).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+import copy
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-SCHEMES = ("fixed", "affine")
-MIN_BITS, MAX_BITS = 2, 16
+from .parametrize import fold_parametrization
+from .quantspec import MAX_BITS, MIN_BITS, SCHEMES, QuantSpec, integer_ranges  # noqa: F401  (re-exported)
+
 
 
 # --------------------------------------------------------------------------- pruning
@@ -91,100 +94,6 @@ def shared_weight(module: nn.Module, attr: str = "weight") -> SharedWeight | Non
 
 
 # --------------------------------------------------------------------------- linear quantization
-@dataclass
-class QuantSpec:
-    """One quantizer: ``x̂ = (clamp(round(x / s) + z, q_min, q_max) − z) · s``.
-
-    Attributes:
-        scheme: ``"fixed"`` (dynamic fixed point, ``s = 2^(−fl)``, ``z = 0``) or ``"affine"``.
-        bits: integer width ``b``.
-        qmin, qmax: the integer range (signed ``[−2^(b−1), 2^(b−1) − 1]`` or unsigned ``[0, 2^b − 1]``).
-        scale: ``s``, one per channel along ``axis`` (or one value).
-        zero_point: ``z``, as ``scale``.
-        frac_bits: for ``"fixed"``, the radix points ``fl`` (``s = 2^(−fl)``).
-        axis: the channel axis of per-channel quantization (0, the output channels), or None.
-    """
-
-    scheme: str
-    bits: int
-    qmin: int
-    qmax: int
-    scale: list[float]
-    zero_point: list[int]
-    frac_bits: list[int] | None = None
-    axis: int | None = None
-    _cache: dict = field(default_factory=dict, repr=False, compare=False)
-
-    def tensors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(scale, zero_point)`` as float tensors broadcastable against ``x``."""
-        key = (x.device, x.dtype, x.dim())
-        if key not in self._cache:
-            s = torch.tensor(self.scale, dtype=torch.float32, device=x.device)
-            z = torch.tensor(self.zero_point, dtype=torch.float32, device=x.device)
-            if self.axis is not None:
-                shape = [1] * x.dim()
-                shape[self.axis] = -1
-                s, z = s.reshape(shape), z.reshape(shape)
-            else:
-                s, z = s.reshape(()), z.reshape(())
-            self._cache[key] = (s.to(x.dtype), z.to(x.dtype))
-        return self._cache[key]
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (see :meth:`from_json`)."""
-        out = {"scheme": self.scheme, "bits": self.bits, "qmin": self.qmin, "qmax": self.qmax, "axis": self.axis}
-        if self.scheme == "fixed":
-            out["frac_bits"] = list(self.frac_bits)
-        else:
-            out.update(scale=list(self.scale), zero_point=list(self.zero_point))
-        return out
-
-    @classmethod
-    def from_json(cls, d: Any, channels: int | None = None, where: str = "quantizer") -> "QuantSpec":
-        """Validate and build a spec from :meth:`to_json`'s dict.
-
-        Args:
-            d: the dict.
-            channels: the size of the channel axis, when the spec is per channel.
-            where: names the source in error messages.
-
-        Raises:
-            ValueError: a missing field or an out-of-range value (one line).
-        """
-        if not isinstance(d, dict) or d.get("scheme") not in SCHEMES:
-            raise ValueError(f"{where}: not a quantizer (scheme must be one of {', '.join(SCHEMES)})")
-        bits, qmin, qmax, axis = d.get("bits"), d.get("qmin"), d.get("qmax"), d.get("axis")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (bits, qmin, qmax)) \
-                or not MIN_BITS <= bits <= MAX_BITS or (qmin, qmax) not in integer_ranges(bits):
-            raise ValueError(f"{where}: bits {bits!r} and range [{qmin!r}, {qmax!r}] are not a valid integer format")
-        if axis not in (None, 0):
-            raise ValueError(f"{where}: axis must be 0 or null, got {axis!r}")
-        if d["scheme"] == "fixed":
-            fl = d.get("frac_bits")
-            if not isinstance(fl, list) or not fl or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                              and -64 <= v <= 64 for v in fl):
-                raise ValueError(f"{where}: frac_bits must be a list of integers in [-64, 64]")
-            scale, zp = [2.0 ** -v for v in fl], [0] * len(fl)
-        else:
-            fl, scale, zp = None, d.get("scale"), d.get("zero_point")
-            if not isinstance(scale, list) or not isinstance(zp, list) or not scale or len(scale) != len(zp) \
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale) \
-                    or not all(isinstance(v, int) and not isinstance(v, bool) and qmin <= v <= qmax for v in zp):
-                raise ValueError(f"{where}: scales must be numbers, zero points integers in the range")
-            scale = [float(torch.tensor(float(v), dtype=torch.float32)) for v in scale]   # as used: float32
-            if not all(math.isfinite(v) and v > 0 for v in scale):
-                raise ValueError(f"{where}: scales must be finite and positive in float32")
-        expected = 1 if axis is None else channels
-        if expected is not None and len(scale) != expected:
-            raise ValueError(f"{where}: {len(scale)} scales for {expected} channel(s)")
-        return cls(d["scheme"], bits, qmin, qmax, scale, zp, fl, axis)
-
-
-def integer_ranges(bits: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """The signed and the unsigned range of a ``bits``-bit integer."""
-    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1), (0, (1 << bits) - 1)
-
-
 class _FakeQuant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale, zero_point, qmin, qmax):  # noqa: D401 - autograd API
@@ -242,15 +151,9 @@ def _parametrization(module: nn.Module, attr: str, kind: type) -> Any:
 
 
 class WeightQuantizer(nn.Module):
-    """Parametrization ``W ↦ fake_quantize(W, spec)``: the layer computes with ``x̂``.
-
-    While fine-tuning, the latent fp32 weight trains and the forward pass sees its
-    quantized value (straight-through gradient).  :func:`freeze_weight_quantizer` puts
-    ``x̂`` itself into the stored weight.  Without gradients, the forward pass returns
-    the stored tensor unchanged once it has been seen to lie on the grid and nothing
-    wrote to it since (its version counter is the one recorded), so a frozen quantized
-    model costs nothing extra per call; the values are on the grid by construction —
-    still exactly if someone trains the latent weight further.
+    """Parametrization ``W ↦ fake_quantize(W, spec)`` while fine-tuning with the quantizer
+    in the loop: the latent fp32 weight trains, the forward pass sees ``x̂`` (straight-
+    through gradient).  :func:`freeze_weight_quantizer` folds it into ``x̂``.
 
     Attributes:
         spec: the :class:`QuantSpec` of the weight.
@@ -259,33 +162,9 @@ class WeightQuantizer(nn.Module):
     def __init__(self, spec: QuantSpec) -> None:
         super().__init__()
         self.spec = spec
-        self._on_grid: tuple[int, int] | None = None   # (id, version) of a stored tensor known to be x̂
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():          # training: the straight-through gradient is needed
-            return fake_quantize(w, self.spec)
-        if self._on_grid == (id(w), w._version):
-            return w
-        q = fake_quantize(w, self.spec)
-        if torch.equal(q, w):                # checked once per stored tensor and write
-            self._on_grid = (id(w), w._version)
-        return q
-
-
-def freeze_weight_quantizer(module: nn.Module, attr: str = "weight") -> QuantSpec | None:
-    """Store ``x̂`` in the latent weight of ``module.<attr>`` and keep its quantizer.
-
-    Returns:
-        The quantizer's spec, or ``None`` when the tensor has no :class:`WeightQuantizer`.
-    """
-    quantizer = _parametrization(module, attr, WeightQuantizer)
-    if quantizer is None:
-        return None
-    original = module.parametrizations[attr].original
-    with torch.no_grad():
-        original.copy_(fake_quantize(original, quantizer.spec))
-    quantizer._on_grid = (id(original), original._version)
-    return quantizer.spec
+        return fake_quantize(w, self.spec)
 
 
 def only_weight_quantizers(module: nn.Module) -> bool:
@@ -295,58 +174,128 @@ def only_weight_quantizers(module: nn.Module) -> bool:
         isinstance(p, WeightQuantizer) for name in module.parametrizations.keys() for p in module.parametrizations[name])
 
 
-def weight_spec(module: nn.Module, attr: str = "weight") -> QuantSpec | None:
-    """The :class:`QuantSpec` of the weight quantizer of ``module.<attr>``, or ``None``."""
-    quantizer = _parametrization(module, attr, WeightQuantizer)
-    return None if quantizer is None else quantizer.spec
+def on_grid(values: torch.Tensor, spec: QuantSpec) -> bool:
+    """Whether ``values`` are exactly points of ``spec``'s grid (their integer codes give them back)."""
+    t = values.detach().cpu().float()
+    return bool(torch.equal(dequantize(integer_codes(t, spec), spec), t))
 
 
-class InputQuantizer:
-    """The activation quantizer of a layer: a forward pre-hook ``x ↦ fake_quantize(x, spec)``.
+class LayerQuantizers:
+    """The quantizers of one frozen layer: the one small class that owns them.
 
-    The one owner of activation quantizers: :meth:`attach` puts one on a module
-    (replacing any it had), :meth:`of` finds it, :meth:`detach` removes it.  Integer
-    inputs (an embedding's token indices) pass unchanged.
+    * The input quantizer: as a forward pre-hook it replaces the layer's input ``x`` by
+      ``fake_quantize(x, input)`` (integer inputs, an embedding's token indices, pass).
+    * The weight's grid: after :func:`freeze_weight_quantizer` the weight is a plain
+      parameter holding ``x̂`` (nothing to compute per call), and this object keeps the
+      claim ``(spec, tensor, version)``.  The claim holds only while the tensor is the
+      same object with the same version counter: a method that replaces the weight or
+      writes to it (weight sharing, BatchNorm folding, training) ends it by doing so,
+      with nothing to remember to delete, and :func:`weight_spec` never returns a grid
+      that the values have left.
 
     Attributes:
-        spec: the per-tensor :class:`QuantSpec` of the input.
+        input: the per-tensor :class:`QuantSpec` of the input, or ``None``.
     """
 
-    def __init__(self, spec: QuantSpec) -> None:
-        self.spec = spec
+    def __init__(self) -> None:
+        self.input: QuantSpec | None = None
+        self._weights: dict[str, tuple[QuantSpec, torch.Tensor, int]] = {}
 
-    def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        if not args[0].is_floating_point():
-            return args
-        return (fake_quantize(args[0], self.spec),) + tuple(args[1:])
+    def __call__(self, module: nn.Module, args: tuple) -> tuple | None:
+        if self.input is None or not args[0].is_floating_point():
+            return None
+        return (fake_quantize(args[0], self.input),) + tuple(args[1:])
 
     @staticmethod
-    def of(module: nn.Module) -> "InputQuantizer | None":
-        """The input quantizer of ``module``, or ``None``."""
-        return next((h for h in module._forward_pre_hooks.values() if isinstance(h, InputQuantizer)), None)
+    def of(module: nn.Module) -> "LayerQuantizers | None":
+        """The quantizers of ``module``, or ``None``."""
+        return next((h for h in module._forward_pre_hooks.values() if isinstance(h, LayerQuantizers)), None)
+
+    @classmethod
+    def on(cls, module: nn.Module) -> "LayerQuantizers":
+        """The quantizers of ``module``, attached first if it has none."""
+        hook = cls.of(module)
+        if hook is None:
+            hook = cls()
+            module.register_forward_pre_hook(hook)
+        return hook
 
     @staticmethod
     def detach(module: nn.Module) -> None:
-        """Remove the input quantizer of ``module`` (nothing happens when it has none)."""
+        """Remove every quantizer of ``module`` (nothing happens when it has none)."""
         for key, hook in list(module._forward_pre_hooks.items()):
-            if isinstance(hook, InputQuantizer):
+            if isinstance(hook, LayerQuantizers):
                 del module._forward_pre_hooks[key]
 
-    @classmethod
-    def attach(cls, module: nn.Module, spec: QuantSpec) -> "InputQuantizer":
-        """Quantize ``module``'s input with ``spec``, replacing a quantizer it already has."""
-        cls.detach(module)
-        hook = cls(spec)
-        module.register_forward_pre_hook(hook)
-        return hook
+    def claim(self, attr: str, tensor: torch.Tensor, spec: QuantSpec, verified: bool = True) -> None:
+        """Record that ``tensor`` (the layer's ``attr``) holds points of ``spec``'s grid;
+        ``verified=False`` records a claim that :func:`renew_weight_claims` must confirm."""
+        self._weights[attr] = (spec, tensor, tensor._version if verified else -1)
+
+    def weight(self, attr: str, tensor: torch.Tensor | None) -> QuantSpec | None:
+        """The spec claimed for ``tensor``, if the claim still holds."""
+        spec, claimed, version = self._weights.get(attr, (None, None, None))
+        return spec if spec is not None and claimed is tensor and tensor._version == version else None
+
+    def renew(self, module: nn.Module) -> None:
+        """Confirm each claim whose tensor changed if its values are still on the grid, else drop it."""
+        for attr, (spec, _, _) in list(self._weights.items()):
+            tensor = module._parameters.get(attr)
+            if tensor is not None and self.weight(attr, tensor) is None:
+                if on_grid(tensor, spec):
+                    self.claim(attr, tensor, spec)
+                else:
+                    del self._weights[attr]
+
+    def __deepcopy__(self, memo: dict) -> "LayerQuantizers":
+        twin = LayerQuantizers()
+        twin.input = self.input
+        for attr, (spec, tensor, version) in self._weights.items():
+            copied = copy.deepcopy(tensor, memo)     # the copy's own parameter, through the memo
+            twin._weights[attr] = (spec, copied, copied._version if tensor._version == version else -1)
+        return twin
+
+
+def freeze_weight_quantizer(module: nn.Module, attr: str = "weight") -> QuantSpec | None:
+    """Fold the :class:`WeightQuantizer` of ``module.<attr>`` into a plain parameter holding
+    ``x̂`` and claim its grid in the layer's :class:`LayerQuantizers`.
+
+    Returns:
+        The quantizer's spec, or ``None`` when the tensor has no :class:`WeightQuantizer`.
+    """
+    quantizer = _parametrization(module, attr, WeightQuantizer)
+    if quantizer is None:
+        return None
+    fold_parametrization(module, attr)
+    LayerQuantizers.on(module).claim(attr, module._parameters[attr], quantizer.spec)
+    return quantizer.spec
+
+
+def weight_spec(module: nn.Module, attr: str = "weight") -> QuantSpec | None:
+    """The grid of ``module.<attr>``: its :class:`WeightQuantizer`, or the claim of its frozen
+    quantizer while it holds; ``None`` otherwise."""
+    quantizer = _parametrization(module, attr, WeightQuantizer)
+    if quantizer is not None:
+        return quantizer.spec
+    hook = LayerQuantizers.of(module)
+    return None if hook is None else hook.weight(attr, module._parameters.get(attr))
+
+
+def renew_weight_claims(model: nn.Module) -> None:
+    """After weights were loaded into ``model`` (which writes to them), confirm every
+    frozen quantizer's claim whose values are on its grid; drop the others."""
+    for module in model.modules():
+        hook = LayerQuantizers.of(module)
+        if hook is not None:
+            hook.renew(module)
 
 
 def attach_input_quantizer(module: nn.Module, spec: QuantSpec) -> None:
-    """Quantize ``module``'s input with ``spec`` (see :meth:`InputQuantizer.attach`)."""
-    InputQuantizer.attach(module, spec)
+    """Quantize ``module``'s input with ``spec``, replacing an input quantizer it already has."""
+    LayerQuantizers.on(module).input = spec
 
 
 def input_spec(module: nn.Module) -> QuantSpec | None:
     """The :class:`QuantSpec` of ``module``'s input quantizer, or ``None``."""
-    hook = InputQuantizer.of(module)
-    return None if hook is None else hook.spec
+    hook = LayerQuantizers.of(module)
+    return None if hook is None else hook.input

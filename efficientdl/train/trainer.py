@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from efficientdl.core.parametrize import plain_state_dict
+from efficientdl.core.state import renew_weight_claims
 from efficientdl.errors import DataError, ModelError, RecipeError
 
 from efficientdl.train.options import (DISTILL_OPTIONS, OPTIMIZERS, PRECISION, PRECISIONS,  # noqa: F401
@@ -571,4 +572,5 @@ def load_checkpoint(path: str | os.PathLike) -> nn.Module:
     except RuntimeError as error:
         detail = " ".join(str(error).split())
         raise ModelError(f"{path}: weights do not fit model {arch['name']} ({detail[:300]})") from None
+    renew_weight_claims(model)          # loading wrote the weights: confirm their quantizers
     return model.eval()

@@ -1,15 +1,16 @@
-"""The state a method adds to a weight is a parametrization: fold it and it is gone."""
+"""The state a method adds to a weight: parametrizations while training, and a frozen
+quantizer's claim that ends by itself when the weight changes."""
 
 import copy
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from efficientdl.compress.quantization.fixed_point import fixed_point_spec
 from efficientdl.core.parametrize import fold_parametrization, replace_module
-from efficientdl.core.state import (InputQuantizer, QuantSpec, WeightQuantizer, attach_input_quantizer,
-                                    freeze_weight_quantizer, input_spec, weight_spec)
-from torch.nn.utils import parametrize
+from efficientdl.core.state import (LayerQuantizers, QuantSpec, WeightQuantizer, attach_input_quantizer,
+                                    freeze_weight_quantizer, input_spec, renew_weight_claims, weight_spec)
 
 
 def quantized_linear(bits=4):
@@ -21,57 +22,79 @@ def quantized_linear(bits=4):
 
 
 def on_grid(x, spec):
-    step = spec.scale[0]
+    step = 2.0 ** -spec.frac_bits[0]
     return torch.equal(torch.round(x / step) * step, x)
 
 
-def test_frozen_weight_is_on_the_grid_and_returned_unchanged():
+def test_freeze_leaves_a_plain_weight_on_the_grid_and_its_claim():
+    layer, spec = quantized_linear()
+    latent = layer.parametrizations.weight.original.detach().clone()
+    assert weight_spec(layer) is spec                   # while fine-tuning: the parametrization
+    freeze_weight_quantizer(layer)
+    assert not parametrize.is_parametrized(layer) and isinstance(layer.weight, nn.Parameter)
+    assert on_grid(layer.weight.detach(), spec) and not on_grid(latent, spec)
+    step = 2.0 ** -spec.frac_bits[0]
+    assert torch.equal(layer.weight.detach(), torch.clamp(torch.round(latent / step), -8, 7) * step)
+    assert weight_spec(layer) is spec                   # the claim
+
+
+def test_writing_to_the_weight_ends_the_claim():
     layer, spec = quantized_linear()
     freeze_weight_quantizer(layer)
-    stored = layer.parametrizations.weight.original
-    assert on_grid(stored.detach(), spec)
     with torch.no_grad():
-        first = layer.weight
-        assert first is stored                     # no work per call once frozen
-        assert torch.equal(layer(torch.ones(1, 6)), torch.ones(1, 6) @ stored.T + layer.bias)
+        layer.weight.mul_(1.01)                         # BatchNorm folding does this
+    assert weight_spec(layer) is None
 
 
-def test_training_after_freeze_stays_on_the_grid():
+def test_replacing_the_weight_ends_the_claim():
     layer, spec = quantized_linear()
     freeze_weight_quantizer(layer)
+    layer.weight = nn.Parameter(layer.weight.detach().clone())
+    assert weight_spec(layer) is None
+
+
+def test_renew_confirms_values_on_the_grid_and_drops_the_others():
+    layer, spec = quantized_linear()
+    freeze_weight_quantizer(layer)
+    on, off = layer.weight.detach().clone(), layer.weight.detach() + 0.001
     with torch.no_grad():
-        layer.parametrizations.weight.original.add_(0.0123)   # moves off the grid
-        assert on_grid(layer.weight, spec) and layer.weight is not layer.parametrizations.weight.original
-    assert on_grid(layer.weight.detach(), spec)           # with gradients too (straight-through)
+        layer.weight.copy_(on)                          # a load writes the same values back
+    assert weight_spec(layer) is None
+    renew_weight_claims(layer)
+    assert weight_spec(layer) is spec
+    with torch.no_grad():
+        layer.weight.copy_(off)
+    renew_weight_claims(layer)
+    assert weight_spec(layer) is None
 
 
-def test_a_deep_copy_is_checked_once_and_then_free():
-    layer, _ = quantized_linear()
+def test_a_deep_copy_keeps_a_valid_claim_on_its_own_weight():
+    layer, spec = quantized_linear()
     freeze_weight_quantizer(layer)
     twin = copy.deepcopy(layer)
+    assert weight_spec(twin) is spec and twin.weight is not layer.weight
     with torch.no_grad():
-        twin.weight
-        assert twin.weight is twin.parametrizations.weight.original
+        layer.weight.add_(1.0)
+    assert weight_spec(twin) is spec and weight_spec(layer) is None
 
 
-def test_fold_removes_the_quantizer_with_its_claim():
+def test_fold_removes_a_live_quantizer():
     layer, spec = quantized_linear()
-    assert weight_spec(layer) is spec
     fold_parametrization(layer, "weight")
     assert weight_spec(layer) is None and not parametrize.is_parametrized(layer)
 
 
-def test_one_input_quantizer_per_module():
+def test_one_quantizer_object_per_module_quantizes_the_input():
     layer = nn.Linear(2, 2)
     spec = QuantSpec("fixed", 8, -128, 127, [0.5], [0], [1])
     attach_input_quantizer(layer, spec)
     attach_input_quantizer(layer, spec)
-    assert sum(isinstance(h, InputQuantizer) for h in layer._forward_pre_hooks.values()) == 1
+    assert sum(isinstance(h, LayerQuantizers) for h in layer._forward_pre_hooks.values()) == 1
     assert input_spec(layer) is spec
     x = torch.tensor([[0.3, -0.8]])                      # → 0.5, -1.0 on a 0.5 grid
     assert torch.allclose(layer(x), nn.functional.linear(torch.tensor([[0.5, -1.0]]), layer.weight, layer.bias))
-    InputQuantizer.detach(layer)
-    assert input_spec(layer) is None
+    LayerQuantizers.detach(layer)
+    assert input_spec(layer) is None and torch.equal(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
 
 
 def test_replace_module_by_qualified_name():

@@ -22,10 +22,10 @@ During fine-tuning the weight quantizer is a ``torch.nn.utils.parametrize``
 parametrization (the latent fp32 weight trains; the forward pass sees ``x̂``) and the
 activation quantizer a forward pre-hook on the layer; both pass gradients straight
 through inside the representable range and block them where the value saturates.
-:func:`freeze` then puts the quantized values into the stored weights; the weight
-quantizer stays on as a parametrization and the input quantizer as a pre-hook
-(:mod:`efficientdl.core.state`), which is what the compressed file stores: integer
-codes with their radix points or scales.
+:func:`freeze` then folds the quantized values into the weights; each layer's
+:class:`~efficientdl.core.state.LayerQuantizers` keeps its specs (the weight's as a claim
+that ends when the weight changes, the input's as a pre-hook), which is what the
+compressed file stores: integer codes with their radix points or scales.
 The change is recorded in ``model.edl_arch["transforms"]`` so a loaded file quantizes
 activations again.
 """
@@ -39,14 +39,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ...core.state import (MAX_BITS, MIN_BITS, SCHEMES, InputQuantizer, QuantSpec, WeightQuantizer,
+from ...core.state import (MAX_BITS, MIN_BITS, SCHEMES, LayerQuantizers, QuantSpec, WeightQuantizer,
                            attach_input_quantizer, dequantize, fake_quantize, freeze_weight_quantizer,
                            input_spec, integer_codes, integer_ranges, weight_spec)
 from ...errors import RecipeError
 from ..transforms import record_transform, register_transform
 from ..layers import check_spec_keys, compressible_tensors, layer_setting, retie, tied_pairs
 
-__all__ = ["MAX_BITS", "MIN_BITS", "SCHEMES", "InputQuantizer", "QuantSpec", "WeightQuantizer",
+__all__ = ["MAX_BITS", "MIN_BITS", "SCHEMES", "LayerQuantizers", "QuantSpec", "WeightQuantizer",
            "affine_activation_spec", "affine_weight_spec", "attach_input_quantizer", "calibrate", "dequantize",
            "fake_quantize", "fixed_point_spec", "freeze", "input_spec", "integer_codes", "integer_ranges",
            "integer_weights", "quantize_linear", "weight_spec"]
@@ -260,18 +260,18 @@ def quantize_linear(model: nn.Module, calibration: Iterable | None, scheme: str 
 
 
 def freeze(model: nn.Module) -> nn.Module:
-    """Put the quantized values into the weights and record the model's quantizers.
+    """Fold the weight quantizers into integer-valued weights and record the model's quantizers.
 
-    Each quantized layer's stored weight becomes ``x̂`` exactly and keeps its
-    :class:`WeightQuantizer` parametrization (which then costs nothing per call; the
-    compressed file stores the integer codes with the spec); the input quantizers stay
-    as pre-hooks.  The specs are recorded as the ``linear_quant`` transform of
-    ``model.edl_arch``.
+    Each quantized layer's weight becomes a plain parameter holding ``x̂`` exactly; its
+    :class:`LayerQuantizers` keeps the spec as a claim on that tensor (the compressed file
+    stores the integer codes with it) and quantizes the layer's input.  The specs are
+    recorded as the ``linear_quant`` transform of ``model.edl_arch``.
 
     Returns:
         ``model``, changed in place.
     """
     layers = {}
+    ties = tied_pairs(model)
     for t in list(compressible_tensors(model)):
         if t.attr != "weight":
             continue
@@ -283,6 +283,7 @@ def freeze(model: nn.Module) -> nn.Module:
     arch = getattr(model, "edl_arch", None)
     if isinstance(arch, dict):  # one record of the quantizers, replacing an earlier one
         arch["transforms"] = [t for t in arch.get("transforms", []) if t.get("op") != "linear_quant"]
+    retie(ties)
     if layers:
         record_transform(model, "linear_quant", layers=layers)
     return model
@@ -292,16 +293,23 @@ def freeze(model: nn.Module) -> nn.Module:
 def _replay_linear_quant(model: nn.Module, layers: dict) -> None:
     """Put the recorded quantizers back on a rebuilt model (weights come from the file)."""
     modules = dict(model.named_modules())
+    recorded = {}
     for name, entry in layers.items():
         module = modules.get(name)
         if module is None or not hasattr(module, "weight"):
             raise ValueError(f"'{name}' is not a layer of the model")
-        if entry.get("weight") is not None and weight_spec(module) is None:
-            spec = QuantSpec.from_json(entry["weight"], module.weight.shape[0], name)
-            parametrize.register_parametrization(module, "weight", WeightQuantizer(spec), unsafe=True)
+        weight = inp = None
+        if entry.get("weight") is not None:   # confirmed once the file's weights are loaded
+            weight = QuantSpec.from_json(entry["weight"], module.weight.shape[0], name)
+            LayerQuantizers.on(module).claim("weight", module.weight, weight, verified=False)
         if entry.get("input") is not None:
-            attach_input_quantizer(module, QuantSpec.from_json(entry["input"], None, name))
-    freeze(model)
+            inp = QuantSpec.from_json(entry["input"], None, name)
+            attach_input_quantizer(module, inp)
+        recorded[name] = {"weight": weight.to_json() if weight else None, "input": inp.to_json() if inp else None}
+    arch = getattr(model, "edl_arch", None)
+    if isinstance(arch, dict):
+        arch["transforms"] = [t for t in arch.get("transforms", []) if t.get("op") != "linear_quant"]
+    record_transform(model, "linear_quant", layers=recorded)
 
 
 def integer_weights(model: nn.Module) -> dict[str, tuple[torch.Tensor, QuantSpec]]:
