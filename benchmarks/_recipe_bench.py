@@ -46,7 +46,7 @@ def arguments(description: str, network: str) -> argparse.Namespace:
     after ``network`` under ``recipes/`` and ``runs/bench/``), ``--data-dir``, ``--threads``,
     and the smoke-run options ``--train-subset`` and ``--epochs-scale``."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--recipe", type=pathlib.Path, default=ROOT / "recipes" / f"{network}.yaml")
+    parser.add_argument("--recipe", type=pathlib.Path, default=ROOT / "efficientdl" / "recipes" / f"{network}.yaml")
     parser.add_argument("--checkpoint", type=pathlib.Path, default=ROOT / "runs" / "bench" / f"{network}-dense.pt",
                         help="dense model: loaded when the file exists, else trained and written there")
     parser.add_argument("--json", type=pathlib.Path, default=ROOT / "runs" / "bench" / f"{network}.json",

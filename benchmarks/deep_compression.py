@@ -58,7 +58,7 @@ SWEEPS = {
 
 
 def run_network(name: str, args: argparse.Namespace, out: pathlib.Path) -> dict:
-    base = yaml.safe_load((ROOT / "recipes" / f"{name}.yaml").read_text())
+    base = yaml.safe_load((ROOT / "efficientdl" / "recipes" / f"{name}.yaml").read_text())
     train.set_seed(base.get("seed", 0))
     ds = data.load("fashion-mnist", data_dir=args.data_dir, batch_size=base.get("batch_size", 128), fallback=False,
                    train_subset=args.train_subset)

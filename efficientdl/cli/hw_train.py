@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import EdlError
+from .common import _positive_float, _positive_int
 
 #: one sample's shape and classes for the registry models (others: 1×28×28, 10 classes)
 MODEL_INPUTS = {"resnet50": ((3, 224, 224), 1000), "resnet18": ((3, 32, 32), 10), "squeezenet": ((3, 224, 224), 1000)}
@@ -27,26 +28,6 @@ HELP = "training time, memory and energy on GPUs/TPUs/CPUs: step breakdown, data
 
 class TrainUsageError(EdlError):
     """A bad argument of ``edl hw train``."""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < v < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return v
 
 
 def _shape(text: str) -> tuple[int, ...]:

@@ -186,20 +186,17 @@ METHODS.register("fixed-point-4", _calibrated("fixed", 4, True),
 METHODS.register("int8", _calibrated("affine", 8, False), help="affine int8 post-training quantization")
 
 
-@METHODS.register("ttq", help="trained ternary quantization (first and last layer fp32)")
-def _ttq(ctx: MethodContext) -> nn.Module:
-    m = ctx.copy()
-    ternarize(m, "ttq")
-    ctx.fit(m)
-    return m
+def _ternary(start: Callable[[MethodContext], nn.Module]) -> Callable[[MethodContext], nn.Module]:
+    def build(ctx: MethodContext) -> nn.Module:
+        m = start(ctx)
+        ternarize(m, "ttq")
+        ctx.fit(m)
+        return m
+    return build
 
 
-@METHODS.register("prune+ttq", help="pruning, then TTQ on the surviving weights")
-def _prune_ttq(ctx: MethodContext) -> nn.Module:
-    m = ctx.pruned()
-    ternarize(m, "ttq")
-    ctx.fit(m)
-    return m
+METHODS.register("ttq", _ternary(MethodContext.copy), help="trained ternary quantization (first and last layer fp32)")
+METHODS.register("prune+ttq", _ternary(lambda ctx: ctx.pruned()), help="pruning, then TTQ on the surviving weights")
 
 
 @METHODS.register("low-rank+fixed-point", help="SVD of the largest fc layer (4× fewer parameters), then 8-bit")

@@ -37,7 +37,7 @@ import yaml
 from ..core.options import Option
 from ..errors import RecipeError
 from ..train.options import TRAIN_OPTIONS
-from .pruning.prune import check_targets
+from .pruning.prune import SPARSITY_SCHEDULES, check_targets
 
 
 def _number(lo: float | None = None, hi: float | None = None, integer: bool = False,
@@ -89,7 +89,7 @@ SCHEMA: dict[str, Any] = {
     "fold_batchnorm": _is(bool, "true or false"),
     "dense": _TRAIN,
     "prune": {**_TRAIN, "sparsity": _per_layer(_number(0, 1)), "quality": _per_layer(_number(0, 100)),
-              "steps": _number(1, 1000, integer=True), "sparsity_schedule": _choice("gradual", "linear"),
+              "steps": _number(1, 1000, integer=True), "sparsity_schedule": _choice(*SPARSITY_SCHEDULES),
               "distill": _is(bool, "true or false")},
     "quantize": {**_TRAIN, "bits": _per_layer(_number(1, 16, integer=True)),
                  "init": _choice("linear", "density", "random"), "distill": _is(bool, "true or false")},

@@ -395,3 +395,77 @@ BENCHMARK_LAYERS = {
     "NT-Wd": (600, 8791, 0.11, 1.0, 13.9, 13.3),
     "NT-LSTM": (1201, 2400, 0.10, 1.0, 7.5, 6.7),
 }
+
+
+#: FIFO depths and PE counts of :func:`simulate_layer`'s sweeps
+SWEEP_FIFO_DEPTHS = (2, 4, 8, 16, 32, 64, 128, 256)
+SWEEP_PES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def simulate_layer(codes: np.ndarray, codebook: np.ndarray, activations: np.ndarray,
+                   bias: np.ndarray | None = None, *, sweep: bool = False,
+                   fifo_depths: tuple[int, ...] = SWEEP_FIFO_DEPTHS, pes_list: tuple[int, ...] = SWEEP_PES,
+                   **options) -> dict:
+    """Simulate one weight-shared layer, check it against dense math, and optionally sweep EIE's design space.
+
+    The configuration is :func:`config_for_codebook` of the codebook's size with
+    ``options`` (``pes``, ``fifo_depth``, ``sram_line_bits``, ``clock_hz``).
+
+    * **Dense check.**  ``y_ref = C[codes] · max(a, 0) (+ b)`` in float64 (ReLU on the
+      input, as EIE skips activations ≤ 0); ``max_rel_error = max|y − y_ref| / max|y_ref|``.
+    * **FIFO sweep** (``sweep=True``): the load-balance efficiency
+      ``(effective non-zeros / N) / cycles`` for each activation FIFO depth ``D`` in
+      ``fifo_depths``, the storage unchanged (it depends on ``N`` only).  Deeper FIFOs let
+      a PE with a long column fall behind without stalling the broadcast (Han et al.
+      ISCA'16, the study of FIFO depth).
+    * **PE sweep** (``sweep=True``): for each ``N`` in ``pes_list`` the layer is re-laid
+      out (rows interleaved over ``N`` PEs) and run; ``speedup(N) = cycles(N₀) / cycles(N)``
+      with ``N₀ = pes_list[0]``, and the efficiency as above (the paper's scalability study:
+      speedup falls below linear as load imbalance grows).
+
+    Args:
+        codes: ``(rows, cols)`` cluster indices, 0 = pruned.
+        codebook: ``(K,)`` values with ``codebook[0] == 0``.
+        activations: ``(cols,)`` input vector.
+        bias: ``(rows,)`` or ``None``.
+        sweep: also run the FIFO-depth and PE-count sweeps.
+        fifo_depths, pes_list: the sweeps' values.
+        **options: :class:`EIEConfig` fields other than the entry widths.
+
+    Returns:
+        ``{"rows", "cols", "weight_density", "activation_density", **EIEResult.summary(),
+        "max_rel_error"}`` and, with ``sweep``, ``"sweep": {"fifo_efficiency": [(D, eff)],
+        "pe_speedup": [(N, speedup)], "pe_efficiency": [(N, eff)]}``.
+
+    Raises:
+        HardwareError: a bad option or shape.
+
+    Example:
+        >>> codes, codebook, act = random_layer(64, 128, 0.1, 0.5, seed=0)
+        >>> r = simulate_layer(codes, codebook, act, pes=4)
+        >>> r["max_rel_error"] < 1e-9
+        True
+    """
+    config = config_for_codebook(len(codebook), **options)
+    encoded = encode_layer(codes, codebook, config, bias)
+    r = simulate(encoded, activations, config)
+    dense = np.asarray(codebook, np.float64)[codes] @ np.maximum(activations, 0)
+    if bias is not None:
+        dense = dense + bias
+    error = float(np.abs(r.output - dense).max() / max(1e-30, np.abs(dense).max()))
+    result = {"rows": encoded.rows, "cols": encoded.cols,
+              "weight_density": float(np.count_nonzero(codes) / max(1, codes.size)),
+              "activation_density": float(np.mean(np.asarray(activations) > 0)),
+              **r.summary(), "max_rel_error": error}
+    if sweep:
+        fifo = [(depth, simulate(encoded, activations, config_for_codebook(
+            len(codebook), **(options | {"fifo_depth": depth}))).efficiency) for depth in fifo_depths]
+        base_cycles, speedup, efficiency = None, [], []
+        for pes in pes_list:
+            cfg = config_for_codebook(len(codebook), **(options | {"pes": pes}))
+            rp = simulate(encode_layer(codes, codebook, cfg, bias), activations, cfg)
+            base_cycles = base_cycles or rp.cycles
+            speedup.append((pes, base_cycles / rp.cycles))
+            efficiency.append((pes, rp.efficiency))
+        result["sweep"] = {"fifo_efficiency": fifo, "pe_speedup": speedup, "pe_efficiency": efficiency}
+    return result

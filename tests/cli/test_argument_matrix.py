@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from efficientdl.cli import main as cli
+from efficientdl.core.options import Option
 
 PARSER = cli.build_parser()
 
@@ -61,9 +62,24 @@ def _numeric_options():
     for path, parser in LEAVES.items():
         for action in parser._actions:
             name = getattr(action.type, "__name__", None)
-            if action.option_strings and name in bad:
+            if action.option_strings and isinstance(action.type, Option):
+                for value in _out_of_range(action.type):
+                    yield path, action.option_strings[-1], action.nargs, value
+            elif action.option_strings and name in bad:
                 for value in bad[name]:
                     yield path, action.option_strings[-1], action.nargs, value
+
+
+def _out_of_range(option):
+    """Values a declared numeric option refuses: not a number, and just past each end of its range."""
+    if option.kind not in (int, float):
+        return []
+    values = ["x", "2.5" if option.kind is int else "nan"]
+    if option.low is not None:
+        values.append(repr(option.low if option.low_open else option.low - 1))
+    if option.high is not None:
+        values.append(repr(option.high if option.high_open else option.high + 1))
+    return values
 
 
 def _run(argv):
@@ -128,7 +144,7 @@ def test_bad_input_file_every_command(tmp_path, monkeypatch, command, case):
                 raise PermissionError(13, "Permission denied", str(file))
             return real_open(file, *args, **kwargs)
 
-        monkeypatch.setattr(cli, "open", denied, raising=False)
+        monkeypatch.setattr(builtins, "open", denied)   # wherever the command opens it
     parser = LEAVES[command]
     extra = [a.format(tmp=out) for a in EXTRA.get(command, [])]
     data = ["--data", "digits", "--test-subset", "40"] if any("--data" in a.option_strings

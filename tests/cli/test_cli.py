@@ -15,7 +15,7 @@ from efficientdl import data, format as fmt, models
 from efficientdl.cli.main import main
 from efficientdl.train import save_checkpoint
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "efficientdl" / "recipes"   # package data; recipes/ links here
 
 TINY_RECIPE = """\
 model: lenet300
@@ -503,6 +503,24 @@ def test_linear_quantization_checkpoint_encodes_and_evaluates(files, tmp_path, m
     code, out, err = run_quiet(["eval", e, *DATA])
     assert code == 0, err
     assert json.loads(out)["accuracy"] == pytest.approx(result["accuracy_after"], abs=1e-9)
+
+
+@pytest.mark.parametrize("method", ["twn", "binary"])
+def test_ternary_quantization_from_the_command_line(files, tmp_path, method):
+    """The quantizer registry's ternary entries: fc2 gets ±α (and 0) weights, fc1 and fc3 stay fp32."""
+    q, e = tmp_path / "q.pt", tmp_path / "q.edlz"
+    code, out, err = run_quiet(["quantize", files["ckpt"], "-o", q, "--method", method, "--epochs", "0",
+                                *SUBSETS, *DATA])
+    assert code == 0, err
+    assert json.loads(out)["layers"] == ["fc2"]
+    state = torch.load(q, weights_only=True)["state_dict"]
+    values = torch.unique(state["fc2.weight"])
+    assert len(values) == (3 if method == "twn" else 2) and torch.allclose(values.abs()[values != 0],
+                                                                         values.abs().max().expand(2))
+    assert len(torch.unique(state["fc1.weight"])) > 100
+    code, out, err = run_quiet(["encode", q, "-o", e, "--json"])
+    assert code == 0, err
+    assert {r["name"]: r["kind"] for r in json.loads(out)["layers"]}["fc2.weight"] in ("shared", "codes")
 
 
 def test_compare_writes_table_plot_and_files(files, tmp_path):

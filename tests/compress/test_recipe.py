@@ -9,7 +9,7 @@ from efficientdl.compress.layers import check_spec_keys
 from efficientdl.compress.recipe import load_recipe, validate
 from efficientdl.errors import RecipeError
 
-RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "efficientdl" / "recipes").glob("*.yaml"))  # package data
 
 
 def test_recipes_are_shipped():

@@ -87,6 +87,8 @@ def std_mask(weight: torch.Tensor, quality: float) -> torch.Tensor:
     return select_threshold(magnitude_scores(weight), quality, weight)
 
 
+#: how the pruning target grows over the steps (:func:`sparsity_schedule`)
+SPARSITY_SCHEDULES = ("gradual", "linear")
 #: how a tensor's pruning target is given → the mask selection it uses
 TARGETS = {"sparsity": "per_layer", "quality": "threshold", "pattern": "n:m"}
 
@@ -232,7 +234,7 @@ def sparsity_schedule(final: Any, steps: int, kind: str = "gradual") -> list[Any
     """
     if steps < 1:
         raise RecipeError(f"prune: steps must be ≥ 1, got {steps}")
-    if kind not in ("gradual", "linear"):
+    if kind not in SPARSITY_SCHEDULES:
         raise RecipeError(f"prune: schedule must be 'gradual' or 'linear', got {kind!r}")
 
     def at(value: float, i: int) -> float:

@@ -1,0 +1,343 @@
+"""What every ``edl`` command shares: the parser class, argument types, common options and helpers.
+
+Nothing here imports torch at module level: ``edl --help``, ``edl --version`` and
+``edl info FILE`` must start fast, so heavy modules are imported inside the functions
+that need them (and the choices they own are read only when a command's parser is built).
+"""
+
+from __future__ import annotations
+
+import argparse
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from ..errors import EdlError
+
+
+class UsageError(EdlError):
+    """A command-line argument is wrong."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def names(table: Iterable[str] | Any) -> list[str]:
+    """The names of a registry (``.names()``) or of a plain tuple/mapping of names.
+
+    Choices are read from where they are defined (``models.available()``,
+    ``compress.methods.METHODS``, ``train.trainer.OPTIMIZERS`` …); this accepts both the
+    tuples of today and :class:`efficientdl.core.registry.Registry` objects.
+    """
+    return list(table.names()) if hasattr(table, "names") else list(table)
+
+
+# --------------------------------------------------------------------------- argument types
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {text!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {text!r}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return v
+
+
+def _scalar(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def per_layer_spec(text: str) -> Any:
+    """Parse ``0.9`` or ``fc1=0.92,fc2=0.91,default=0.8`` into a number or a mapping."""
+    if "=" not in text:
+        return _scalar(text)
+    spec = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"expected NAME=VALUE pairs separated by commas, got {text!r}")
+        spec[key.strip()] = _scalar(value.strip())
+    return spec
+
+
+def methods() -> list[str]:
+    """The methods of ``edl compare``, read from :mod:`efficientdl.compress.methods` (imports torch)."""
+    from ..compress.methods import METHODS
+
+    return names(METHODS)
+
+
+def _method_list(text: str) -> list[str]:
+    known = methods()
+    chosen = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [n for n in chosen if n not in known]
+    if not chosen or unknown:
+        raise argparse.ArgumentTypeError(f"unknown method {unknown[0] if unknown else text!r} "
+                                         f"(expected some of {', '.join(known)})")
+    return chosen
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+    if not values or any(v < 1 or v > 16 for v in values):
+        raise argparse.ArgumentTypeError(f"expected bit widths in 1..16, got {text!r}")
+    return values
+
+
+def _output_file(path: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{p}: is a directory, expected an output file path")
+    if not p.parent.exists():
+        raise UsageError(f"{p.parent}: output directory does not exist")
+    return p
+
+
+def _output_dir(path: str) -> Path:
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{p}: exists and is not a directory")
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _input_file(path: str) -> Path:
+    """An existing, readable regular file (a FIFO or device would block or never end)."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{p}: no such file")
+    if p.is_dir():
+        raise UsageError(f"{p}: is a directory, expected a file")
+    if not p.is_file():
+        raise UsageError(f"{p}: is not a regular file")
+    try:
+        with open(p, "rb"):
+            pass
+    except OSError as e:
+        raise UsageError(f"{p}: cannot read ({e.strerror or e})") from None
+    return p
+
+
+# --------------------------------------------------------------------------- recipes shipped as package data
+def packaged_recipes() -> list[str]:
+    """Names of the recipes shipped inside the package (``efficientdl/recipes/NAME.yaml``)."""
+    folder = resources.files("efficientdl") / "recipes"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")) if folder.is_dir() else []
+
+
+def packaged_recipe(name: str) -> Path:
+    """The path of the shipped recipe ``name`` (``lenet300`` → ``…/efficientdl/recipes/lenet300.yaml``).
+
+    Resolved through :mod:`importlib.resources`, so it works from a checkout and from an
+    installed wheel alike (the package is installed as files, so the resource is a path).
+
+    Raises:
+        UsageError: no such shipped recipe (the known ones listed).
+    """
+    resource = resources.files("efficientdl") / "recipes" / f"{name}.yaml"
+    if not resource.is_file():
+        raise UsageError(f"{name}: no such recipe file, and not a shipped recipe "
+                         f"(one of {', '.join(packaged_recipes()) or 'none'})")
+    return Path(str(resource))
+
+
+def recipe_path(text: str) -> Path:
+    """A recipe argument: a file path, or the bare name of a shipped recipe when no such file exists."""
+    p = Path(text)
+    if not p.exists() and p.suffix == "" and p.name == text and text in packaged_recipes():
+        return packaged_recipe(text)
+    return _input_file(text)
+
+
+# --------------------------------------------------------------------------- options shared by commands
+def add_common_options(p: argparse.ArgumentParser, data: bool = True) -> None:
+    """``--json``, ``--debug``, ``--seed`` and (with ``data``) the dataset options."""
+    p.add_argument("--json", action="store_true", help="print the result as JSON on standard output")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+    if data:
+        from ..data.datasets import KNOWN_DATASETS
+
+        known = names(KNOWN_DATASETS)
+        g = p.add_argument_group("data")
+        g.add_argument("--data", default=None if p.prog.endswith(("compress", "demo", "eval")) else "fashion-mnist",
+                       help=f"dataset: {', '.join(known[:-1])} or {known[-1]} (default fashion-mnist; for eval, "
+                            "the one the file was compressed on)")
+        g.add_argument("--data-dir", help="directory with the IDX files (default: $EDL_DATA_DIR, "
+                                          "then /usr/share/datasets/fashion-mnist)")
+        g.add_argument("--batch-size", type=_positive_int,
+                       default=None if p.prog.endswith(("compress", "demo")) else 128)
+        g.add_argument("--train-subset", type=_positive_int, help="train on the first N images of a seeded permutation")
+        g.add_argument("--test-subset", type=_positive_int, help="test on N images")
+        g.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
+
+
+def add_training_options(p: argparse.ArgumentParser, epochs: int, lr: float, weight_decay: float = 5e-4) -> None:
+    """The trainer's options with these defaults; types, ranges and choices are the declared
+    :data:`efficientdl.train.options.TRAIN_OPTIONS` (an :class:`~efficientdl.core.options.Option` parses and
+    range-checks), so the command line accepts what a recipe and :class:`~efficientdl.train.Trainer` accept."""
+    from ..train.options import PRECISION, TRAIN_OPTIONS as T
+
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=T["epochs"], default=epochs, help=f"epochs (default {epochs})")
+    g.add_argument("--lr", type=T["lr"], default=lr, help=f"learning rate (default {lr})")
+    g.add_argument("--optimizer", choices=names(T["optimizer"].choices), default=T["optimizer"].default,
+                   help="sgd (with --momentum) or adam (default sgd)")
+    g.add_argument("--momentum", type=T["momentum"], default=T["momentum"].default)
+    g.add_argument("--weight-decay", type=T["weight_decay"], default=weight_decay)
+    g.add_argument("--schedule", choices=names(T["schedule"].choices), default=T["schedule"].default)
+    g.add_argument("--warmup-epochs", type=T["warmup_epochs"], default=T["warmup_epochs"].default,
+                   help="linear learning-rate warmup over this many epochs (default 0)")
+    g.add_argument("--clip-grad-norm", type=T["clip_grad_norm"], default=None,
+                   help="clip the global gradient L2 norm to this value (default: no clipping)")
+    g.add_argument("--precision", choices=names(PRECISION.choices), default=PRECISION.default,
+                   help="fp32; mixed: fp16 model + fp32 master weights + dynamic loss scaling; "
+                        "bf16 / fp16: torch.amp autocast (fp16 with a GradScaler)")
+
+
+def model_help(prefix: str = "registry name") -> str:
+    """``--model`` help naming the registered models (read from :func:`efficientdl.models.available`)."""
+    from .. import models
+
+    return f"{prefix}: {', '.join(models.available())} (default lenet300)"
+
+
+def add_subcommands(parser: argparse.ArgumentParser, dest: str, metavar: str,
+                    table: Mapping[str, tuple[str, Callable[[argparse.ArgumentParser], None]]],
+                    only: str | None = None) -> None:
+    """Sub-commands of a command group (``edl hw …``, ``edl recipe …``) from a table name → (help, add).
+
+    Args:
+        parser: the group's parser.
+        dest: where the chosen sub-command's name goes (``"hw_command"``).
+        metavar: its name in usage lines.
+        table: name → (one-line help, a function adding the sub-command's options and handler).
+        only: build only this sub-command's options (``main`` passes the one on the command line);
+            the others get their name and help only.  ``None`` builds them all.
+    """
+    sub = parser.add_subparsers(dest=dest, metavar=metavar, parser_class=_Parser, required=True)
+    for name, (help_line, add) in table.items():
+        p = sub.add_parser(name, help=help_line)
+        if only is None or only == name:
+            add(p)
+
+
+# --------------------------------------------------------------------------- helpers of the commands
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _load_data(args: argparse.Namespace, name: str | None = None):
+    from .. import data
+
+    ds = data.load(name or args.data, data_dir=args.data_dir, batch_size=args.batch_size,
+                   train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed)
+    if not args.json:
+        _console().print(f"data: {ds.name} ({ds.source})")
+    return ds
+
+
+def _is_container(path: Path) -> bool:
+    """Whether ``path`` is a compressed file (asks :mod:`efficientdl.format`, the owner of the bytes)."""
+    from ..format import is_container
+
+    return is_container(path)
+
+
+def _load_model(path: Path):
+    """A plain model from a checkpoint (``.pt``) or a compressed file (``.edlz``)."""
+    from .. import format as fmt
+    from ..train import load_checkpoint
+
+    return fmt.load(path) if _is_container(path) else load_checkpoint(path)
+
+
+def _emit(args: argparse.Namespace, result: dict, text: str) -> None:
+    """Print ``result`` as JSON (``--json``) or ``text``."""
+    from ..report.render import dumps
+
+    if args.json:
+        print(dumps(result))
+    else:
+        print(text)
+
+
+def _trainer(args: argparse.Namespace, ds, teacher=None, **overrides):
+    from ..train import Trainer
+
+    opts = dict(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                schedule=args.schedule, precision=getattr(args, "precision", "fp32"),
+                warmup_epochs=getattr(args, "warmup_epochs", 0.0), clip_grad_norm=getattr(args, "clip_grad_norm", None),
+                optimizer=getattr(args, "optimizer", "sgd"))
+    opts.update(overrides)
+    return Trainer(ds.train, ds.test, seed=args.seed, progress=not (args.no_progress or args.json),
+                   teacher=teacher, **opts)
+
+
+def _seed(args: argparse.Namespace) -> None:
+    from ..train import set_seed
+
+    set_seed(args.seed)
