@@ -43,6 +43,8 @@ bench: install data
 	$(PY) benchmarks/data_parallel.py --json runs/bench/data_parallel.json
 	$(PY) benchmarks/method_comparison.py --json runs/bench/method_comparison.json
 	$(PY) tools/fuzz_container.py --json runs/bench/fuzz.json
+	$(PY) benchmarks/training_hardware.py --json runs/bench/training_hardware.json
+	$(PY) benchmarks/startup.py --json runs/bench/startup.json
 	$(PY) benchmarks/eie_layers.py --json runs/bench/eie_layers.json \
 		--models runs/bench/lenet300-s96-b3.edlz runs/bench/lenet5-s95-b5_4.edlz
 
