@@ -100,10 +100,12 @@ def rebuild(arch: Any, where: str = "architecture") -> nn.Module:
 
 
 from efficientdl.models.lenet import LeNet5, LeNet300  # noqa: E402  (registry must exist first)
+from efficientdl.models.mobilenetv2 import MobileNetV2  # noqa: E402
 from efficientdl.models.resnet import ResNet18  # noqa: E402
 from efficientdl.models.resnet import ResNet50  # noqa: E402
 from efficientdl.models.rnn import LSTMClassifier  # noqa: E402
 from efficientdl.models.squeezenet import SqueezeNet  # noqa: E402
+from efficientdl.models.vit import VisionTransformer  # noqa: E402
 
 register("lenet300")(LeNet300)
 register("lenet5")(LeNet5)
@@ -111,5 +113,8 @@ register("squeezenet")(SqueezeNet)
 register("lstm")(LSTMClassifier)
 register("resnet18")(ResNet18)
 register("resnet50")(ResNet50)
+register("mobilenetv2")(MobileNetV2)
+register("vit")(VisionTransformer)
 
-__all__ = ["create", "available", "rebuild", "register", "LeNet300", "LeNet5", "LSTMClassifier", "ResNet18"]
+__all__ = ["create", "available", "rebuild", "register", "LeNet300", "LeNet5", "LSTMClassifier", "ResNet18",
+           "MobileNetV2", "VisionTransformer"]
