@@ -1,26 +1,34 @@
-"""Algorithms for efficient inference: pruning, weight sharing, Huffman coding, sparse index,
-fixed-point and int8 quantization, ternary weights, BatchNorm folding, low-rank and
-tensor-train factorisation."""
+"""Algorithms for efficient inference, along the lecture's map.
 
-from .quantization.fixed_point import freeze, integer_weights, quantize_linear
+* :mod:`~efficientdl.compress.pruning`: criteria and mask selections, iterative pruning with
+  retraining, sensitivity (Han et al., NIPS'15);
+* :mod:`~efficientdl.compress.quantization`: weight sharing by k-means with trained
+  centroids (Han et al., ICLR'16), dynamic fixed point and int8, ternary and binary
+  weights; the quantizer registry;
+* :mod:`~efficientdl.compress.lowrank`: truncated SVD, convolution decomposition, tensor train;
+* :mod:`~efficientdl.compress.coding`: Huffman coding and the relative sparse index;
+* BatchNorm folding (:func:`fold_batchnorm`), MAC counts, the transforms a file replays,
+  and the stages composed from recipes (:mod:`~efficientdl.compress.pipeline`,
+  :mod:`~efficientdl.compress.methods`).
+"""
+
+from .coding import huffman_decode, huffman_encode, relative_index_decode, relative_index_encode
 from .fold import fold_batchnorm
-from .coding.huffman import huffman_decode, huffman_encode
 from .layers import compressible_layers, compressible_tensors
-from .pruning.prune import (apply_mask, magnitude_mask, prune, prune_once, sensitivity,
-                    sparsities_from_sensitivity, sparsity_schedule, std_mask, weight_mask)
-from .lowrank.svd import low_rank, svd_linear
-from .lowrank.conv import conv_low_rank, decompose_conv
+from .lowrank import conv_low_rank, decompose_conv, low_rank, svd_linear, tensor_train, tt_linear, tt_modes, tt_svd
 from .macs import model_macs
+from .pruning import (CRITERIA, SELECTIONS, apply_mask, check_targets, magnitude_mask, prune, prune_once,
+                      sensitivity, sparsities_from_sensitivity, sparsity_schedule, std_mask, weight_mask)
+from .quantization import (QUANTIZERS, SharedWeight, freeze, integer_weights, kmeans_1d, quantize, quantize_linear,
+                           share, share_layer, shared_weight, ternarize, ternary_state)
 from .recipe import Recipe, load_recipe, validate
-from .quantization.share import SharedWeight, kmeans_1d, share, share_layer, shared_weight
-from .coding.sparse_index import relative_index_decode, relative_index_encode
-from .lowrank.tensor_train import tensor_train, tt_linear, tt_modes, tt_svd
-from .quantization.ternary import ternarize, ternary_state
 
 __all__ = [
-    "Recipe", "SharedWeight", "apply_mask", "compressible_layers", "compressible_tensors", "conv_low_rank",
-    "decompose_conv", "fold_batchnorm", "freeze", "huffman_decode", "integer_weights", "quantize_linear", "huffman_encode", "kmeans_1d", "load_recipe", "low_rank", "magnitude_mask", "model_macs",
-    "prune", "prune_once", "relative_index_decode", "relative_index_encode", "sensitivity", "share", "share_layer",
-    "shared_weight", "sparsities_from_sensitivity", "sparsity_schedule", "std_mask", "svd_linear", "tensor_train",
-    "ternarize", "ternary_state", "tt_linear", "tt_modes", "tt_svd", "validate", "weight_mask",
+    "CRITERIA", "QUANTIZERS", "Recipe", "SELECTIONS", "SharedWeight", "apply_mask", "check_targets",
+    "compressible_layers", "compressible_tensors", "conv_low_rank", "decompose_conv", "fold_batchnorm", "freeze",
+    "huffman_decode", "huffman_encode", "integer_weights", "kmeans_1d", "load_recipe", "low_rank",
+    "magnitude_mask", "model_macs", "prune", "prune_once", "quantize", "quantize_linear", "relative_index_decode",
+    "relative_index_encode", "sensitivity", "share", "share_layer", "shared_weight", "sparsities_from_sensitivity",
+    "sparsity_schedule", "std_mask", "svd_linear", "tensor_train", "ternarize", "ternary_state", "tt_linear",
+    "tt_modes", "tt_svd", "validate", "weight_mask",
 ]
