@@ -57,6 +57,24 @@ def weight_mask(module: nn.Module, attr: str = "weight") -> torch.Tensor | None:
 
 
 # --------------------------------------------------------------------------- weight sharing
+class _CodebookGather(torch.autograd.Function):
+    """``W = C[I]`` whose backward is the paper's centroid gradient, ``∂L/∂c_k = Σ_{i: I_i = k} ∂L/∂W_i``,
+    summed by ``bincount`` in one deterministic order (indexing's own backward accumulates
+    with several threads in an order that changes from run to run)."""
+
+    @staticmethod
+    def forward(ctx, codebook: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:  # noqa: D401 - autograd API
+        ctx.save_for_backward(indices)
+        ctx.size = codebook.numel()
+        return codebook[indices]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: D401 - autograd API
+        (indices,) = ctx.saved_tensors
+        sums = torch.bincount(indices.reshape(-1), weights=grad.reshape(-1), minlength=ctx.size)
+        return sums.to(grad.dtype), None
+
+
 class SharedWeight(nn.Module):
     """Parametrization ``W = C[I]`` with codebook ``C = (0, centroids)`` and fixed indices ``I``.
 
@@ -77,7 +95,7 @@ class SharedWeight(nn.Module):
         return torch.cat([self.centroids.new_zeros(1), self.centroids])
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:  # stored weight is unused
-        return self.codebook()[self.indices]
+        return _CodebookGather.apply(self.codebook(), self.indices)
 
     def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
         return weight

@@ -101,3 +101,27 @@ def test_replace_module_by_qualified_name():
     model = nn.Sequential(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
     replace_module(model, "0.1", nn.Tanh())
     assert isinstance(model[0][1], nn.Tanh)
+
+
+def test_centroid_gradient_is_the_cluster_sum_and_the_same_on_every_run():
+    """∂L/∂c_k = Σ over the weights of cluster k (the paper's rule), bit for bit the same with
+    several threads (indexing's own backward is not)."""
+    from efficientdl.core.state import SharedWeight
+
+    torch.manual_seed(0)
+    indices = torch.randint(0, 16, (300, 784))
+    grad = torch.randn(300, 784)
+    shared = SharedWeight(torch.randn(15), indices, 4)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 2, 2):
+            torch.set_num_threads(n)
+            shared.centroids.grad = None
+            (shared(torch.empty(0)) * grad).sum().backward()
+            results.append(shared.centroids.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    by_hand = torch.tensor([grad[indices == k].double().sum().item() for k in range(1, 16)], dtype=torch.float64)
+    assert torch.allclose(results[0].double(), by_hand, rtol=1e-4, atol=1e-3)
+    assert all(torch.equal(r, results[0]) for r in results)
