@@ -280,3 +280,22 @@ def test_sharing_a_copy_leaves_the_pruned_original_intact():
     share(trial, bits=2)
     assert torch.equal(original[0].weight, expected)
     assert len(torch.unique(trial[0].weight[trial[0].weight != 0])) <= 3
+
+
+def test_kmeans_leaves_no_cluster_empty_on_outliers():
+    """Issue 15 item 3: the linear start on a gate matrix with outliers (−61…41, std 1.4)
+    left 22 of 64 clusters empty; reseeding from the worst-served values fills them all
+    and matches scikit-learn (which relocates empty clusters too) from the same start."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.0, 1.4, 4000)
+    x[:3] = -61.0
+    x[3:5] = 41.0
+    x[5:8] = rng.uniform(-40, 30, 3)
+    x = x.astype(np.float32)
+    k = 64
+    start, _ = kmeans_1d(x, k, init="linear", max_iter=0)
+    centroids, labels = kmeans_1d(x, k, init="linear")
+    assert np.all(np.bincount(labels, minlength=k) > 0)
+    ref = KMeans(n_clusters=k, init=start.astype(np.float64).reshape(-1, 1), n_init=1,
+                 algorithm="lloyd", max_iter=3000, tol=0.0).fit(x.astype(np.float64).reshape(-1, 1))
+    assert objective(x, centroids) <= 1.05 * ref.inertia_

@@ -63,6 +63,47 @@ def _assign(x: np.ndarray, bounds: np.ndarray) -> np.ndarray:  # pragma: no cove
     return out
 
 
+def _reseed_empty(xs: np.ndarray, c: np.ndarray, counts: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Move the centroids of empty clusters onto the worst-served distinct values.
+
+    Args:
+        xs: the sorted values.
+        c: the centroids of this iteration's assignment (increasing).
+        counts: the size of each cluster (intervals of ``xs``, in order).
+        new: the updated centroids (cluster means; an empty cluster's previous centroid).
+
+    Returns:
+        ``new`` with each empty cluster's centroid set to one of the values farthest from
+        the centroid that serves them (distinct values, farthest first); the donor
+        cluster's mean leaves that value out.
+    """
+    labels = np.repeat(np.arange(c.size), counts)
+    error = (xs.astype(np.float64) - c[labels]) ** 2
+    empty = np.flatnonzero(counts == 0)
+    order = np.argsort(-error, kind="stable")
+    new = new.copy()
+    sizes = counts.astype(np.float64).copy()
+    sums = new * sizes
+    taken: set[float] = set()
+    filled = 0
+    for i in order:
+        if filled == empty.size or error[i] <= 0.0:
+            break
+        v = float(xs[i])
+        if v in taken:
+            continue
+        donor = labels[i]
+        if sizes[donor] <= 1:
+            continue
+        taken.add(v)
+        sizes[donor] -= 1
+        sums[donor] -= v
+        new[donor] = sums[donor] / sizes[donor]
+        new[empty[filled]] = v
+        filled += 1
+    return new
+
+
 def kmeans_1d(
     values: np.ndarray,
     k: int,
@@ -85,7 +126,13 @@ def kmeans_1d(
     * ``density``: evenly spaced over the CDF (quantiles);
     * ``random`` (Forgy): ``k`` weights drawn at random.
 
-    An empty cluster keeps its previous centroid.
+    An empty cluster (the linear start on a tensor with outliers leaves many) is
+    reseeded at the worst-served value, as scikit-learn relocates empty clusters: the
+    distinct values farthest from their current centroid each become the centroid of
+    one empty cluster (and leave their donor cluster's mean), and Lloyd continues.
+    Every reseed strictly lowers the objective, so this ends; a cluster stays empty only
+    when no value is left off its centroid (fewer distinct values than ``k``).  When no
+    cluster empties, the iterations are exactly plain Lloyd's.
 
     Args:
         values: 1-D array of weights (any float dtype).
@@ -125,6 +172,8 @@ def kmeans_1d(
         counts = ends - starts
         sums = prefix[ends] - prefix[starts]
         new = np.where(counts > 0, sums / np.maximum(counts, 1), c)
+        if not counts.all():
+            new = _reseed_empty(xs, c, counts, new)
         new = np.sort(new)
         moved = np.max(np.abs(new - c))
         c = new
