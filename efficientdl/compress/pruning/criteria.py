@@ -7,7 +7,14 @@ selection.
 Criteria (:data:`CRITERIA`, name → ``scores(weight, context) -> tensor``; a higher
 score means more important, kept first):
 
-* ``magnitude`` — ``|w|`` (Han et al., NIPS'15).
+* ``magnitude`` — ``|w|`` (Han et al., NIPS'15);
+* ``wanda`` — ``|W_ij| · ‖X_j‖₂`` (Sun, Liu, Bair, Kolter 2023), from calibration
+  statistics; meant with the ``per_row`` selection, as the paper compares weights per
+  output row (``prune_post_training(method="wanda")`` does so; ``prune_once`` with a
+  ``sparsity`` selects per layer, the paper's weaker variant);
+* ``obs`` — Optimal Brain Surgeon's saliency ``w_ij² / [H⁻¹]_jj`` (Hassibi & Stork
+  1993) without the weight update; the method with the update is
+  :func:`~efficientdl.compress.pruning.obs.obs_prune`.
 
 A criterion receives a :class:`PruningContext`, which names the tensor and can carry
 statistics of calibration data for post-training criteria (an input Gram matrix, input
@@ -17,6 +24,8 @@ Selections (:data:`SELECTIONS`, name → ``select(scores, amount) -> bool mask``
 
 * ``per_layer`` — keep the ``round((1 − s) · n)`` highest scores of the tensor
   (``amount`` = the sparsity ``s``); ties broken by position, so the count is exact;
+* ``per_row`` — keep the ``round((1 − s) · d)`` highest scores of each output row (the
+  tensor flattened to rows of ``in_features · kh · kw``), Wanda's comparison group;
 * ``threshold`` — the paper's rule: keep ``score > q · std(surviving weights)``
   (``amount`` = the quality ``q``); with the magnitude criterion ``|w| > q · std(W)``;
 * ``n:m`` — keep the ``n`` highest scores of every group of ``m`` consecutive weights
@@ -35,6 +44,7 @@ import torch
 
 from ...core.registry import Registry
 from ...core.tensors import WeightTensor
+from ...errors import RecipeError
 
 Scores = Callable[[torch.Tensor, "PruningContext"], torch.Tensor]
 Selection = Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]
@@ -72,6 +82,74 @@ def magnitude_scores(weight: torch.Tensor, context: PruningContext | None = None
     return weight.detach().abs()
 
 
+def _statistics_of(context: "PruningContext | None", criterion: str) -> Any:
+    stats = None if context is None else context.statistics
+    if stats is None:
+        where = f" for '{context.tensor.key}'" if context is not None and context.tensor is not None else ""
+        raise RecipeError(f"prune: criterion '{criterion}' needs calibration statistics{where}")
+    return stats
+
+
+@CRITERIA.register("wanda", help="|W_ij| · ‖X_j‖₂ from calibration inputs (Sun et al. 2023); use per_row")
+def wanda_scores(weight: torch.Tensor, context: PruningContext | None = None) -> torch.Tensor:
+    """Wanda (Sun, Liu, Bair, Kolter 2023, "A Simple and Effective Pruning Approach for
+    Large Language Models"): ``score_ij = |W_ij| · ‖X_j‖₂``, the weight's magnitude times
+    the norm of the calibration inputs it multiplies.  The paper ranks the scores within
+    each output row: use it with the ``per_row`` selection (or ``n:m``).
+
+    Args:
+        weight: ``[rows, d]`` or a convolution's weight (rows of ``C_in·kh·kw``, the column
+            order of ``F.unfold``).
+        context: ``context.statistics`` is a
+            :class:`~efficientdl.compress.calibration.Statistics` (grouped convolutions
+            included) or a tensor of the column norms ``‖X_j‖₂`` (``[d]``).
+
+    Returns:
+        The scores, of the weight's shape and dtype.
+
+    Raises:
+        RecipeError: no statistics.
+    """
+    stats = _statistics_of(context, "wanda")
+    rows = weight.shape[0]
+    if isinstance(stats, torch.Tensor):
+        norms = stats.reshape(1, -1).expand(rows, -1)
+    else:
+        norms = stats.row_norms(rows)
+    w = weight.detach().reshape(rows, -1)
+    return (w.abs() * norms.to(device=w.device, dtype=w.dtype)).reshape(weight.shape)
+
+
+@CRITERIA.register("obs", help="w² / [H⁻¹]_jj, Optimal Brain Surgeon's saliency without the update")
+def obs_scores(weight: torch.Tensor, context: PruningContext | None = None) -> torch.Tensor:
+    """Optimal Brain Surgeon's saliency (Hassibi & Stork 1993) ``w_ij² / [H⁻¹]_jj``: the
+    increase of the layer's squared output error when the weight alone is removed and
+    its row re-optimised.  Only the score: the method that also updates the remaining
+    weights is :func:`~efficientdl.compress.pruning.obs.obs_prune`.
+
+    Args:
+        weight: ``[rows, d]`` or a convolution's weight (groups = 1).
+        context: ``context.statistics`` is a
+            :class:`~efficientdl.compress.calibration.Statistics` with its Gram matrix,
+            or the Gram matrix ``H`` itself.
+
+    Returns:
+        The saliency, of the weight's shape and dtype (dampened ``H``, ``damp = 0.01``).
+
+    Raises:
+        RecipeError: no statistics.
+    """
+    from .obs import obs_saliency
+
+    stats = _statistics_of(context, "obs")
+    if isinstance(stats, torch.Tensor):
+        return obs_saliency(weight, stats).to(weight.dtype)
+    rows, groups = weight.shape[0], stats.groups
+    w, per = weight.reshape(rows, -1), rows // groups
+    parts = [obs_saliency(w[g * per:(g + 1) * per], stats.group_gram(g)) for g in range(groups)]
+    return torch.cat(parts).reshape(weight.shape).to(weight.dtype)
+
+
 def _keep_highest(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """Boolean mask of the ``keep`` highest scores; equal scores are kept in position order."""
     flat = scores.flatten()
@@ -95,6 +173,28 @@ def select_per_layer(scores: torch.Tensor, sparsity: float, weight: torch.Tensor
         Boolean mask of the scores' shape and device.
     """
     return _keep_highest(scores, int(round((1.0 - sparsity) * scores.numel())))
+
+
+@SELECTIONS.register("per_row", help="keep the (1 − s)·d highest scores of each output row (Wanda)")
+def select_per_row(scores: torch.Tensor, sparsity: float, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep the ``round((1 − sparsity) · d)`` highest scores of every output row (the
+    tensor flattened to rows of ``d = in_features · kh · kw``; ties by position).
+    Wanda's comparison group (Sun et al. 2023, §3).
+
+    Args:
+        scores: the criterion's scores, at least 2-D.
+        sparsity: the fraction of each row to remove, in ``[0, 1]``.
+        weight: unused.
+
+    Returns:
+        Boolean mask of the scores' shape with the same count kept in every row.
+    """
+    rows = scores.reshape(scores.shape[0], -1)
+    keep = int(round((1.0 - sparsity) * rows.shape[1]))
+    order = torch.sort(rows, dim=1, descending=True, stable=True).indices
+    mask = torch.zeros_like(rows, dtype=torch.bool)
+    mask.scatter_(1, order[:, :keep], True)
+    return mask.reshape(scores.shape)
 
 
 @SELECTIONS.register("threshold", help="keep score > q · std of the surviving weights (the paper's rule)")
