@@ -30,7 +30,8 @@ from ..report.results import LayerRecord, StageReport
 from .layers import check_spec_keys, compressible_tensors, plain_copy, retie, tied_pairs
 from .pruning.prune import prune, pruning_targets, weight_mask
 from .recipe import Recipe
-from .quantization.share import SharedWeight, share
+from ..core.state import apply_shared_weight
+from .quantization.share import share
 
 
 #: the keys of a recipe stage that are passed to that stage's :class:`~efficientdl.train.Trainer`
@@ -202,9 +203,7 @@ class _StageCheckpoints:
             if rec.name in c.codebooks:        # weight sharing: the same codebook and indices again
                 indices, codebook = c.codebooks[rec.name]
                 bits = int(round(np.log2(codebook.size)))
-                shared = SharedWeight(torch.from_numpy(codebook[1:].copy()), torch.from_numpy(indices), bits)
-                torch.nn.utils.parametrize.register_parametrization(module, attr, shared, unsafe=True)
-                module.parametrizations[attr].original.requires_grad_(False)
+                apply_shared_weight(module, attr, torch.from_numpy(codebook[1:].copy()), torch.from_numpy(indices), bits)
             elif rec.name in masked:            # pruning: the mask is where the stored weights are
                 apply_mask(module, c.tensors[rec.name] != 0, attr)
         retie(ties)

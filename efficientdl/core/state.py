@@ -111,6 +111,23 @@ def shared_weight(module: nn.Module, attr: str = "weight") -> SharedWeight | Non
 
 
 
+def apply_shared_weight(module: nn.Module, attr: str, centroids: torch.Tensor, indices: torch.Tensor,
+                        bits: int) -> SharedWeight:
+    """Make ``module.<attr>`` the weight-shared ``C[I]``: register a :class:`SharedWeight` with
+    these centroids and indices and freeze the stored tensor (only the centroids train).
+
+    The one place a codebook is put on a tensor: by weight sharing, and again when a
+    stage checkpoint is resumed.
+
+    Returns:
+        The registered :class:`SharedWeight`.
+    """
+    shared = SharedWeight(centroids, indices.reshape(getattr(module, attr).shape), bits)
+    parametrize.register_parametrization(module, attr, shared, unsafe=True)
+    module.parametrizations[attr].original.requires_grad_(False)
+    return shared
+
+
 # --------------------------------------------------------------------------- linear quantization
 class _FakeQuant(torch.autograd.Function):
     @staticmethod

@@ -24,9 +24,8 @@ import numba
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
-from ...core.state import SharedWeight, shared_weight  # noqa: F401  (re-exported: the stage's state)
+from ...core.state import SharedWeight, apply_shared_weight, shared_weight  # noqa: F401  (re-exported)
 from ...errors import RecipeError
 from ...report.results import StageReport
 from ..layers import check_spec_keys, compressible_tensors, fold_parametrization, retie, tensor_setting, tied_pairs
@@ -212,10 +211,7 @@ def share_layer(module: nn.Module, bits: int, init: str = "linear", seed: int = 
         centroids = np.concatenate([centroids, np.full(k - k_used, centroids[-1], np.float32)])
     indices = np.zeros(flat.size, np.int64)
     indices[nonzero] = labels + 1
-    shared = SharedWeight(torch.from_numpy(centroids), torch.from_numpy(indices).view_as(w), bits)
-    parametrize.register_parametrization(module, attr, shared, unsafe=True)
-    module.parametrizations[attr].original.requires_grad_(False)
-    return shared
+    return apply_shared_weight(module, attr, torch.from_numpy(centroids), torch.from_numpy(indices), bits)
 
 
 def share(
