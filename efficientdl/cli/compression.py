@@ -28,6 +28,12 @@ def _sparsity_schedules() -> list[str]:
     return list(SPARSITY_SCHEDULES)
 
 
+def _codings() -> list[str]:
+    from ..format.streams import CODINGS
+
+    return list(CODINGS)
+
+
 def _quantizers() -> list[str]:
     from ..compress.quantization import QUANTIZERS
 
@@ -170,7 +176,7 @@ def add_encode(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="compressed file to write (.edlz)")
     p.add_argument("--index-bits", type=per_layer_spec, default=None,
                    help="relative index bits: 5 or Conv2d=8,Linear=5 (default)")
-    p.add_argument("--coding", choices=["huffman", "fixed"], default="huffman")
+    p.add_argument("--coding", choices=_codings(), default="huffman")
     add_common_options(p, data=False)
     p.set_defaults(func=cmd_encode)
 

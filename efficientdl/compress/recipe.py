@@ -36,8 +36,10 @@ import yaml
 
 from ..core.options import Option
 from ..errors import RecipeError
+from ..format.streams import CODINGS
 from ..train.options import TRAIN_OPTIONS
 from .pruning.prune import SPARSITY_SCHEDULES, check_targets
+from .quantization.registry import QUANTIZERS
 
 
 def _number(lo: float | None = None, hi: float | None = None, integer: bool = False,
@@ -91,9 +93,9 @@ SCHEMA: dict[str, Any] = {
     "prune": {**_TRAIN, "sparsity": _per_layer(_number(0, 1)), "quality": _per_layer(_number(0, 100)),
               "steps": _number(1, 1000, integer=True), "sparsity_schedule": _choice(*SPARSITY_SCHEDULES),
               "distill": _is(bool, "true or false")},
-    "quantize": {**_TRAIN, "bits": _per_layer(_number(1, 16, integer=True)),
-                 "init": _choice("linear", "density", "random"), "distill": _is(bool, "true or false")},
-    "encode": {"index_bits": _per_layer(_number(1, 8, integer=True)), "coding": _choice("huffman", "fixed")},
+    "quantize": {**_TRAIN, **{name: _option(o) for name, o in QUANTIZERS.entry("kmeans").options.items()},
+                 "distill": _is(bool, "true or false")},
+    "encode": {"index_bits": _per_layer(_number(1, 8, integer=True)), "coding": _choice(*CODINGS)},
 }
 
 

@@ -25,14 +25,14 @@ from torch import nn
 from ...core.options import Option, check_options
 from ...core.registry import Registry
 from .fixed_point import freeze, quantize_linear
-from .share import share
+from .share import INITS, share
 from .ternary import ternarize
 
 Quantizer = Callable[..., dict]
 QUANTIZERS: Registry[Quantizer] = Registry("quantizer")
 
 _BITS = Option("bits", int, None, 1, 16, per_layer=True, help="bits per weight (or per weight index)")
-_INIT = Option("init", str, "linear", choices=("linear", "density", "random"), help="k-means centroid start")
+_INIT = Option("init", str, "linear", choices=INITS, help="k-means centroid start")
 _ACTIVATION_BITS = Option("activation_bits", int, 8, 2, 16, per_layer=True, help="bits per input activation")
 _THRESHOLD = Option("threshold", float, 0.05, 0, 1, high_open=True, help="TTQ threshold t: zero |w| < t · max|W|")
 
