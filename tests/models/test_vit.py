@@ -12,13 +12,7 @@ from efficientdl.models import create
 from efficientdl.models.vit import EncoderBlock, VisionTransformer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin against other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hand_count(in_channels=1, classes=10, image=28, patch=7, dim=64, depth=6, ratio=4):
