@@ -152,16 +152,16 @@ class FileTensorKind:
         return False
 
     def encode(self, w: Writer, t: TensorInfo) -> tuple[dict, LayerRecord]:
-        raise NotImplementedError
+        raise TypeError(f"the {self.name} kind stores no data of its own: it has no encode")
 
     def validate(self, rec: dict, blob: memoryview, where: str) -> None:
-        raise NotImplementedError
+        raise TypeError(f"the {self.name} kind defines no validate")
 
     def decode(self, rec: dict, blob: memoryview, where: str) -> Decoded:
-        raise NotImplementedError
+        raise TypeError(f"the {self.name} kind stores no data of its own: it has no decode")
 
     def size(self, rec: dict, blob: memoryview, where: str) -> LayerRecord:
-        raise NotImplementedError
+        raise TypeError(f"the {self.name} kind stores no data of its own: it has no size")
 
     def __repr__(self) -> str:
         return f"<file tensor kind {self.name!r}>"

@@ -55,6 +55,4 @@ def test_info_imports_only_format_and_the_renderer(tmp_path):
     extra = {m for m in loaded - baseline if m.startswith("efficientdl") or m.split(".")[0] not in packages
              and m.split(".")[0] in HEAVY}
     assert extra <= {"efficientdl.cli.inspection"}, extra
-    if "torch" in baseline:
-        pytest.skip("efficientdl.format still imports torch (its torch-free info is the format half of issue 14)")
-    assert "torch" not in loaded
+    assert "torch" not in baseline and "torch" not in loaded
