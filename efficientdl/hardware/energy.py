@@ -71,16 +71,19 @@ HOROWITZ_45NM = EnergyTable(
 )
 
 
-def positive_number(value: Any, what: str, where: str) -> float:
-    """``value`` as a finite positive float (YAML may give ``4.0e12`` as a string), else HardwareError."""
+def positive_number(value: Any, what: str, where: str, allow_zero: bool = False) -> float:
+    """``value`` as a finite positive float (YAML may give ``4.0e12`` as a string), else HardwareError;
+    with ``allow_zero``, 0 is accepted too."""
     number = value
     if isinstance(value, str):
         try:
             number = float(value)
         except ValueError:
             number = None
-    if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 < number < float("inf"):
-        raise HardwareError(f"{where}: {what} must be a positive number, got {value!r}")
+    low_ok = (lambda n: n >= 0) if allow_zero else (lambda n: n > 0)
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not (low_ok(number) and number < float("inf")):
+        expected = "a number ≥ 0" if allow_zero else "a positive number"
+        raise HardwareError(f"{where}: {what} must be {expected}, got {value!r}")
     return float(number)
 
 

@@ -27,7 +27,6 @@ error names the file and the line.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from ..energy import HardwareError
+from ..energy import HardwareError, positive_number
 
 #: precisions of the training model; a device lists the ones it has
 TRAINING_PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
@@ -258,19 +257,7 @@ def _number(path: Path, entry: dict, key: str, what: str, allow_zero: bool = Fal
             return default
         raise HardwareError(f"{path}: {what} lacks {key!r}")
     node = entry[key][0]
-    value = _scalar(node)
-    number = value
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            number = None
-    ok = not isinstance(number, bool) and isinstance(number, (int, float)) and not math.isnan(number) \
-        and number != float("inf") and (number >= 0 if allow_zero else number > 0)
-    if not ok:
-        expected = "a number ≥ 0" if allow_zero else "a positive number"
-        raise HardwareError(f"{_where(path, node)}: {what}: {key} must be {expected}, got {value!r}")
-    return float(number)
+    return positive_number(_scalar(node), f"{what}: {key}", _where(path, node), allow_zero)
 
 
 def _text(entry: dict, key: str, default: str) -> str:
