@@ -9,6 +9,7 @@ gathers, with forward hooks in one pass over the data,
 * the input Gram matrix ``H = Σ_n x_n x_nᵀ = X Xᵀ`` (the Hessian of ``‖W X − Ŵ X‖²``
   up to the factor 2), accumulated in float64;
 * the column squared norms ``‖X_j‖² = H_jj`` (what Wanda weights ``|W_ij|`` by);
+* the column sums ``Σ_n x_n`` (the mean input, what bias correction needs);
 * the number of sample vectors ``n``.
 
 Nothing is stored per sample: each batch's contribution is added and dropped.
@@ -64,12 +65,21 @@ class Statistics:
         sq_norms: the column squared norms ``‖X_j‖²`` (the diagonal of ``H``), ``[d]``
             or ``[g, d_g]``, float64.
         groups: the convolution's groups (1 for a linear layer).
+        sums: the column sums ``Σ_n x_n``, the shape of :attr:`sq_norms`, float64.
     """
 
     count: int
     gram: torch.Tensor | None
     sq_norms: torch.Tensor
     groups: int = 1
+    sums: torch.Tensor | None = None
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """The mean input ``E[x] = Σ_n x_n / n``, the shape of :attr:`sq_norms`."""
+        if self.sums is None:
+            raise RecipeError("calibration: the statistics hold no input sums")
+        return self.sums / max(self.count, 1)
 
     @property
     def norms(self) -> torch.Tensor:
@@ -156,6 +166,7 @@ class _Accumulator:
         self.count = 0
         self.gram: torch.Tensor | None = None
         self.sq: torch.Tensor | None = None
+        self.sums: torch.Tensor | None = None
 
     def add(self, rows: torch.Tensor) -> None:
         x = rows.detach().to(torch.float64)
@@ -164,16 +175,18 @@ class _Accumulator:
             x = x.reshape(x.shape[0], g, -1).transpose(0, 1)  # [g, n, d_g]
         if self.sq is None:
             self.sq = torch.zeros(x.shape[:-2] + x.shape[-1:], dtype=torch.float64, device=x.device)
+            self.sums = torch.zeros_like(self.sq)
             if self.with_gram:
                 self.gram = torch.zeros(x.shape[:-2] + (x.shape[-1], x.shape[-1]), dtype=torch.float64,
                                         device=x.device)
         self.sq += (x * x).sum(dim=-2)
+        self.sums += x.sum(dim=-2)
         if self.with_gram:
             self.gram += x.transpose(-1, -2) @ x
         self.count += rows.shape[0]
 
     def result(self) -> Statistics:
-        return Statistics(self.count, self.gram, self.sq, self.groups)
+        return Statistics(self.count, self.gram, self.sq, self.groups, self.sums)
 
 
 def _inputs(batch: Any) -> Any:
