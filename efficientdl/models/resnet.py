@@ -12,11 +12,18 @@ convolution and a 1×1 stride-2 projection on its shortcut.  A basic block is
 Global average pooling and one fully connected layer give the class scores.  With 3
 input channels and 10 classes it has 11,173,962 parameters (44.7 MB in fp32) and
 0.56 G multiply-accumulates per 32×32 image.
+
+``width`` is the stem's channel count (64 in the paper); the stages have ``width``,
+``2·width``, ``4·width`` and ``8·width`` channels, so ``width=16`` is a ResNet-18 of the
+same depth and graph with 1/16 of the multiply-accumulates (a CPU-sized stand-in,
+as the wide-ResNet family scales widths, Zagoruyko & Komodakis 2016).
 """
 
 from __future__ import annotations
 
 from torch import nn
+
+from ..errors import ModelError
 
 
 class BasicBlock(nn.Module):
@@ -46,21 +53,30 @@ class ResNet18(nn.Module):
     Args:
         num_classes: outputs of the final fully connected layer.
         in_channels: channels of the input images (3 for CIFAR, 1 for Fashion-MNIST).
+        width: channels of the stem and the first stage (64 in the paper); stage ``s``
+            has ``width · 2^s``.
+
+    Raises:
+        ModelError: ``width`` is not a positive integer.
     """
 
-    STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))
+    #: (channel multiple of ``width``, stride of the stage's first block)
+    STAGES = ((1, 1), (2, 2), (4, 2), (8, 2))
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 64) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64),
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ModelError(f"model resnet18: width is {width!r} (expected a positive integer)")
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
                                   nn.ReLU(inplace=True))
-        blocks, width = [], 64
-        for channels, stride in self.STAGES:
-            blocks += [BasicBlock(width, channels, stride), BasicBlock(channels, channels, 1)]
-            width = channels
+        blocks, channels_in = [], width
+        for multiple, stride in self.STAGES:
+            channels = multiple * width
+            blocks += [BasicBlock(channels_in, channels, stride), BasicBlock(channels, channels, 1)]
+            channels_in = channels
         self.layers = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(8 * width, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

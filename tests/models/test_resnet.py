@@ -1,8 +1,10 @@
 """ResNet-18 (32×32 variant) against hand-counted parameters and shapes."""
 
+import pytest
 import torch
 from torch import nn
 
+from efficientdl.errors import ModelError
 from efficientdl.models import create
 
 
@@ -10,15 +12,15 @@ def conv_bn(cin: int, cout: int, k: int) -> int:
     return cin * cout * k * k + 2 * cout          # bias-free conv + BN weight and bias
 
 
-def hand_count(in_channels: int, classes: int) -> int:
-    total = conv_bn(in_channels, 64, 3)                                      # stem
-    width = 64
-    for channels in (64, 128, 256, 512):
+def hand_count(in_channels: int, classes: int, width: int = 64) -> int:
+    total = conv_bn(in_channels, width, 3)                                   # stem
+    stages = (width, 2 * width, 4 * width, 8 * width)
+    for channels in stages:
         projection = conv_bn(width, channels, 1) if channels != width else 0
         total += conv_bn(width, channels, 3) + conv_bn(channels, channels, 3) + projection    # first block
         total += 2 * conv_bn(channels, channels, 3)                                              # second block
         width = channels
-    return total + 512 * classes + classes                                   # fc
+    return total + stages[-1] * classes + classes                            # fc
 
 
 def test_parameter_count_matches_hand_count_and_the_published_figure():
@@ -49,3 +51,21 @@ def test_trains_one_step_and_rebuilds_from_its_record():
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
     assert model.edl_arch == {"name": "resnet18", "kwargs": {"num_classes": 10, "in_channels": 1}}
+
+
+def test_width_scales_every_stage_and_matches_the_hand_count():
+    model = create("resnet18", width=16).eval()
+    assert sum(p.numel() for p in model.parameters()) == hand_count(1, 10, width=16)
+    sizes = []
+    for block in model.layers:
+        block.register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape[1:])))
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert [s[0] for s in sizes] == [16, 16, 32, 32, 64, 64, 128, 128]
+    assert model.edl_arch["kwargs"]["width"] == 16
+
+
+@pytest.mark.parametrize("width", [0, -4, 2.5, True])
+def test_bad_width_is_a_model_error(width):
+    with pytest.raises(ModelError, match="width"):
+        create("resnet18", width=width)
