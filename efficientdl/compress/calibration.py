@@ -196,6 +196,9 @@ def _inputs(batch: Any) -> Any:
     return batch
 
 
+batch_inputs = _inputs  # the public name (BatchNorm re-estimation and bias correction use it)
+
+
 def collect_statistics(
     model: nn.Module,
     batches: Iterable[Any],
