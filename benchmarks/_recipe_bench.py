@@ -28,17 +28,7 @@ from efficientdl import data, models, train  # noqa: E402
 from efficientdl import format as fmt  # noqa: E402
 from efficientdl.compress import load_recipe, pipeline, validate  # noqa: E402
 from efficientdl.report import layer_table, markdown_table, stage_table  # noqa: E402
-
-
-def cpu_name() -> str:
-    """The CPU model from ``/proc/cpuinfo`` (Linux), else the platform's processor string."""
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from _machine import cpu_name  # noqa: E402
 
 
 def arguments(description: str, network: str) -> argparse.Namespace:

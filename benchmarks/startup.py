@@ -25,21 +25,13 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _machine import cpu_name  # noqa: E402
+
 try:
     import efficientdl  # noqa: F401
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-
-def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (or what :mod:`platform` knows elsewhere)."""
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_file(path: pathlib.Path) -> int:
@@ -100,7 +92,7 @@ def main() -> int:
             times = time_command(edl + extra, args.repeat)
             results[label] = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
                               "runs": len(times)}
-    cpu = cpu_model()
+    cpu = cpu_name()
     print(f"CPU: {cpu} ({os.cpu_count()} logical cores); Python {platform.python_version()}; "
           f"command: {' '.join(edl)}; FILE: {size:,} bytes (LeNet-300-100, 90% pruned, 5-bit shared)")
     print("\n| command | median s | min s | max s | runs |\n|---|---:|---:|---:|---:|")

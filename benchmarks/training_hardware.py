@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import statistics
 import sys
 import tempfile
@@ -51,28 +50,15 @@ from efficientdl.hardware.training import (
 from efficientdl.report import markdown_table
 from efficientdl.train.step_workload import training_workload
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _machine import cpu_info  # noqa: E402
+
 #: figures.md, "Training throughput, ResNet-50 v1.5" (images/s)
 PUBLISHED = {
     ("v100", "fp32"): (367, 2855), ("v100", "fp16"): (1200, 8322),
     ("a100", "tf32"): (938, 7248), ("a100", "fp16"): (2470, 16621),
 }
 SYSTEMS = {"v100": ("DGX-1, 8× V100 16 GB", "dgx1", "fp32"), "a100": ("DGX A100, 8× A100 80 GB", "dgx-a100", "tf32")}
-
-
-def cpu_info() -> dict:
-    info = {"model": platform.processor() or "unknown", "flags": [], "cores": os.cpu_count()}
-    try:
-        text = pathlib.Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and info["model"] in ("unknown", platform.processor()):
-                info["model"] = value.strip()
-            if key.strip() == "flags":
-                info["flags"] = value.split()
-                break
-    except OSError:
-        pass
-    return info
 
 
 # --------------------------------------------------------------------------- (a) and (b)
