@@ -202,26 +202,32 @@ def test_layer_that_never_runs_is_a_one_line_error():
 class WithLSTM(nn.Module):
     def __init__(self):
         super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.conv = nn.Conv1d(4, 4, 3, padding=1)
         self.lstm = nn.LSTM(4, 8, batch_first=True)
         self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
         self.fc = nn.Linear(8, 3)
 
-    def forward(self, x):
+    def forward(self, tokens):
+        x = self.conv(self.embed(tokens).transpose(1, 2)).transpose(1, 2)
         h, _ = self.lstm(x)
         h, _ = self.attn(h, h, h)
         return self.fc(h)
 
 
-def test_recurrent_and_attention_tensors_are_skipped_and_listed():
+def test_recurrent_and_attention_tensors_are_covered_embeddings_and_conv1d_skipped_and_listed():
     model = WithLSTM()
-    data = [torch.randn(2, 5, 4)]
-    assert list(collect_statistics(model, data)) == ["fc"]
-    with pytest.raises(RecipeError, match="'lstm.weight_ih_l0' .* not covered"):
-        collect_statistics(model, data, keys=["lstm.weight_ih_l0"])
+    data = [torch.randint(0, 10, (2, 5))]
+    covered = ["lstm.weight_ih_l0", "lstm.weight_hh_l0", "attn.in_proj_weight", "attn.out_proj", "fc"]
+    assert list(collect_statistics(model, data)) == covered          # execution order
+    for key in ("embed", "conv"):
+        with pytest.raises(RecipeError, match=f"'{key}' .* not covered"):
+            collect_statistics(model, data, keys=[key])
     _, report = prune_post_training(model, data, sparsity=0.5, method="obs")
-    assert set(report.settings["sparsity"]) == {"fc"}
-    assert set(report.settings["not_covered"]) == {"lstm.weight_ih_l0", "lstm.weight_hh_l0",
-                                                   "attn.in_proj_weight", "attn.out_proj"}
+    assert set(report.settings["sparsity"]) == set(covered)
+    assert set(report.settings["not_covered"]) == {"embed", "conv"}
+    assert weight_mask(model.embed) is None and weight_mask(model.conv) is None
+    assert weight_mask(model.lstm, "weight_hh_l0") is not None and weight_mask(model.attn, "in_proj_weight") is not None
 
 
 # --------------------------------------------------------------------------- real-world shapes

@@ -108,9 +108,12 @@ def prune_post_training(
 ) -> tuple[nn.Module, StageReport]:
     """Prune a trained network in one shot from unlabeled calibration samples (no labels, no retraining).
 
-    The statistics of every selected ``nn.Linear``/``nn.Conv2d`` weight are collected
+    The statistics of every selected covered weight are collected
     (:func:`~efficientdl.compress.calibration.collect_statistics`: ``H = Σ x xᵀ`` of the
-    inputs each weight multiplies), then each layer is pruned by ``method``:
+    inputs ``x`` each weight multiplies — a linear layer's input, a convolution's im2col
+    patches, a recurrent gate matrix's ``x_t`` or ``h_{t−1}``, attention's
+    query/key/value per row block of ``in_proj_weight`` and the concatenated heads for
+    ``out_proj``), then each tensor is pruned by ``method``:
 
     * ``"obs"``: SparseGPT (Frantar & Alistarh, ICML'23) — Optimal Brain Surgeon
       (Hassibi & Stork 1993) column by column, removing weights by ``w² / U_jj²`` and
@@ -133,10 +136,14 @@ def prune_post_training(
     it, one pass gathers every layer's ``H`` at once (memory ``Σ d²`` float64).  ``calibration`` must then be
     re-iterable (a list or a ``DataLoader``, not a generator).
 
-    Covered are the ``weight`` of ``nn.Linear`` and ``nn.Conv2d`` layers, subclasses and
-    grouped/depthwise convolutions included.  Other selected tensors (recurrent gate
-    matrices, attention ``in_proj_weight``/``out_proj``, embeddings, Conv1d/3d) are left
-    dense and listed in ``report.settings["not_covered"]``.
+    Covered are the ``weight`` of ``nn.Linear`` and ``nn.Conv2d`` layers (subclasses and
+    grouped/depthwise convolutions included), the gate matrices ``weight_ih_l*`` /
+    ``weight_hh_l*`` of ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (without ``proj_size``), and
+    ``in_proj_weight`` (its query/key/value row blocks each on their own input),
+    ``q/k/v_proj_weight`` and ``out_proj`` of ``nn.MultiheadAttention``
+    (:func:`~efficientdl.compress.calibration.is_covered`).  Other selected tensors
+    (embeddings, Conv1d/3d, matrices on custom modules, LSTM projections) are left dense
+    and listed in ``report.settings["not_covered"]``.
 
     Args:
         model: the trained model, modified in place.
