@@ -30,8 +30,26 @@ import torch
 from .criteria import parse_pattern
 
 
-def _dampened_inverse_factor(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(U, dead)``: the upper Cholesky factor of ``(H + λI)⁻¹`` and the dead-input mask."""
+def dampened_inverse_factor(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The upper Cholesky factor of the dampened inverse Hessian (SparseGPT, Frantar & Alistarh ICML'23; GPTQ).
+
+    ``H ← H + λI`` with ``λ = damp · mean(diag H)`` after an input that never fired
+    (``H_jj = 0``) gets ``H_jj = 1``; then ``U`` upper triangular with ``(H + λI)⁻¹ = Uᵀ U``.
+    Row ``j`` of ``U`` is the optimal update direction of the columns ``≥ j`` once the
+    columns ``< j`` are fixed, so a change ``e_j`` of column ``j`` is compensated by
+    ``w ← w − (e_j / U_jj) · U_{j,:}``.
+
+    Args:
+        H: the input Gram matrix ``[d, d]`` (any float dtype; computed in float64).
+        damp: the dampening ``λ / mean(diag H)``.
+
+    Returns:
+        ``(U, dead)``: ``U`` ``[d, d]`` float64, and the boolean mask ``[d]`` of dead inputs.
+
+    Raises:
+        torch.linalg.LinAlgError: ``H + λI`` is not positive definite (``damp = 0`` on a
+            singular ``H``).
+    """
     H = H.to(torch.float64).clone()
     d = H.shape[0]
     dead = torch.diagonal(H) == 0
@@ -42,6 +60,9 @@ def _dampened_inverse_factor(H: torch.Tensor, damp: float) -> tuple[torch.Tensor
     Hinv = torch.cholesky_inverse(L)
     U = torch.linalg.cholesky(Hinv, upper=True)
     return U, dead
+
+
+_dampened_inverse_factor = dampened_inverse_factor   # the former private name
 
 
 def obs_prune(
