@@ -70,6 +70,24 @@ def per_layer_spec(text: str) -> Any:
     return spec
 
 
+def pattern_spec(text: str) -> Any:
+    """Parse ``2:4`` or ``fc1=2:4,fc2=4:8`` (N:M sparsity per layer) into a string or a mapping."""
+    def one(value: str) -> str:
+        parts = value.split(":")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[1]) < 1 or int(parts[0]) > int(parts[1]):
+            raise argparse.ArgumentTypeError(f"expected a pattern N:M with 0 ≤ N ≤ M such as 2:4, got {value!r}")
+        return value
+    if "=" not in text:
+        return one(text.strip())
+    spec = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"expected NAME=N:M pairs separated by commas, got {text!r}")
+        spec[key.strip()] = one(value.strip())
+    return spec
+
+
 def methods() -> list[str]:
     """The methods of ``edl compare``, read from :mod:`efficientdl.compress.methods` (imports torch)."""
     from ..compress.methods import METHODS
@@ -192,14 +210,15 @@ def add_common_options(p: argparse.ArgumentParser, data: bool = True) -> None:
         g.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
 
 
-def add_training_options(p: argparse.ArgumentParser, epochs: int, lr: float, weight_decay: float = 5e-4) -> None:
+def add_training_options(p: argparse.ArgumentParser, epochs: int | None, lr: float, weight_decay: float = 5e-4,
+                         epochs_help: str | None = None) -> None:
     """The trainer's options with these defaults; types, ranges and choices are the declared
     :data:`efficientdl.train.options.TRAIN_OPTIONS` (an :class:`~efficientdl.core.options.Option` parses and
     range-checks), so the command line accepts what a recipe and :class:`~efficientdl.train.Trainer` accept."""
     from ..train.options import PRECISION, TRAIN_OPTIONS as T
 
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=T["epochs"], default=epochs, help=f"epochs (default {epochs})")
+    g.add_argument("--epochs", type=T["epochs"], default=epochs, help=epochs_help or f"epochs (default {epochs})")
     g.add_argument("--lr", type=T["lr"], default=lr, help=f"learning rate (default {lr})")
     g.add_argument("--optimizer", choices=names(T["optimizer"].choices), default=T["optimizer"].default,
                    help="sgd (with --momentum) or adam (default sgd)")

@@ -10,10 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+from ..errors import RecipeError
+
 from .common import (_emit, _float_list, _input_file, _int_list, _load_data, _load_model,
                      _method_list, _nonneg_int, _output_dir, _output_file, _console,
                      _positive_int, _seed, _trainer, add_common_options, add_training_options, methods, names,
-                     packaged_recipe, packaged_recipes, per_layer_spec, recipe_path)
+                     packaged_recipe, packaged_recipes, pattern_spec, per_layer_spec, recipe_path)
 
 
 def _kmeans_inits() -> list[str]:
@@ -34,6 +36,12 @@ def _codings() -> list[str]:
     return list(CODINGS)
 
 
+def _pruning_methods() -> list[str]:
+    from ..compress.pruning.post_training import METHODS
+
+    return list(METHODS)
+
+
 def _quantizers() -> list[str]:
     from ..compress.quantization import QUANTIZERS
 
@@ -50,8 +58,17 @@ def add_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_positive_int, default=1, help="prune → retrain rounds (default 1)")
     p.add_argument("--sparsity-schedule", choices=_sparsity_schedules(), default="gradual")
     p.add_argument("--distill", action="store_true", help="retrain with soft targets of the unpruned model")
+    g = p.add_argument_group("post-training (unlabeled calibration samples, no retraining by default)")
+    g.add_argument("--method", choices=_pruning_methods(), default="magnitude",
+                   help="magnitude (default: iterative, retrained); obs: SparseGPT-style reconstruction; "
+                        "wanda: |W|·‖x‖ per output row")
+    g.add_argument("--pattern", type=pattern_spec, help="N:M sparsity instead of --sparsity: 2:4 or fc1=2:4,fc2=4:8")
+    g.add_argument("--calibration", type=_positive_int,
+                   help="calibration samples of the training data, labels ignored (default 512 for obs/wanda/pattern)")
+    g.add_argument("--sequential", action="store_true",
+                   help="calibrate each layer on the already-pruned earlier layers (one pass per layer)")
     add_common_options(p)
-    add_training_options(p, 3, 0.01)
+    add_training_options(p, None, 0.01, epochs_help="retraining epochs (default 3; post-training: 0)")
     p.set_defaults(func=cmd_prune)
 
 
@@ -60,21 +77,48 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .. import compress
     from ..train import evaluate, save_checkpoint
 
+    from ..compress.recipe import DEFAULT_CALIBRATION
+
     src, out = _input_file(args.checkpoint), _output_file(args.output)
-    compress.pruning.check_targets(args.sparsity, args.quality, names=("--sparsity", "--quality"))
+    post_training = args.method != "magnitude" or args.pattern is not None or args.calibration is not None
+    compress.pruning.check_targets(args.sparsity, args.quality, args.pattern,
+                                   names=("--sparsity", "--quality or --pattern"))
+    if post_training and args.quality is not None:
+        raise RecipeError("prune: post-training pruning (--method, --pattern, --calibration) takes --sparsity "
+                          "or --pattern, not --quality")
+    if args.sequential and not post_training:
+        raise RecipeError("prune: --sequential is a post-training setting: give --method obs or wanda, "
+                          "or --calibration")
+    if args.epochs is None:
+        args.epochs = 0 if post_training else 3
     _seed(args)
     model = _load_model(src)
     ds = _load_data(args)
     before = evaluate(model, ds.test)
     teacher = copy.deepcopy(model).eval() if args.distill else None
     trainer = _trainer(args, ds, teacher=teacher)
-    retrain = (lambda m, step: trainer.fit(m, description=f"prune {step}/{args.steps}")) if args.epochs else None
-    model, report = compress.prune(model, sparsity=args.sparsity, quality=args.quality, steps=args.steps,
-                                   schedule=args.sparsity_schedule, retrain=retrain)
+    if post_training:
+        from ..compress.calibration import calibration_samples
+
+        calibration = calibration_samples(ds.train, args.calibration or DEFAULT_CALIBRATION)
+        model, report = compress.pruning.prune_post_training(
+            model, calibration, sparsity=args.sparsity, pattern=args.pattern, method=args.method,
+            sequential=args.sequential)
+        if args.epochs:
+            report.history = trainer.fit(model, description="prune fine-tune")
+    else:
+        retrain = (lambda m, step: trainer.fit(m, description=f"prune {step}/{args.steps}")) if args.epochs else None
+        model, report = compress.prune(model, sparsity=args.sparsity, quality=args.quality, steps=args.steps,
+                                       schedule=args.sparsity_schedule, retrain=retrain)
     report.accuracy_before, report.accuracy_after = before, evaluate(model, ds.test)
     save_checkpoint(model, out)
     lines = [f"accuracy {100 * before:.2f}% → {100 * report.accuracy_after:.2f}%  → {out}"]
-    lines += [f"  {name}: sparsity {100 * s:.1f}%" for name, s in report.settings["sparsity"].items()]
+    errors = report.settings.get("reconstruction_error", {})
+    lines += [f"  {name}: sparsity {100 * s:.1f}%"
+              + (f", output error {100 * errors[name]:.2f}%" if name in errors else "")
+              for name, s in report.settings["sparsity"].items()]
+    if report.settings.get("not_covered"):
+        lines.append(f"  left dense (no calibration statistics): {', '.join(report.settings['not_covered'])}")
     _emit(args, report.to_dict(), "\n".join(lines))
     return 0
 

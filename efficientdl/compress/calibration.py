@@ -513,9 +513,13 @@ def collect_statistics(
         lambda m, a, k, o, rows_of=rows_of, entries=entries: shared_hook(rows_of, entries, m, a, k, o),
         with_kwargs=True) for module, rows_of, entries in shared.values()]
     was_training = model.training
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     seen = 0
     try:
         model.eval()
+        # nn.TransformerEncoderLayer's inference fast path runs its attention and linear
+        # layers in one fused kernel without calling their forward (and so their hooks)
+        torch.backends.mha.set_fastpath_enabled(False)
         with torch.no_grad():
             for batch in batches:
                 if max_batches is not None and seen >= max_batches:
@@ -523,6 +527,7 @@ def collect_statistics(
                 model(_inputs(batch))
                 seen += 1
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for handle in handles:
             handle.remove()
         model.train(was_training)
@@ -532,3 +537,39 @@ def collect_statistics(
         if t.key not in accumulators:
             raise RecipeError(f"calibration: layer '{t.key}' never ran on the calibration data")
     return {key: acc.result() for key, acc in accumulators.items()}
+
+
+def calibration_samples(batches: Iterable[Any], samples: int) -> list[torch.Tensor]:
+    """The inputs of the first ``samples`` samples of a loader, labels dropped.
+
+    What "N unlabeled calibration samples" means everywhere (the recipe's
+    ``calibration: N``, the benchmarks): batches are taken in the loader's order (a
+    shuffled training loader gives a random subset) and the last one is cut so that
+    exactly ``samples`` inputs are kept, or all of them when the loader has fewer.
+
+    Args:
+        batches: an iterable of tensors or ``(x, y, …)`` batches.
+        samples: how many inputs to keep, ``≥ 1``.
+
+    Returns:
+        The input batches (tensors along dimension 0), re-iterable.
+
+    Raises:
+        RecipeError: ``samples < 1`` or the loader gave no batches.
+    """
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise RecipeError(f"calibration: the number of samples must be a positive integer, got {samples!r}")
+    kept: list[torch.Tensor] = []
+    count = 0
+    for batch in batches:
+        x = batch_inputs(batch)
+        if not isinstance(x, torch.Tensor):
+            raise RecipeError(f"calibration: a batch's input is a {type(x).__name__}, not a tensor")
+        x = x[:samples - count]
+        kept.append(x)
+        count += x.shape[0]
+        if count >= samples:
+            break
+    if not kept:
+        raise RecipeError("calibration: the data gave no batches")
+    return kept

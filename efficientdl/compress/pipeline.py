@@ -3,6 +3,16 @@
     dense model ──prune + retrain──▶ sparse ──k-means share + train centroids──▶ shared
                 ──Huffman-code values and relative indices──▶ file
 
+Post-training compression of a network a user already has (no labels, no retraining) is
+the same pipeline with calibration samples: ``prune.method: obs | wanda`` (or a
+``pattern``) prunes in one shot by layer-wise reconstruction
+(:func:`~efficientdl.compress.pruning.post_training.prune_post_training`),
+``quantize.weighting: hessian`` clusters by the inputs' ``diag H``, and after each stage
+bias correction and BatchNorm re-estimation may run (:mod:`~efficientdl.compress.correction`).
+The inputs of the first ``calibration`` training samples are taken once, before anything
+runs; every stage's report then records, per tensor, the relative output error of the
+layer against the dense one on those inputs (``settings["output_error"]``).
+
 After every stage the model is encoded for real (fixed-width fields after pruning
 and quantization, Huffman coding last), so each stage's size is the size of a file,
 and the model is evaluated, so each stage's accuracy is measured.  The final file is
@@ -29,7 +39,7 @@ from ..errors import RecipeError
 from ..report.results import LayerRecord, StageReport
 from .layers import check_spec_keys, compressible_tensors, plain_copy, retie, tied_pairs
 from .pruning.prune import prune, pruning_targets, weight_mask
-from .recipe import Recipe
+from .recipe import Recipe, calibration_samples, post_training_prune
 from ..core.state import apply_shared_weight
 from .quantization.share import share
 
@@ -114,6 +124,30 @@ def _stage_size(stage: StageReport, model: nn.Module, index_bits: Any, coding: s
     return data
 
 
+def _take_calibration(loader: Iterable, samples: int) -> list[torch.Tensor]:
+    """The recipe's calibration inputs, without moving the loader to its next epoch."""
+    from .calibration import calibration_samples as take
+
+    epoch = getattr(loader, "epoch", None)
+    try:
+        return take(loader, samples)
+    finally:
+        if epoch is not None and hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+
+
+def _output_errors(model: nn.Module, reference: dict[str, Any], originals: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per tensor (by parameter name): ``‖(W − Ŵ) X‖_F / ‖W X‖_F`` against the dense weight
+    on the calibration inputs of the dense model."""
+    from .pruning.post_training import reconstruction_error
+
+    errors = {}
+    for t in compressible_tensors(model):
+        if t.key in reference and t.key in originals:
+            errors[t.param_name] = reconstruction_error(originals[t.key], t.value.detach(), reference[t.key])
+    return errors
+
+
 def check_against_model(recipe: Recipe, model: nn.Module) -> None:
     """Check that every per-layer key of a validated recipe names a layer or layer type of ``model``.
 
@@ -121,7 +155,8 @@ def check_against_model(recipe: Recipe, model: nn.Module) -> None:
         RecipeError: ``FILE:LINE: stage.key: 'name' matches no prunable layer (known: …)``.
     """
     r = recipe.data
-    for stage, key in (("prune", "sparsity"), ("prune", "quality"), ("quantize", "bits"), ("encode", "index_bits")):
+    for stage, key in (("prune", "sparsity"), ("prune", "quality"), ("prune", "pattern"), ("quantize", "bits"),
+                       ("encode", "index_bits")):
         spec = (r.get(stage) or {}).get(key)
         try:
             check_spec_keys(spec, model, f"{stage}.{key}")
@@ -130,7 +165,8 @@ def check_against_model(recipe: Recipe, model: nn.Module) -> None:
     prune_section = r.get("prune")
     if prune_section is not None:       # per layer, one pruning method
         try:
-            pruning_targets(model, prune_section.get("sparsity"), prune_section.get("quality"))
+            pruning_targets(model, prune_section.get("sparsity"), prune_section.get("quality"),
+                            prune_section.get("pattern"))
         except RecipeError as e:
             raise RecipeError(f"{recipe.where('prune', 'quality')}: {e}") from None
 
@@ -240,8 +276,9 @@ def check_resume(checkpoint_dir: Any, recipe: Recipe) -> list[str]:
 
 def _refuse_folded_resume(recipe: Recipe, completed: list[str]) -> None:
     """Refuse to resume a run that folds BatchNorm: not supported yet."""
-    if completed and recipe.data.get("fold_batchnorm"):
-        raise RecipeError(f"{recipe.where('fold_batchnorm')}: --resume does not support fold_batchnorm yet; "
+    key = "bn" if recipe.data.get("bn") == "fold" else "fold_batchnorm"
+    if completed and (recipe.data.get("fold_batchnorm") or recipe.data.get("bn") == "fold"):
+        raise RecipeError(f"{recipe.where(key)}: --resume does not support folding BatchNorm yet; "
                           "run without --resume")
 
 
@@ -311,6 +348,8 @@ def run(
         return Trainer(train_loader, test_loader, seed=seed, progress=progress, teacher=teacher, **opts)
 
     original = parameter_bytes_fp32(model)
+    samples = calibration_samples(recipe)
+    calibration = _take_calibration(train_loader, samples) if samples is not None else None
     stages: list[StageReport] = []
     snapshots: dict[str, dict[str, np.ndarray]] = {}
 
@@ -351,7 +390,7 @@ def run(
         done(dense)
     stages.append(dense)
     log(f"dense: accuracy {100 * dense.accuracy_after:.2f}%, {original} bytes of fp32 parameters")
-    if r.get("fold_batchnorm"):
+    if r.get("fold_batchnorm") or r.get("bn") == "fold":
         from .fold import fold_batchnorm
 
         folded = fold_batchnorm(model)              # the same function, one layer fewer to compress around
@@ -366,10 +405,56 @@ def run(
     for p in teacher.parameters():
         p.requires_grad_(False)
 
+    reference: dict[str, Any] = {}
+    originals: dict[str, torch.Tensor] = {}
+    if calibration is not None:
+        from .calibration import collect_statistics
+
+        reference = collect_statistics(teacher, calibration)    # the dense layers' inputs, for output errors
+        originals = {t.key: t.value.detach().clone() for t in compressible_tensors(teacher)}
+
+    def after_stage(report: StageReport, section: dict) -> None:
+        """Bias correction and BatchNorm re-estimation after a stage, then its output errors."""
+        if section.get("bias_correction"):
+            from .correction import correct_bias
+
+            report.settings["bias_correction"] = correct_bias(model, originals, calibration)
+        if r.get("bn") == "reestimate":
+            from .correction import reestimate_batchnorm
+
+            summary = reestimate_batchnorm(model, calibration)
+            report.settings["bn_reestimated"] = {k: v for k, v in summary.items() if k != "values"}
+        if reference:
+            report.settings["output_error"] = _output_errors(model, reference, originals)
+        if calibration is not None:
+            report.settings["calibration_samples"] = sum(x.shape[0] for x in calibration)
+
     section = r.get("prune")
     resumed = completed("prune") if section is not None else None
     if resumed is not None:
         stages.append(resumed)
+        section = None
+    if section is not None and post_training_prune(section):
+        from .pruning.post_training import prune_post_training
+
+        _, report = prune_post_training(model, calibration, sparsity=section.get("sparsity"),
+                                        pattern=section.get("pattern"), method=section.get("method", "magnitude"),
+                                        sequential=section.get("sequential", False))
+        for name, w in _nonzero_weights(model).items():
+            snapshots[name]["pruned"] = w
+        t = trainer(section, teacher if section.get("distill") else None, epochs=0, lr=0.01)
+        if t.epochs > 0:
+            report.history = t.fit(model, description="prune fine-tune")
+        after_stage(report, section)
+        report.accuracy_before = dense.accuracy_after
+        report.accuracy_after = evaluate(model, test_loader)
+        _stage_size(report, model, index_bits, "fixed", original)
+        stages.append(report)
+        for name, w in _nonzero_weights(model).items():
+            snapshots[name]["retrained"] = w
+        done(report)
+        log(f"prune ({report.settings['method']}, {len(calibration)} calibration batches): accuracy "
+            f"{100 * report.accuracy_after:.2f}%, {report.size_bytes} bytes ({report.ratio:.1f}×)")
         section = None
     if section is not None:
         t = trainer(section, teacher if section.get("distill") else None, epochs=1, lr=0.01)
@@ -385,6 +470,7 @@ def run(
 
         _, report = prune(model, sparsity=section.get("sparsity"), quality=section.get("quality"),
                           steps=steps, schedule=section.get("sparsity_schedule", "gradual"), retrain=retrain)
+        after_stage(report, section)
         report.accuracy_before = dense.accuracy_after
         report.accuracy_after = evaluate(model, test_loader)
         _stage_size(report, model, index_bits, "fixed", original)
@@ -402,8 +488,17 @@ def run(
     if section is not None:
         t = trainer(section, teacher if section.get("distill") else None, epochs=0, lr=0.001, weight_decay=0.0)
         before = evaluate(model, test_loader)
+        weighting, compensate = section.get("weighting", "none"), section.get("compensate", False)
+        statistics = None
+        if weighting != "none" or compensate:
+            from .calibration import collect_statistics
+
+            statistics = collect_statistics(model, calibration)     # the inputs of the model as pruned
         _, report = share(model, bits=section["bits"], init=section.get("init", "linear"), seed=seed,
-                          finetune=(lambda m: t.fit(m, description="centroids")) if t.epochs > 0 else None)
+                          finetune=(lambda m: t.fit(m, description="centroids")) if t.epochs > 0 else None,
+                          weighting=weighting, statistics=statistics, compensate=compensate)
+        statistics = None
+        after_stage(report, section)
         report.accuracy_before = before
         report.accuracy_after = evaluate(model, test_loader)
         _stage_size(report, model, index_bits, "fixed", original)

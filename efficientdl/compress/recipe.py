@@ -6,12 +6,27 @@ A recipe is a mapping with these keys (all optional except ``model``)::
     data: fashion-mnist          # dataset name
     seed: 0
     batch_size: 128
-    fold_batchnorm: false        # fold BatchNorm into the layer before it, after dense training
+    bn: fold                     # fold: BatchNorm into the layer before it, after dense training;
+                                 # reestimate: its running statistics on the calibration samples
+                                 # after each compression stage; keep (default)
+    fold_batchnorm: false        # the older spelling of bn: fold
     dense:    {epochs, lr, momentum, weight_decay, schedule, warmup_epochs, clip_grad_norm}
-    prune:    {sparsity | quality, steps, sparsity_schedule, epochs, lr, momentum, weight_decay,
+    prune:    {sparsity | quality | pattern, method, calibration, sequential, bias_correction,
+               steps, sparsity_schedule, epochs, lr, momentum, weight_decay,
                schedule, warmup_epochs, clip_grad_norm, distill}
-    quantize: {bits, init, epochs, lr, momentum, weight_decay, schedule, warmup_epochs,
-               clip_grad_norm, distill}
+    quantize: {bits, init, weighting, compensate, calibration, bias_correction, epochs, lr,
+               momentum, weight_decay, schedule, warmup_epochs, clip_grad_norm, distill}
+
+Post-training compression (a trained network, unlabeled samples, no retraining):
+``prune.method`` is ``magnitude`` (the default: iterative pruning with retraining as in
+Deep Compression), ``obs`` (SparseGPT-style reconstruction) or ``wanda``; ``pattern``
+(``"2:4"``, per layer) asks for N:M sparsity; ``calibration`` is the number of training
+samples whose inputs (labels ignored) calibrate the layers (default 512 where a method
+needs them); ``sequential`` calibrates each layer on the already-pruned earlier ones.
+A post-training prune stage does not retrain unless ``epochs`` asks for it.
+``quantize.weighting: hessian`` weights the k-means by the calibration inputs' ``diag H``
+and ``compensate`` adds GPTQ-style error compensation.  ``bias_correction`` shifts each
+compressed layer's bias by its mean output error on the calibration samples.
 
 ``schedule`` is always the learning-rate schedule of the stage's (re)training
 (cosine, step, constant), ``warmup_epochs`` its linear warmup and ``clip_grad_norm``
@@ -38,6 +53,8 @@ from ..core.options import Option
 from ..errors import RecipeError
 from ..format.streams import CODINGS
 from ..train.options import TRAIN_OPTIONS
+from .pruning.criteria import parse_pattern
+from .pruning.post_training import METHODS
 from .pruning.prune import SPARSITY_SCHEDULES, check_targets
 from .quantization.registry import QUANTIZERS
 
@@ -73,6 +90,14 @@ def _per_layer(check: Callable[[Any], str | None]) -> Callable[[Any], str | None
     return per_layer
 
 
+def _pattern(v: Any) -> str | None:
+    try:
+        parse_pattern(v if isinstance(v, str) else None)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def _is(kind: type, name: str) -> Callable[[Any], str | None]:
     return lambda v: None if isinstance(v, kind) else f"expected {name}, got {v!r}"
 
@@ -80,6 +105,11 @@ def _is(kind: type, name: str) -> Callable[[Any], str | None]:
 def _option(option: Option) -> Callable[[Any], str | None]:
     return option.problem
 
+
+#: what ``bn:`` does with BatchNorm layers
+BN_MODES = ("keep", "fold", "reestimate")
+#: calibration samples of a stage that needs them and does not say how many
+DEFAULT_CALIBRATION = 512
 
 #: every stage's (re)training keys, as the Trainer and the command line declare them
 _TRAIN = {name: _option(option) for name, option in TRAIN_OPTIONS.items()}
@@ -89,11 +119,16 @@ SCHEMA: dict[str, Any] = {
     "seed": _number(0, 2**31 - 1, integer=True),
     "batch_size": _number(1, 1 << 16, integer=True),
     "fold_batchnorm": _is(bool, "true or false"),
+    "bn": _choice(*BN_MODES),
     "dense": _TRAIN,
     "prune": {**_TRAIN, "sparsity": _per_layer(_number(0, 1)), "quality": _per_layer(_number(0, 100)),
+              "pattern": _per_layer(_pattern), "method": _choice(*METHODS),
+              "calibration": _number(1, 1 << 20, integer=True), "sequential": _is(bool, "true or false"),
+              "bias_correction": _is(bool, "true or false"),
               "steps": _number(1, 1000, integer=True), "sparsity_schedule": _choice(*SPARSITY_SCHEDULES),
               "distill": _is(bool, "true or false")},
     "quantize": {**_TRAIN, **{name: _option(o) for name, o in QUANTIZERS.entry("kmeans").options.items()},
+                 "calibration": _number(1, 1 << 20, integer=True), "bias_correction": _is(bool, "true or false"),
                  "distill": _is(bool, "true or false")},
     "encode": {"index_bits": _per_layer(_number(1, 8, integer=True)), "coding": _choice(*CODINGS)},
 }
@@ -175,12 +210,47 @@ def validate(data: Any, path: str | None = None, lines: dict[tuple, int] | None 
     walk(data, SCHEMA, ())
     if "model" not in data:
         raise RecipeError(f"{recipe.where()}: the recipe must name a 'model'")
+    if "fold_batchnorm" in data and "bn" in data:
+        raise RecipeError(f"{recipe.where('fold_batchnorm')}: give 'bn' or its older spelling 'fold_batchnorm', "
+                          "not both")
     if data.get("prune") is not None:
         prune = data["prune"]
-        check_targets(prune.get("sparsity"), prune.get("quality"), where=recipe.where("prune"))
+        check_targets(prune.get("sparsity"), prune.get("quality"), prune.get("pattern"), where=recipe.where("prune"),
+                      names=("'sparsity'", "'quality' or 'pattern'"))
+        if post_training_prune(prune) and prune.get("quality") is not None:
+            raise RecipeError(f"{recipe.where('prune', 'quality')}: post-training pruning (method, pattern, "
+                              "calibration) takes 'sparsity' or 'pattern', not 'quality'")
+        if prune.get("sequential") and not post_training_prune(prune):
+            raise RecipeError(f"{recipe.where('prune', 'sequential')}: 'sequential' is a post-training setting: "
+                              "give a 'method' (obs, wanda) or 'calibration' too")
     if data.get("quantize") is not None and "bits" not in data["quantize"]:
         raise RecipeError(f"{recipe.where('quantize')}: quantize needs 'bits'")
     return recipe
+
+
+def post_training_prune(section: dict[str, Any]) -> bool:
+    """Whether a ``prune:`` section asks for post-training pruning (a calibrated method,
+    a pattern or calibration samples) rather than iterative magnitude pruning."""
+    return (section.get("method", "magnitude") != "magnitude" or section.get("pattern") is not None
+            or section.get("calibration") is not None)
+
+
+def calibration_samples(recipe: Recipe) -> int | None:
+    """How many calibration samples the recipe's stages need (``None``: none).
+
+    The largest ``calibration`` any stage gives, else :data:`DEFAULT_CALIBRATION` when a
+    stage needs samples (post-training pruning, Hessian weighting or compensation, bias
+    correction, BatchNorm re-estimation).
+    """
+    r = recipe.data
+    prune, quantize = r.get("prune") or {}, r.get("quantize") or {}
+    given = [s["calibration"] for s in (prune, quantize) if s.get("calibration") is not None]
+    if given:
+        return max(given)
+    needs = ((r.get("prune") is not None and post_training_prune(prune))
+             or quantize.get("weighting", "none") != "none" or quantize.get("compensate")
+             or prune.get("bias_correction") or quantize.get("bias_correction") or r.get("bn") == "reestimate")
+    return DEFAULT_CALIBRATION if needs else None
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:

@@ -55,9 +55,15 @@ def layer_table(stages: Iterable[dict]) -> str:
 
     Columns: weights, density after pruning (P), weight bits at fixed width (P+Q) and
     after Huffman coding (P+Q+H), index bits likewise, and the per-layer ratio of the
-    fixed-width (P+Q) and Huffman (P+Q+H) encodings, with a total row.
+    fixed-width (P+Q) and Huffman (P+Q+H) encodings, with a total row.  When the run was
+    calibrated, two more columns give each layer's relative output error against the
+    dense layer on the calibration inputs, ``‖(W − Ŵ)X‖_F / ‖W X‖_F`` in percent, after
+    pruning (P) and after weight sharing (P+Q) (the stages' ``settings["output_error"]``).
     """
     by_stage = {s["stage"]: s for s in stages}
+    errors = {stage: (by_stage.get(stage) or {}).get("settings", {}).get("output_error") or {}
+              for stage in ("prune", "quantize")}
+    with_errors = any(errors.values())
     final = by_stage.get("huffman") or by_stage.get("encode") or list(by_stage.values())[-1]
     fixed = {layer["name"]: layer for layer in (by_stage.get("quantize") or by_stage.get("prune") or final)["layers"]}
     rows = []
@@ -68,17 +74,19 @@ def layer_table(stages: Iterable[dict]) -> str:
             layer["name"], layer["weights"], 100.0 * layer["density"], f["weight_bits"],
             layer.get("weight_bits_huffman"), f["index_bits"], layer.get("index_bits_huffman"),
             f["ratio"], layer["ratio"],
-        ])
+        ] + ([_pct(errors["prune"].get(layer["name"])), _pct(errors["quantize"].get(layer["name"]))]
+             if with_errors else []))
         tot["weights"] += layer["weights"]
         tot["nonzero"] += layer["nonzero"]
         tot["fixed"] += f["size_bytes"]
         tot["final"] += layer["size_bytes"]
     rows.append(["**total** (tensors only)", tot["weights"], 100.0 * tot["nonzero"] / max(tot["weights"], 1),
                  None, None, None, None, 4 * tot["weights"] / max(tot["fixed"], 1),
-                 4 * tot["weights"] / max(tot["final"], 1)])
+                 4 * tot["weights"] / max(tot["final"], 1)] + ([None, None] if with_errors else []))
     return markdown_table(rows, ["layer", "weights", "density % (P)", "weight bits (P+Q)",
                                  "weight bits (P+Q+H)", "index bits (P+Q)", "index bits (P+Q+H)",
-                                 "ratio (P+Q)", "ratio (P+Q+H)"])
+                                 "ratio (P+Q)", "ratio (P+Q+H)"]
+                          + (["output error % (P)", "output error % (P+Q)"] if with_errors else []))
 
 
 def markdown_report(report: dict, title: str = "Deep Compression report") -> str:

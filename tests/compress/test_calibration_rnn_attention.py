@@ -406,3 +406,16 @@ def test_vit_attention_projections_are_pruned(sequential):
         torch.testing.assert_close(attn(h, h, h, need_weights=False)[0], dense(h, h, h, need_weights=False)[0])
         assert float((attn.in_proj_weight == 0).float().mean()) == pytest.approx(0.5)
         assert vit(data[0]).shape == (8, 10)
+
+
+def test_transformer_encoder_layer_is_calibrated_despite_its_fast_path():
+    from efficientdl.compress.calibration import collect_statistics
+
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True, dropout=0.0).eval()
+    x = torch.randn(3, 5, 16)
+    stats = collect_statistics(layer, [x])
+    assert {"self_attn.in_proj_weight", "self_attn.out_proj", "linear1", "linear2"} <= set(stats)
+    # linear1 sees the attention block's normalized output: 15 positions
+    assert stats["linear1"].count == 15
+    assert torch.backends.mha.get_fastpath_enabled()        # restored
