@@ -25,3 +25,7 @@ class RecipeError(EdlError):
 
 class ModelError(EdlError):
     """An unknown model name or a model whose parameters do not match."""
+
+
+class DependencyError(EdlError):
+    """An optional package that the requested feature needs is not installed (the message says how to install it)."""

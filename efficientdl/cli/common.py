@@ -232,6 +232,14 @@ def add_training_options(p: argparse.ArgumentParser, epochs: int | None, lr: flo
     g.add_argument("--precision", choices=names(PRECISION.choices), default=PRECISION.default,
                    help="fp32; mixed: fp16 model + fp32 master weights + dynamic loss scaling; "
                         "bf16 / fp16: torch.amp autocast (fp16 with a GradScaler)")
+    add_log_dir_option(g)
+
+
+def add_log_dir_option(p: argparse.ArgumentParser | Any) -> None:
+    """``--log-dir DIR``: TensorBoard scalars of every training epoch
+    (:class:`~efficientdl.train.loggers.TensorBoardLogger`)."""
+    p.add_argument("--log-dir", help="write TensorBoard events of every training epoch there (loss, accuracy, "
+                                     "learning rate, sparsity, loss scale; needs: pip install tensorboard)")
 
 
 def model_help(prefix: str = "registry name") -> str:
@@ -309,10 +317,27 @@ def _trainer(args: argparse.Namespace, ds, teacher=None, **overrides):
     opts = dict(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                 schedule=args.schedule, precision=getattr(args, "precision", "fp32"),
                 warmup_epochs=getattr(args, "warmup_epochs", 0.0), clip_grad_norm=getattr(args, "clip_grad_norm", None),
-                optimizer=getattr(args, "optimizer", "sgd"))
+                optimizer=getattr(args, "optimizer", "sgd"), loggers=_epoch_loggers(args))
     opts.update(overrides)
     return Trainer(ds.train, ds.test, seed=args.seed, progress=not (args.no_progress or args.json),
                    teacher=teacher, **opts)
+
+
+def _epoch_loggers(args: argparse.Namespace) -> list:
+    """The per-epoch loggers ``--log-dir`` asks for: one :class:`~efficientdl.train.loggers.TensorBoardLogger`
+    shared by every trainer of the command (its steps count on across fits), or none.
+
+    Raises:
+        DependencyError: ``--log-dir`` without the tensorboard package (the message has the pip command).
+    """
+    if not getattr(args, "log_dir", None):
+        return []
+    logger = getattr(args, "_epoch_logger", None)
+    if logger is None:
+        from ..train.loggers import TensorBoardLogger
+
+        logger = args._epoch_logger = TensorBoardLogger(args.log_dir)
+    return [logger]
 
 
 def _seed(args: argparse.Namespace) -> None:

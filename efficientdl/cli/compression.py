@@ -12,9 +12,10 @@ from pathlib import Path
 
 from ..errors import RecipeError
 
-from .common import (_emit, _float_list, _input_file, _int_list, _load_data, _load_model,
+from .common import (_emit, _epoch_loggers, _float_list, _input_file, _int_list, _load_data, _load_model,
                      _method_list, _nonneg_int, _output_dir, _output_file, _console,
-                     _positive_int, _seed, _trainer, add_common_options, add_training_options, methods, names,
+                     _positive_int, _seed, _trainer, add_common_options, add_log_dir_option, add_training_options,
+                     methods, names,
                      packaged_recipe, packaged_recipes, pattern_spec, per_layer_spec, recipe_path)
 
 
@@ -246,16 +247,20 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def _write_pipeline_outputs(result, out_dir: Path, name: str) -> dict:
     from .. import format as fmt
-    from ..report import dumps, markdown_report, plots
+    from ..report import dumps, html, markdown_report, plots
 
     model_path = out_dir / f"{name}.edlz"
     fmt.atomic_write(model_path, result.file_bytes)
     report = result.to_dict()
     report["file"] = str(model_path)
     (out_dir / "plots").mkdir(exist_ok=True)
-    plots.weight_histograms(result.snapshots, out_dir / "plots" / "weight_histograms.png")
+    histograms = out_dir / "plots" / "weight_histograms.png"
+    plots.weight_histograms(result.snapshots, histograms)
     fmt.atomic_write(out_dir / "report.json", dumps(report).encode())
     fmt.atomic_write(out_dir / "report.md", markdown_report(report, f"Deep Compression of {name}").encode())
+    html.write(out_dir / "report.html", html.compression_report(
+        report, [(histograms, "weight distribution before pruning, after pruning, after retraining and after "
+                              "quantization (Deep Compression, Figures 4–5)")], f"Deep Compression of {name}"))
     return report
 
 
@@ -267,6 +272,7 @@ def add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", help="output directory (default runs/RECIPE)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its last completed stage (OUTPUT/checkpoints)")
+    add_log_dir_option(p)
     add_common_options(p)
     p.set_defaults(func=cmd_compress)
 
@@ -278,6 +284,7 @@ def cmd_compress(args: argparse.Namespace, recipe_file: Path | None = None, out_
     from ..report import layer_table, stage_table
 
     recipe = load_recipe(recipe_file or recipe_path(args.recipe))
+    loggers = _epoch_loggers(args)
     out_dir = out_dir or _output_dir(args.output or f"runs/{Path(recipe.path).stem}")
     _seed(args)
     r = recipe.data
@@ -300,7 +307,7 @@ def cmd_compress(args: argparse.Namespace, recipe_file: Path | None = None, out_
                           progress=not (args.no_progress or args.json),
                           log=(lambda *_: None) if args.json else (lambda m: console.print(m)),
                           meta={"data": ds.name}, checkpoint_dir=out_dir / "checkpoints",
-                          resume=getattr(args, "resume", False))
+                          resume=getattr(args, "resume", False), loggers=loggers)
     name = r["model"] if not args.checkpoint else Path(args.checkpoint).stem
     report = _write_pipeline_outputs(result, out_dir, name)
     report["seconds"] = time.perf_counter() - start
@@ -340,6 +347,7 @@ def add_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=T["epochs"], default=2, help="fine-tuning epochs each method gets (default 2)")
     p.add_argument("--lr", type=T["lr"], default=0.005, help="fine-tuning learning rate (default 0.005)")
     p.add_argument("--latency-repeat", type=_positive_int, default=200, help="timed batch-1 calls per model")
+    add_log_dir_option(p)
     add_common_options(p)
     p.set_defaults(func=cmd_compare)
 
@@ -347,8 +355,9 @@ def add_compare(p: argparse.ArgumentParser) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Every inference method on one trained model: size, accuracy, MACs, latency, Pareto plot."""
     from ..compress.methods import compare_methods, pareto_front
-    from ..report import markdown_table, plots
+    from ..report import html, markdown_table, plots
 
+    loggers = _epoch_loggers(args)
     src, out_dir = _input_file(args.checkpoint), _output_dir(args.output)
     _seed(args)
     model = _load_model(src)
@@ -357,17 +366,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     say = (lambda line: None) if args.json or args.no_progress else (lambda line: print(line, file=sys.stderr))
     rows = compare_methods(model, ds.train, ds.test, methods=args.methods, epochs=args.epochs, lr=args.lr,
                            sparsity=args.sparsity, seed=args.seed, out_dir=out_dir / "files",
-                           latency_repeat=args.latency_repeat, progress=say)
+                           latency_repeat=args.latency_repeat, progress=say, loggers=loggers)
     front = pareto_front(rows)
     plots.pareto({network: rows}, out_dir / "pareto.png", {network: front})
     result = {"network": network, "methods": rows, "pareto_front": front}
     (out_dir / "compare.json").write_text(json.dumps(result, indent=2))
-    text = markdown_table([[r["method"], 100 * r["accuracy"], r["file_bytes"], r["ratio"], r["macs"],
-                            r["latency_us"], r["latency_ratio"], r["runtime"]] for r in rows],
-                          ["method", "accuracy %", "file bytes", "ratio ×", "MACs (non-zero)", "latency µs",
-                           "speedup ×", "runtime"])
+    table = ([[r["method"], 100 * r["accuracy"], r["file_bytes"], r["ratio"], r["macs"], r["latency_us"],
+               r["latency_ratio"], r["runtime"]] for r in rows],
+             ["method", "accuracy %", "file bytes", "ratio ×", "MACs (non-zero)", "latency µs", "speedup ×",
+              "runtime"])
+    text = markdown_table(*table)
     text += f"\n\nPareto front (size vs accuracy): {', '.join(front)}\nplot: {out_dir / 'pareto.png'}"
     (out_dir / "compare.md").write_text(text + "\n")
+    html.write(out_dir / "report.html", html.command_report(
+        f"Every method on {network}", [("methods", *table)], [(out_dir / "pareto.png", "accuracy vs file size")],
+        [f"Pareto front (size vs accuracy): {', '.join(front)}"]))
     _emit(args, result, text)
     return 0
 
@@ -387,7 +400,7 @@ def add_sensitivity(p: argparse.ArgumentParser) -> None:
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     """``edl sensitivity``: accuracy of each layer pruned alone, and the sparsities it suggests."""
     from .. import compress
-    from ..report import markdown_table, plots
+    from ..report import html, markdown_table, plots
     from ..train import evaluate
 
     src, out_dir = _input_file(args.checkpoint), _output_dir(args.output)
@@ -400,9 +413,14 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     result = {"curves": curves, "suggested_sparsity": chosen, "max_drop_points": args.max_drop}
     (out_dir / "sensitivity.json").write_text(json.dumps(result, indent=2))
     rows = [[f"{100 * s:.0f}%"] + [100 * dict(curves[n])[s] for n in curves] for s in args.sparsities]
-    text = markdown_table(rows, ["sparsity"] + [f"{n} acc %" for n in curves])
-    text += "\n\nsuggested sparsity (drop ≤ {:.2f} points): {}".format(
+    header = ["sparsity"] + [f"{n} acc %" for n in curves]
+    text = markdown_table(rows, header)
+    suggestion = "suggested sparsity (drop ≤ {:.2f} points): {}".format(
         args.max_drop, ", ".join(f"{n}={s:.2f}" for n, s in chosen.items()))
+    text += "\n\n" + suggestion
+    html.write(out_dir / "report.html", html.command_report(
+        f"Pruning sensitivity of {src.name}", [("accuracy with one layer pruned at a time", rows, header)],
+        [(out_dir / "sensitivity.png", "accuracy vs sparsity, one layer at a time")], [suggestion]))
     text += f"\nplot: {out_dir / 'sensitivity.png'}"
     _emit(args, result, text)
     return 0
@@ -424,7 +442,7 @@ def cmd_bits(args: argparse.Namespace) -> int:
     """How many bits do we need?  Accuracy vs bits, conv and fc layers separately, with and without pruning."""
     from .. import compress
     from ..compress.layers import layer_type
-    from ..report import markdown_table, plots
+    from ..report import html, markdown_table, plots
     from ..train import evaluate
 
     src, out_dir = _input_file(args.checkpoint), _output_dir(args.output)
@@ -451,8 +469,11 @@ def cmd_bits(args: argparse.Namespace) -> int:
     result = {"series": series, "bits": args.bits}
     (out_dir / "bits.json").write_text(json.dumps(result, indent=2))
     rows = [[b] + [100 * dict(series[k])[b] for k in series] for b in args.bits]
-    _emit(args, result, markdown_table(rows, ["bits"] + [f"{k} acc %" for k in series])
-          + f"\n\nplot: {out_dir / 'bits.png'}")
+    header = ["bits"] + [f"{k} acc %" for k in series]
+    html.write(out_dir / "report.html", html.command_report(
+        f"How many bits does {src.name} need?", [("accuracy vs bits of weight sharing", rows, header)],
+        [(out_dir / "bits.png", "accuracy vs bits of weight sharing (other layers fp32)")]))
+    _emit(args, result, markdown_table(rows, header) + f"\n\nplot: {out_dir / 'bits.png'}")
     return 0
 
 

@@ -66,7 +66,7 @@ def cmd_hw_roofline(args: argparse.Namespace) -> int:
     """``edl hw roofline``: each layer (or the TPU paper's applications) under a device's roofline."""
     from ..hardware import devices as devs
     from ..hardware import roofline as rl
-    from ..report import markdown_table, plots
+    from ..report import html, markdown_table, plots
 
     device = devs.get_device(args.device)
     out_dir = _output_dir(args.output)
@@ -106,6 +106,8 @@ def cmd_hw_roofline(args: argparse.Namespace) -> int:
                   "attainable TOPS", "bound", "time µs"]
         title = f"{src.name} on {device.name}, batch {args.batch}, {args.precision}"
     plots.roofline(roofs, points, out_dir / "roofline.png", title)
+    html.write(out_dir / "report.html", html.command_report(
+        f"Roofline: {title}", [(None, rows, header)], [(out_dir / "roofline.png", title)]))
     text = markdown_table(rows, header) + f"\n\nplot: {out_dir / 'roofline.png'}"
     _emit(args, result, text)
     return 0
@@ -140,7 +142,7 @@ def add_hw_energy(p: argparse.ArgumentParser) -> None:
 def cmd_hw_energy(args: argparse.Namespace) -> int:
     """``edl hw energy``: energy per inference of the dense (and compressed) model."""
     from ..hardware.energy import HOROWITZ_45NM, inference_energy, load_table
-    from ..report import markdown_table, plots
+    from ..report import html, markdown_table, plots
 
     table = load_table(args.energy_table) if args.energy_table else HOROWITZ_45NM
     src, workloads = _workloads(args)
@@ -153,14 +155,19 @@ def cmd_hw_energy(args: argparse.Namespace) -> int:
         result["storage"][label] = e.to_dict() | {"weight_bytes": sum(l.weight_bytes for l in layers)}
     rows = [[label, d["weight_bytes"], "yes" if d["weights_on_chip"] else "no", d["arithmetic_pj"] / 1e3,
              d["on_chip_pj"] / 1e3, d["dram_pj"] / 1e3, d["total_pj"] / 1e3] for label, d in result["storage"].items()]
-    text = markdown_table(rows, ["storage", "weight bytes", "weights on chip", "arithmetic nJ", "on-chip nJ",
-                                 "DRAM nJ", "total nJ"])
+    header = ["storage", "weight bytes", "weights on chip", "arithmetic nJ", "on-chip nJ", "DRAM nJ", "total nJ"]
+    text = markdown_table(rows, header)
+    notes = []
     if "compressed" in result["storage"]:
         result["ratio"] = result["storage"]["dense"]["total_pj"] / result["storage"]["compressed"]["total_pj"]
-        text += f"\n\ndense / compressed energy: {result['ratio']:.1f}×"
-    plots.energy_bars(result["storage"], out_dir / "energy.png",
-                      f"{src.name}: batch {args.batch}, {args.arithmetic}, {args.on_chip_kib} KiB on chip")
-    text += f"\nmodel: {table.source}; weights read once per batch, from SRAM if all fit on chip, else DRAM"
+        notes.append(f"dense / compressed energy: {result['ratio']:.1f}×")
+        text += f"\n\n{notes[-1]}"
+    title = f"{src.name}: batch {args.batch}, {args.arithmetic}, {args.on_chip_kib} KiB on chip"
+    plots.energy_bars(result["storage"], out_dir / "energy.png", title)
+    notes.append(f"model: {table.source}; weights read once per batch, from SRAM if all fit on chip, else DRAM")
+    html.write(out_dir / "report.html", html.command_report(
+        f"Energy per inference of {title}", [(None, rows, header)], [(out_dir / "energy.png", title)], notes))
+    text += f"\n{notes[-1]}"
     text += f"\nplot: {out_dir / 'energy.png'}"
     _emit(args, result, text)
     return 0
@@ -264,7 +271,7 @@ def _eie_layers(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
 def cmd_hw_eie(args: argparse.Namespace) -> int:
     """``edl hw eie``: simulate each layer (:func:`efficientdl.hardware.eie.simulate_layer`) and render."""
     from ..hardware import eie
-    from ..report import markdown_table, plots
+    from ..report import html, markdown_table, plots
 
     options = {"pes": args.pes, "fifo_depth": args.fifo_depth, "sram_line_bits": args.sram_line_bits,
                "clock_hz": args.clock_mhz * 1e6}
@@ -287,8 +294,9 @@ def cmd_hw_eie(args: argparse.Namespace) -> int:
             d["sweep"] = r["sweep"]
             fifo_series[d["name"]] = r["sweep"]["fifo_efficiency"]
             pe_speedup[d["name"]], pe_eff[d["name"]] = r["sweep"]["pe_speedup"], r["sweep"]["pe_efficiency"]
-    text = markdown_table(rows, ["layer", "in×out", "weight %", "act %", "cycles", "µs", "C++ sim / paper µs",
-                                 "efficiency", "utilisation", "energy nJ", "max rel error"])
+    header = ["layer", "in×out", "weight %", "act %", "cycles", "µs", "C++ sim / paper µs", "efficiency",
+              "utilisation", "energy nJ", "max rel error"]
+    text = markdown_table(rows, header)
     text += (f"\n\n{args.pes} PEs, FIFO depth {args.fifo_depth}, {args.clock_mhz:g} MHz; "
              "efficiency = effective non-zeros / PEs / cycles; error vs dense float64 math")
     if skipped:
@@ -301,6 +309,11 @@ def cmd_hw_eie(args: argparse.Namespace) -> int:
         plots.curves(pe_eff, out_dir / "eie_pe_efficiency.png", "processing elements", "load-balance efficiency",
                      "EIE scalability: efficiency", xscale="log", percent_y=True)
         text += f"\nplots: {out_dir}/eie_fifo_depth.png, eie_pe_speedup.png, eie_pe_efficiency.png"
+        html.write(out_dir / "report.html", html.command_report(
+            f"EIE: {args.pes} PEs, FIFO depth {args.fifo_depth}, {args.clock_mhz:g} MHz", [(None, rows, header)],
+            [(out_dir / "eie_fifo_depth.png", "efficiency vs FIFO depth"),
+             (out_dir / "eie_pe_speedup.png", "speedup vs processing elements"),
+             (out_dir / "eie_pe_efficiency.png", "efficiency vs processing elements")]))
     _emit(args, {"config": {"pes": args.pes, "fifo_depth": args.fifo_depth, "clock_mhz": args.clock_mhz,
                             "sram_line_bits": args.sram_line_bits}, "layers": results, "skipped": skipped}, text)
     return 0
@@ -324,7 +337,7 @@ def cmd_hw_compare(args: argparse.Namespace) -> int:
     from ..hardware import devices as devs
     from ..hardware import eie
     from ..hardware.compare import compare
-    from ..report import markdown_table, plots
+    from ..report import html, markdown_table, plots
 
     src = _input_file(args.model)
     if not _is_container(src):
@@ -347,13 +360,17 @@ def cmd_hw_compare(args: argparse.Namespace) -> int:
     rows = compare(dense, compressed, latency_s, energy_j, devs.get_device(args.cpu), devs.get_device(args.gpu),
                    devs.get_device("tpu-v1"), args.batch, eie_label=f"cycle-level model, {args.pes} PEs")
     out_dir = _output_dir(args.output)
+    title = f"{src.name}: layers {', '.join(sorted(names))}, batch {args.batch}"
     plots.comparison_bars([r["platform"] for r in rows], [r["speedup"] for r in rows],
-                          [r["energy_efficiency"] for r in rows], out_dir / "compare.png",
-                          f"{src.name}: layers {', '.join(sorted(names))}, batch {args.batch}")
-    text = markdown_table([[r["platform"], r["method"], r["latency_us"], r["throughput_per_s"], r["energy_uj"],
-                            r["speedup"], r["energy_efficiency"]] for r in rows],
-                          ["platform", "how", "latency µs (batch)", "inferences / s", "energy µJ / inference",
-                           "speedup", "energy efficiency"])
+                          [r["energy_efficiency"] for r in rows], out_dir / "compare.png", title)
+    table = ([[r["platform"], r["method"], r["latency_us"], r["throughput_per_s"], r["energy_uj"], r["speedup"],
+               r["energy_efficiency"]] for r in rows],
+             ["platform", "how", "latency µs (batch)", "inferences / s", "energy µJ / inference", "speedup",
+              "energy efficiency"])
+    html.write(out_dir / "report.html", html.command_report(
+        f"CPU, GPU, TPU and EIE: {title}", [(None, *table)], [(out_dir / "compare.png", title)],
+        ["speedup and efficiency relative to CPU dense; CPU/GPU: roofline × TDP estimates"]))
+    text = markdown_table(*table)
     text += (f"\n\nlayers: {', '.join(sorted(names))} (EIE runs fully connected layers); "
              "speedup and efficiency relative to CPU dense; CPU/GPU: roofline × TDP estimates"
              f"\nplot: {out_dir / 'compare.png'}")

@@ -167,6 +167,12 @@ def run(args: argparse.Namespace) -> int:
                               args.epochs, args.dataset_size, args.compare_devices)
     if not args.no_plots:
         result["plots"] = _plots(result, out)
+        from ..report import html
+        from ..report.training import report_blocks
+
+        html.write(out / "report.html", html.blocks_report(
+            f"Training {result['workload']['name']} on {result['device']['name']}", report_blocks(result),
+            [(path, None) for path in result["plots"]]))
     text = render_markdown(result)
     if args.json:
         print(dumps(result))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import (_float_list, _fraction, _input_file, _int_list, _load_data, _load_model, _nonneg_int,
-                     _emit, _output_file, _positive_float, _positive_int, _seed, _trainer, add_common_options,
-                     add_training_options, model_help, names)
+from .common import (_epoch_loggers, _float_list, _fraction, _input_file, _int_list, _load_data, _load_model,
+                     _nonneg_int, _emit, _output_file, _positive_float, _positive_int, _seed, _trainer,
+                     add_common_options, add_training_options, model_help, names)
 
 
 # --------------------------------------------------------------------------- edl train
@@ -25,6 +25,7 @@ def add_train(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     """``edl train``: train a registry model (one process, spawned data-parallel ones, or under torchrun)."""
     out = _output_file(args.output)
+    _epoch_loggers(args)                # --log-dir without tensorboard fails before any work
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world > 1 and "RANK" in os.environ:     # launched by torchrun: one process of the group
         import torch
@@ -65,7 +66,7 @@ def _train_process(rank: int, world_size: int, args: argparse.Namespace, out: st
     if world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)
         ds.train = ShardedLoader(ds.train, rank, world_size)
-    history = _trainer(args, ds).fit(net, description=args.model)
+    history = _trainer(args, ds, **({} if rank == 0 else {"loggers": []})).fit(net, description=args.model)
     if rank == 0:
         acc = evaluate(model, ds.test)
         save_checkpoint(model, out)

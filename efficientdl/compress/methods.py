@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -214,7 +214,7 @@ def _low_rank_fixed_point(ctx: MethodContext) -> nn.Module:
 def compare_methods(model: nn.Module, train_data: Iterable, test_data: Iterable, methods: Iterable[str] | None = None,
                     epochs: int = 2, lr: float = 0.005, sparsity: Any = None, seed: int = 0,
                     out_dir: str | Path | None = None, latency_repeat: int = 200,
-                    progress: Callable[[str], None] | None = None) -> list[dict]:
+                    progress: Callable[[str], None] | None = None, loggers: Sequence = ()) -> list[dict]:
     """Apply each method to a copy of ``model`` and measure it (see the module docstring).
 
     Args:
@@ -230,6 +230,8 @@ def compare_methods(model: nn.Module, train_data: Iterable, test_data: Iterable,
             temporary directory.
         latency_repeat: timed batch-1 calls per model.
         progress: called with one line per finished method.
+        loggers: per-epoch loggers of every fine-tuning fit (see :class:`~efficientdl.train.Trainer`),
+            each fit labelled with its method's name.
 
     Returns:
         One dict per method: ``method``, ``accuracy``, ``file_bytes``, ``ratio``, ``macs``,
@@ -248,10 +250,12 @@ def compare_methods(model: nn.Module, train_data: Iterable, test_data: Iterable,
     sparsity = (_by_present_type(DEFAULT_SPARSITY["Conv2d"], DEFAULT_SPARSITY["Linear"], model)
                 if sparsity is None else sparsity)
 
+    building = {"method": "fp32"}           # the method whose model is being built: the label of its fits
+
     def fit(m: nn.Module, rate: float = lr) -> None:
         if epochs:
             Trainer(train_data, test_data, epochs=epochs, lr=rate, weight_decay=0.0, seed=seed,
-                    progress=False).fit(m)
+                    progress=False, loggers=loggers).fit(m, description=building["method"])
 
     pruned_cache: list[nn.Module] = []
 
@@ -273,6 +277,7 @@ def compare_methods(model: nn.Module, train_data: Iterable, test_data: Iterable,
         where.mkdir(parents=True, exist_ok=True)
         fp32_latency = None
         for method in ["fp32"] + [m for m in methods if m != "fp32"]:
+            building["method"] = method
             built = METHODS.get(method)(context)
             path = where / f"{method}.edlz"
             fmt.save(built, path)

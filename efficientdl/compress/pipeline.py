@@ -29,7 +29,7 @@ import io
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -312,6 +312,7 @@ def run(
     meta: dict[str, Any] | None = None,
     checkpoint_dir: Any = None,
     resume: bool = False,
+    loggers: Sequence = (),
 ) -> PipelineResult:
     """Run dense training (unless ``pretrained``), pruning, weight sharing and Huffman coding.
 
@@ -330,6 +331,7 @@ def run(
             (see :class:`_StageCheckpoints`).
         resume: continue from the last stage completed in ``checkpoint_dir`` (the
             recipe must be the same); the result equals an uninterrupted run's.
+        loggers: per-epoch loggers of every stage's (re)training (see :class:`~efficientdl.train.Trainer`).
 
     Returns:
         A :class:`PipelineResult`; ``file_bytes`` is the compressed file.
@@ -345,7 +347,8 @@ def run(
 
     def trainer(section: dict, teacher: nn.Module | None = None, **defaults: Any) -> Trainer:
         opts = {**defaults, **{k: section[k] for k in TRAINER_KEYS if k in section}}
-        return Trainer(train_loader, test_loader, seed=seed, progress=progress, teacher=teacher, **opts)
+        return Trainer(train_loader, test_loader, seed=seed, progress=progress, teacher=teacher, loggers=loggers,
+                       **opts)
 
     original = parameter_bytes_fp32(model)
     samples = calibration_samples(recipe)

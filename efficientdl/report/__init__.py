@@ -1,4 +1,4 @@
-"""Results as data (dataclasses → JSON) and their rendering (Markdown tables, plots)."""
+"""Results as data (dataclasses → JSON) and their rendering (Markdown tables, a self-contained HTML page, plots)."""
 
 from .render import dumps, layer_table, markdown_report, markdown_table, stage_table
 from .results import LayerRecord, StageReport

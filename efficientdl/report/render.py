@@ -34,11 +34,16 @@ def _pct(x: float | None) -> float | None:
     return None if x is None else 100.0 * x
 
 
-def stage_table(stages: Iterable[dict]) -> str:
-    """Where the ratio comes from, stage by stage (the paper's Figure 1 as a table).
+def stage_rows(stages: Iterable[dict]) -> tuple[list[list[Any]], list[str]]:
+    """The rows and header of the stage table (:func:`stage_table`), as numbers: the data
+    that the Markdown and the HTML report both render.
 
     Args:
         stages: stage dicts of ``report.json`` (``StageReport.to_dict``).
+
+    Returns:
+        ``(rows, header)``: per stage its name, accuracy in percent, drop from the first
+        stage in points, file bytes, ratio and seconds (``None`` where not measured).
     """
     stages = list(stages)
     base = stages[0].get("accuracy_after") if stages else None
@@ -47,18 +52,32 @@ def stage_table(stages: Iterable[dict]) -> str:
         acc = s.get("accuracy_after")
         drop = None if acc is None or base is None else 100.0 * (base - acc)
         rows.append([s["stage"], _pct(acc), drop, s["size_bytes"], s["ratio"], s.get("seconds")])
-    return markdown_table(rows, ["stage", "accuracy %", "drop (points)", "file bytes", "ratio ×", "seconds"])
+    return rows, ["stage", "accuracy %", "drop (points)", "file bytes", "ratio ×", "seconds"]
 
 
-def layer_table(stages: Iterable[dict]) -> str:
-    """Per-layer table in the layout of the Deep Compression paper's Tables 1–4.
+def stage_table(stages: Iterable[dict]) -> str:
+    """Where the ratio comes from, stage by stage (the paper's Figure 1 as a table).
 
-    Columns: weights, density after pruning (P), weight bits at fixed width (P+Q) and
-    after Huffman coding (P+Q+H), index bits likewise, and the per-layer ratio of the
-    fixed-width (P+Q) and Huffman (P+Q+H) encodings, with a total row.  When the run was
-    calibrated, two more columns give each layer's relative output error against the
-    dense layer on the calibration inputs, ``‖(W − Ŵ)X‖_F / ‖W X‖_F`` in percent, after
-    pruning (P) and after weight sharing (P+Q) (the stages' ``settings["output_error"]``).
+    Args:
+        stages: stage dicts of ``report.json`` (``StageReport.to_dict``).
+    """
+    return markdown_table(*stage_rows(stages))
+
+
+#: the label of the total row of :func:`layer_rows`
+TOTAL_ROW = "total (tensors only)"
+
+
+def layer_rows(stages: Iterable[dict]) -> tuple[list[list[Any]], list[str]]:
+    """The rows and header of the per-layer table (:func:`layer_table`), as numbers, the
+    last row the total (labelled :data:`TOTAL_ROW`): the data that the Markdown and the
+    HTML report both render.
+
+    Args:
+        stages: stage dicts of ``report.json`` (``StageReport.to_dict``).
+
+    Returns:
+        ``(rows, header)``.
     """
     by_stage = {s["stage"]: s for s in stages}
     errors = {stage: (by_stage.get(stage) or {}).get("settings", {}).get("output_error") or {}
@@ -80,13 +99,27 @@ def layer_table(stages: Iterable[dict]) -> str:
         tot["nonzero"] += layer["nonzero"]
         tot["fixed"] += f["size_bytes"]
         tot["final"] += layer["size_bytes"]
-    rows.append(["**total** (tensors only)", tot["weights"], 100.0 * tot["nonzero"] / max(tot["weights"], 1),
+    rows.append([TOTAL_ROW, tot["weights"], 100.0 * tot["nonzero"] / max(tot["weights"], 1),
                  None, None, None, None, 4 * tot["weights"] / max(tot["fixed"], 1),
                  4 * tot["weights"] / max(tot["final"], 1)] + ([None, None] if with_errors else []))
-    return markdown_table(rows, ["layer", "weights", "density % (P)", "weight bits (P+Q)",
-                                 "weight bits (P+Q+H)", "index bits (P+Q)", "index bits (P+Q+H)",
-                                 "ratio (P+Q)", "ratio (P+Q+H)"]
-                          + (["output error % (P)", "output error % (P+Q)"] if with_errors else []))
+    return rows, (["layer", "weights", "density % (P)", "weight bits (P+Q)", "weight bits (P+Q+H)",
+                   "index bits (P+Q)", "index bits (P+Q+H)", "ratio (P+Q)", "ratio (P+Q+H)"]
+                  + (["output error % (P)", "output error % (P+Q)"] if with_errors else []))
+
+
+def layer_table(stages: Iterable[dict]) -> str:
+    """Per-layer table in the layout of the Deep Compression paper's Tables 1–4.
+
+    Columns: weights, density after pruning (P), weight bits at fixed width (P+Q) and
+    after Huffman coding (P+Q+H), index bits likewise, and the per-layer ratio of the
+    fixed-width (P+Q) and Huffman (P+Q+H) encodings, with a total row.  When the run was
+    calibrated, two more columns give each layer's relative output error against the
+    dense layer on the calibration inputs, ``‖(W − Ŵ)X‖_F / ‖W X‖_F`` in percent, after
+    pruning (P) and after weight sharing (P+Q) (the stages' ``settings["output_error"]``).
+    """
+    rows, header = layer_rows(stages)
+    rows[-1][0] = "**total** (tensors only)"
+    return markdown_table(rows, header)
 
 
 def markdown_report(report: dict, title: str = "Deep Compression report") -> str:

@@ -119,9 +119,17 @@ def training_roofline(peak_flops_per_s: float, bandwidth_bytes_per_s: float,
 
 
 def render_markdown(result: dict, max_layers: int = 40) -> str:
-    """The report of :func:`analyse_training` as Markdown tables."""
+    """The report of :func:`analyse_training` as Markdown tables (the :func:`report_blocks`)."""
     from .render import markdown_table
 
+    return "\n".join(markdown_table(b[1], b[2]) if isinstance(b, tuple) else b
+                     for b in report_blocks(result, max_layers))
+
+
+def report_blocks(result: dict, max_layers: int = 40) -> list:
+    """The report of :func:`analyse_training` as data: a list of text lines (``str``) and
+    tables (``("table", rows, header)``), which :func:`render_markdown` and the HTML report
+    (:func:`efficientdl.report.html.blocks_report`) render."""
     s, m, dp = result["step"], result["memory"], result["parallel"]
     gb = 1e9
     lines = [f"{result['workload']['name']} on {result['device']['name']}: batch {s['batch']} per device, "
@@ -131,10 +139,11 @@ def render_markdown(result: dict, max_layers: int = 40) -> str:
     shown = layers if len(layers) <= max_layers else sorted(layers, key=lambda x: -x["time_s"])[:max_layers]
     rows = [[x["name"], x["kind"], x["forward"]["flops"] / 1e9, (x["backward_data"]["flops"] +
              x["backward_weight"]["flops"]) / 1e9, x["bytes"] / 1e6, 1e3 * x["time_s"], x["bound"]] for x in shown]
-    title = "" if len(layers) <= max_layers else f"(the {max_layers} slowest of {len(layers)} layers)\n\n"
-    lines.append(title + markdown_table(rows, ["layer", "kind", "fwd GFLOP", "bwd GFLOP", "MB moved", "ms", "bound"]))
+    if len(layers) > max_layers:
+        lines.append(f"(the {max_layers} slowest of {len(layers)} layers)\n")
+    lines.append(("table", rows, ["layer", "kind", "fwd GFLOP", "bwd GFLOP", "MB moved", "ms", "bound"]))
     lines.append("")
-    lines.append(markdown_table(
+    lines.append(("table",
         [["forward", 1e3 * s["forward_s"]], ["backward (data + weight)", 1e3 * (s["backward_s"] - s["recompute_s"])],
          ["recompute (checkpointing)", 1e3 * s["recompute_s"]], ["optimizer step", 1e3 * s["optimizer_s"]],
          ["step, 1 device", 1e3 * s["step_time_s"]],
@@ -145,7 +154,7 @@ def render_markdown(result: dict, max_layers: int = 40) -> str:
     lines.append(f"\nthroughput: {s['samples_per_s']:.1f} samples/s on 1 device; {dp['samples_per_s']:.1f} on "
                  f"{dp['devices']} (scaling efficiency {dp['scaling_efficiency']:.3f})")
     lines.append("")
-    lines.append(markdown_table(
+    lines.append(("table",
         [["weights", m["weights_bytes"] / gb], ["gradients", m["gradients_bytes"] / gb],
          ["master weights", m["master_weights_bytes"] / gb], ["optimizer states", m["optimizer_state_bytes"] / gb],
          [f"activations (batch {m['batch']})", m["activations_bytes"] / gb], ["total", m["total_bytes"] / gb],
@@ -159,7 +168,7 @@ def render_markdown(result: dict, max_layers: int = 40) -> str:
     for label, curve in result["scaling"].items():
         for d in curve:
             rows.append([label, d["devices"], d["samples_per_s"], d["scaling_efficiency"], 1e3 * d["communication_s"]])
-    lines.append(markdown_table(rows, ["interconnect", "devices", "samples/s", "efficiency", "all-reduce ms"]))
+    lines.append(("table", rows, ["interconnect", "devices", "samples/s", "efficiency", "all-reduce ms"]))
     c = result["crossover"]
     if c["crossover_devices"] is None:
         lines.append(f"\nring vs parameter server ({c['servers']} server(s)): {c['at_2'] or '—'} is faster at every "
@@ -173,6 +182,6 @@ def render_markdown(result: dict, max_layers: int = 40) -> str:
              d["device_hours"], d["energy_kwh"], d["operation_energy_j"] / 3.6e6]
             for d in cost["devices"] if "error" not in d]
     lines.append(f"time and energy for {cost['epochs']:g} epochs of {cost['dataset_samples']:,} samples:\n")
-    lines.append(markdown_table(rows, ["device", "precision", "batch", "devices", "wall hours", "device-hours",
-                                       "energy kWh (TDP × time)", "kWh (45 nm ops)"]))
-    return "\n".join(lines)
+    lines.append(("table", rows, ["device", "precision", "batch", "devices", "wall hours", "device-hours",
+                                  "energy kWh (TDP × time)", "kWh (45 nm ops)"]))
+    return lines

@@ -23,7 +23,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from efficientdl.core.parametrize import plain_state_dict
-from efficientdl.core.state import renew_weight_claims
+from efficientdl.core.state import renew_weight_claims, weight_mask
 from efficientdl.errors import DataError, ModelError, RecipeError
 
 from efficientdl.train.options import (DISTILL_OPTIONS, OPTIMIZERS, PRECISION, PRECISIONS,  # noqa: F401
@@ -243,6 +243,10 @@ class Trainer:
         kd_temperature: distillation temperature ``T``.
         kd_alpha: weight of the soft term.
         console: rich console for the output (default: a console on standard error).
+        loggers: per-epoch loggers (:mod:`efficientdl.train.loggers`, e.g. a
+            :class:`~efficientdl.train.loggers.TensorBoardLogger`): each one's
+            ``log_epoch(record, model, description)`` is called after every epoch, and its
+            ``flush()`` (if it has one) at the end of every fit.
 
     Raises:
         RecipeError: a hyper-parameter out of range or an unknown schedule.
@@ -268,6 +272,7 @@ class Trainer:
         warmup_epochs: float = 0.0,
         clip_grad_norm: float | None = None,
         optimizer: str = "sgd",
+        loggers: Sequence = (),
     ) -> None:
         settings = {"optimizer": optimizer, "schedule": schedule, "epochs": epochs, "lr": lr, "momentum": momentum,
                     "weight_decay": weight_decay, "warmup_epochs": warmup_epochs}
@@ -299,6 +304,7 @@ class Trainer:
         self.warmup_epochs = warmup_epochs
         self.clip_grad_norm = clip_grad_norm
         self.optimizer = optimizer
+        self.loggers = list(loggers)
 
     def learning_rate(self, base_lr: float, epoch: int, epochs: int, step: int = 0, steps_per_epoch: int = 1) -> float:
         """The scheduled learning rate at ``step`` of 0-based ``epoch``, warmup included
@@ -348,8 +354,11 @@ class Trainer:
             One dict per epoch: ``epoch`` (1-based), ``lr`` (at the epoch's start),
             ``train_loss`` (sample-weighted mean over the epoch), ``train_accuracy``
             (running, in training mode), ``clipped_steps`` (steps whose gradient norm
-            exceeded ``clip_grad_norm``; only when clipping), ``test_accuracy`` (only with a test loader),
-            ``seconds`` (wall time of the epoch including the evaluation).
+            exceeded ``clip_grad_norm``; only when clipping), ``skipped_steps`` and ``loss_scale``
+            (only with precision ``mixed``), ``sparsity`` (only for a pruned model: the fraction
+            of the weights of its masked tensors that the masks zero, :func:`masked_sparsity`),
+            ``test_accuracy`` (only with a test loader), ``seconds`` (wall time of the epoch
+            including the evaluation).
 
         Raises:
             RecipeError: bad ``epochs`` or ``lr``.
@@ -409,7 +418,12 @@ class Trainer:
                     history.append(self._epoch(model, optimizer, base_lr, epoch, epochs, steps_per_epoch, progress, description))
                     if on_epoch is not None:
                         on_epoch(model, history[-1])
+                    for logger in self.loggers:
+                        logger.log_epoch(history[-1], model, description)
         finally:
+            for logger in self.loggers:
+                if hasattr(logger, "flush"):
+                    logger.flush()
             model.train(was_training)
             if self.teacher is not None:
                 self.teacher.train(teacher_was_training)
@@ -484,6 +498,9 @@ class Trainer:
         if self._mixed is not None:
             record["skipped_steps"] = self._mixed.scaler.skipped
             record["loss_scale"] = self._mixed.scaler.scale
+        sparsity = masked_sparsity(model)
+        if sparsity is not None:
+            record["sparsity"] = sparsity
         if self.test_loader is not None:
             record["test_accuracy"] = evaluate(model, self.test_loader, self.device)
         record["seconds"] = time.perf_counter() - started
@@ -496,6 +513,27 @@ class Trainer:
                 highlight=False,
             )
         return record
+
+
+def masked_sparsity(model: nn.Module) -> float | None:
+    """The fraction of the weights of a pruned model's masked tensors that their masks zero.
+
+    ``sparsity = (Σ_t |{i : M_t[i] = 0}|) / (Σ_t |M_t|)`` over the tensors ``t`` that carry a
+    pruning mask (a :class:`~efficientdl.core.state.WeightMask` parametrization); tensors
+    without a mask are not counted.
+
+    Returns:
+        The fraction in [0, 1], or ``None`` when no tensor of ``model`` carries a mask.
+    """
+    pruned = total = 0
+    for module in model.modules():
+        if parametrize.is_parametrized(module):
+            for attr in module.parametrizations:
+                mask = weight_mask(module, attr)
+                if mask is not None:
+                    total += mask.numel()
+                    pruned += int(mask.numel() - int(mask.sum()))
+    return pruned / total if total else None
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:

@@ -243,7 +243,7 @@ def accuracy(model, loader):
 def test_compress_writes_outputs(files):
     out = files["out"]
     names = {p.relative_to(out).as_posix() for p in files_under(out)}
-    assert names == {"lenet300.edlz", "report.json", "report.md", "plots/weight_histograms.png",
+    assert names == {"lenet300.edlz", "report.json", "report.md", "report.html", "plots/weight_histograms.png",
                      "checkpoints/dense.edlz", "checkpoints/prune.edlz", "checkpoints/quantize.edlz",
                      "checkpoints/snapshots.npz", "checkpoints/state.json"}
     assert not any(p.name.startswith(".") for p in out.rglob("*"))  # no temporary files left
