@@ -8,6 +8,7 @@ that need them (and the choices they own are read only when a command's parser i
 from __future__ import annotations
 
 import argparse
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -18,6 +19,9 @@ from ..errors import EdlError
 
 class UsageError(EdlError):
     """A command-line argument is wrong."""
+
+
+_FROM_ARGS = object()   # _load_model: the model named by the command's --model
 
 
 class _Parser(argparse.ArgumentParser):
@@ -122,6 +126,52 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _image_size(text: str) -> tuple[int, int]:
+    """``28`` or ``32x48`` (height × width) as ``(H, W)``."""
+    parts = text.lower().replace(",", "x").split("x")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected a size S or HxW in pixels such as 28 or 32x48, got {text!r}")
+    sizes = [int(p) for p in parts]
+    return (sizes[0], sizes[-1])
+
+
+def _number_list(text: str) -> list[float]:
+    """``0.5`` or ``0.485,0.456,0.406``: finite numbers, one or one per channel."""
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected a number or numbers separated by commas, got {text!r}")
+    return values
+
+
+def _json_object(text: str) -> dict:
+    """A JSON object of keyword arguments, ``'{"width": 16}'``."""
+    from ..errors import ModelError
+    from ..models.user import parse_kwargs
+
+    try:
+        return parse_kwargs(text, "JSON")
+    except ModelError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _model_name(text: str) -> str:
+    """A registry name or an import path ``MODULE:CALLABLE`` (its form checked here, its code imported later)."""
+    from ..errors import ModelError
+    from ..models.user import is_import_path, parse_import_path
+
+    if is_import_path(text):
+        try:
+            parse_import_path(text)
+        except ModelError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    elif not text.strip():
+        raise argparse.ArgumentTypeError("expected a registry name or MODULE:CALLABLE, got ''")
+    return text.strip()
+
+
 def _output_file(path: str) -> Path:
     p = Path(path)
     if p.is_dir():
@@ -199,10 +249,20 @@ def add_common_options(p: argparse.ArgumentParser, data: bool = True) -> None:
         known = names(KNOWN_DATASETS)
         g = p.add_argument_group("data")
         g.add_argument("--data", default=None if p.prog.endswith(("compress", "demo", "eval")) else "fashion-mnist",
-                       help=f"dataset: {', '.join(known[:-1])} or {known[-1]} (default fashion-mnist; for eval, "
+                       help=f"dataset: {', '.join(known)}, or your own: a directory of images in class sub-folders "
+                            "(DIR/CLASS/*.png), a .npz with x and y (optional x_test, y_test), or MODULE:CALLABLE "
+                            "returning (train, test) batches (default fashion-mnist; for eval, "
                             "the one the file was compressed on)")
         g.add_argument("--data-dir", help="directory with the IDX files (default: $EDL_DATA_DIR, "
                                           "then /usr/share/datasets/fashion-mnist)")
+        g.add_argument("--image-size", type=_image_size, help="your images resized to S or HxW (default: the first "
+                                                             "image's size)")
+        g.add_argument("--channels", type=int, choices=[1, 3],
+                       help="your images as 1 (grey-scale) or 3 (RGB) channels (default: 1 if all are grey)")
+        g.add_argument("--mean", type=_number_list, help="per-channel mean to subtract from your data: 0.5 or "
+                                                         "0.485,0.456,0.406 (default: the training split's)")
+        g.add_argument("--std", type=_number_list, help="per-channel standard deviation to divide by (default: the "
+                                                        "training split's)")
         g.add_argument("--batch-size", type=_positive_int,
                        default=None if p.prog.endswith(("compress", "demo")) else 128)
         g.add_argument("--train-subset", type=_positive_int, help="train on the first N images of a seeded permutation")
@@ -246,7 +306,34 @@ def model_help(prefix: str = "registry name") -> str:
     """``--model`` help naming the registered models (read from :func:`efficientdl.models.available`)."""
     from .. import models
 
-    return f"{prefix}: {', '.join(models.available())} (default lenet300)"
+    return (f"{prefix}: {', '.join(models.available())} (default lenet300), or your own nn.Module: "
+            "MODULE:CALLABLE (imported, the current directory first, and called with --model-kwargs)")
+
+
+def add_model_options(p: argparse.ArgumentParser, loads_file: bool = True, checkpoint: bool = False) -> None:
+    """The options of your own model.
+
+    Args:
+        p: the command's parser.
+        loads_file: the command reads a model file: add ``--model`` (dest ``user_model``: the
+            network to build and load the file into) and ``--trust-model-code``; else the
+            command's own ``--model`` builds the network and only ``--model-kwargs`` is added.
+        checkpoint: also add ``--checkpoint FILE`` (start the built network from its weights).
+    """
+    g = p.add_argument_group("your model")
+    if loads_file:
+        g.add_argument("--model", dest="user_model", type=_model_name, metavar="MODULE:CALLABLE",
+                       help="build this network (your callable, or a registry name) and load the file's weights "
+                            "into it; needed for a plain state dict (default: what the file records)")
+    g.add_argument("--model-kwargs", type=_json_object, metavar="JSON",
+                   help="keyword arguments of the model's callable, e.g. '{\"width\": 16}' (over those a file "
+                        "records)")
+    if loads_file:
+        g.add_argument("--trust-model-code", action="store_true",
+                       help="import and run the model code a file names (a file never imports code on its own)")
+    if checkpoint:
+        g.add_argument("--checkpoint", help="start from these weights: a checkpoint (.pt), a plain "
+                                            "torch.save(state_dict) or a compressed file (.edlz)")
 
 
 def add_subcommands(parser: argparse.ArgumentParser, dest: str, metavar: str,
@@ -276,14 +363,28 @@ def _console():
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def _load_data(args: argparse.Namespace, name: str | None = None):
+def _load_data(args: argparse.Namespace, name: str | None = None, say: bool = True):
+    """The data set ``--data`` names (or ``name``); ``say`` prints the ``data: …`` line (not with ``--json``)."""
     from .. import data
 
     ds = data.load(name or args.data, data_dir=args.data_dir, batch_size=args.batch_size,
-                   train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed)
-    if not args.json:
+                   train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed,
+                   image_size=getattr(args, "image_size", None), channels=getattr(args, "channels", None),
+                   mean=getattr(args, "mean", None), std=getattr(args, "std", None))
+    if say and not args.json:
         _console().print(f"data: {ds.name} ({ds.source})")
     return ds
+
+
+def _data_and_model(args: argparse.Namespace, model_args: argparse.Namespace | None = None,
+                    checkpoint: str | None = None):
+    """``(data, fresh network)`` for a training command (see :func:`_build_model`); the ``data: …`` line
+    is printed only once both exist, so a model that cannot be built fails with one line."""
+    ds = _load_data(args, say=False)
+    model = _build_model(model_args or args, ds, checkpoint=checkpoint)
+    if not args.json:
+        _console().print(f"data: {ds.name} ({ds.source})")
+    return ds, model
 
 
 def _is_container(path: Path) -> bool:
@@ -293,12 +394,68 @@ def _is_container(path: Path) -> bool:
     return is_container(path)
 
 
-def _load_model(path: Path):
-    """A plain model from a checkpoint (``.pt``) or a compressed file (``.edlz``)."""
+def _load_model(path: Path, args: argparse.Namespace | None = None, runtime: str = "dense", model: Any = _FROM_ARGS):
+    """A plain model from a checkpoint (``.pt``, or a plain ``torch.save(state_dict)``) or a compressed
+    file (``.edlz``).
+
+    Args:
+        path: the file.
+        args: the command's arguments: ``--model`` (``args.user_model``: the network to build and
+            load into), ``--model-kwargs``, ``--trust-model-code`` (import the code the file names).
+        runtime: ``dense`` or ``compressed`` (a compressed file only).
+        model: the network to build instead of ``args.user_model`` (a registry name or import path).
+
+    Returns:
+        The model in eval mode.
+
+    Raises:
+        UsageError: the file's model is user code (or unrecorded) and neither ``--model`` nor
+            ``--trust-model-code`` was given — the line says what to pass.
+    """
     from .. import format as fmt
+    from ..models.user import ModelCodeNeeded
     from ..train import load_checkpoint
 
-    return fmt.load(path) if _is_container(path) else load_checkpoint(path)
+    options = _model_options(args, model)
+    try:
+        if _is_container(path):
+            return fmt.load(path, runtime=runtime, **options)
+        return load_checkpoint(path, **options)
+    except ModelCodeNeeded as e:
+        raise _code_needed(e) from None
+
+
+def _model_options(args: argparse.Namespace | None, model: Any = _FROM_ARGS) -> dict:
+    """``model``, ``model_kwargs`` and ``trust_model_code`` for :func:`efficientdl.format.load` and
+    :func:`efficientdl.train.load_checkpoint`, from ``--model``, ``--model-kwargs``, ``--trust-model-code``."""
+    return dict(model=getattr(args, "user_model", None) if model is _FROM_ARGS else model,
+                model_kwargs=getattr(args, "model_kwargs", None),
+                trust_model_code=getattr(args, "trust_model_code", False))
+
+
+def _code_needed(error) -> UsageError:
+    """The command-line wording of :class:`~efficientdl.models.user.ModelCodeNeeded`: what to pass."""
+    if error.spec is None:
+        return UsageError(f"{error.where}: records no architecture (a plain state dict?); pass --model "
+                          "MODULE:CALLABLE (or a registry name) to build the network it fits")
+    return UsageError(f"{error.where}: the model is built by your code {error.spec}, which edl never imports on "
+                      f"its own; pass --model {error.spec} (or --trust-model-code) to use it")
+
+
+def _build_model(args: argparse.Namespace, ds, model: str | None = None, checkpoint: str | None = None):
+    """A fresh network for ``ds``: the registry name or import path ``model`` (default ``args.model``)
+    with ``--model-kwargs``, the data's classes, channels and (square) image size filled in where the
+    constructor takes them; or, with ``checkpoint``, that network loaded from the file (any form
+    :func:`_load_model` reads), in training mode."""
+    from .. import models
+
+    spec = model or args.model
+    if checkpoint:
+        return _load_model(_input_file(checkpoint), args, model=spec).train()
+    shape = ds.input_shape
+    return models.build(spec, num_classes=ds.num_classes, in_channels=shape[0],
+                        kwargs=getattr(args, "model_kwargs", None),
+                        input_size=shape[1] if len(shape) == 3 and shape[1] == shape[2] else None)
 
 
 def _emit(args: argparse.Namespace, result: dict, text: str) -> None:

@@ -17,6 +17,7 @@ from .common import (_emit, _epoch_loggers, _float_list, _input_file, _int_list,
                      _positive_int, _seed, _trainer, add_common_options, add_log_dir_option, add_training_options,
                      methods, names,
                      packaged_recipe, packaged_recipes, pattern_spec, per_layer_spec, recipe_path)
+from .common import _data_and_model, add_model_options
 
 
 def _kmeans_inits() -> list[str]:
@@ -68,6 +69,7 @@ def add_prune(p: argparse.ArgumentParser) -> None:
                    help="calibration samples of the training data, labels ignored (default 512 for obs/wanda/pattern)")
     g.add_argument("--sequential", action="store_true",
                    help="calibrate each layer on the already-pruned earlier layers (one pass per layer)")
+    add_model_options(p)
     add_common_options(p)
     add_training_options(p, None, 0.01, epochs_help="retraining epochs (default 3; post-training: 0)")
     p.set_defaults(func=cmd_prune)
@@ -93,7 +95,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.epochs is None:
         args.epochs = 0 if post_training else 3
     _seed(args)
-    model = _load_model(src)
+    model = _load_model(src, args)
     ds = _load_data(args)
     before = evaluate(model, ds.test)
     teacher = copy.deepcopy(model).eval() if args.distill else None
@@ -141,6 +143,7 @@ def add_quantize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-tensor", action="store_true", help="int8: one weight scale per tensor, not per channel")
     p.add_argument("--calibration-batches", type=_positive_int, default=16,
                    help="fixed-point/int8: training batches used to choose activation ranges (default 16)")
+    add_model_options(p)
     add_common_options(p)
     add_training_options(p, 1, 0.001, weight_decay=0.0)
     p.set_defaults(func=cmd_quantize)
@@ -153,7 +156,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     src, out = _input_file(args.checkpoint), _output_file(args.output)
     _seed(args)
-    model = _load_model(src)
+    model = _load_model(src, args)
     ds = _load_data(args)
     before = evaluate(model, ds.test)
     trainer = _trainer(args, ds)
@@ -222,6 +225,7 @@ def add_encode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index-bits", type=per_layer_spec, default=None,
                    help="relative index bits: 5 or Conv2d=8,Linear=5 (default)")
     p.add_argument("--coding", choices=_codings(), default="huffman")
+    add_model_options(p)
     add_common_options(p, data=False)
     p.set_defaults(func=cmd_encode)
 
@@ -233,7 +237,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from ..report import markdown_table
 
     src, out = _input_file(args.checkpoint), _output_file(args.output)
-    model = _load_model(src)
+    model = _load_model(src, args)
     layers = fmt.save(model, out, index_bits=args.index_bits, coding=args.coding)
     size = out.stat().st_size
     original = parameter_bytes_fp32(model)
@@ -273,14 +277,15 @@ def add_compress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its last completed stage (OUTPUT/checkpoints)")
     add_log_dir_option(p)
+    add_model_options(p)
     add_common_options(p)
     p.set_defaults(func=cmd_compress)
 
 
 def cmd_compress(args: argparse.Namespace, recipe_file: Path | None = None, out_dir: Path | None = None) -> int:
     """Run the recipe's stages (dense → prune → quantize → encode) and write the file and the report."""
-    from .. import models
     from ..compress import load_recipe, pipeline
+    from ..models.user import import_callable, is_import_path
     from ..report import layer_table, stage_table
 
     recipe = load_recipe(recipe_file or recipe_path(args.recipe))
@@ -290,17 +295,30 @@ def cmd_compress(args: argparse.Namespace, recipe_file: Path | None = None, out_
     r = recipe.data
     if getattr(args, "resume", False):      # refuse foreign checkpoints before any data is read
         pipeline.check_resume(out_dir / "checkpoints", recipe)
-    if args.checkpoint:
-        model = _load_model(_input_file(args.checkpoint))
+    # the network: --model, else the recipe's model (a registry name or your MODULE:CALLABLE)
+    spec = getattr(args, "user_model", None) or r["model"]
+    kwargs = getattr(args, "model_kwargs", None)
+    if kwargs is None and spec == r["model"]:
+        kwargs = r.get("model_kwargs")
+    model_args = argparse.Namespace(model=spec, model_kwargs=kwargs,
+                                    trust_model_code=getattr(args, "trust_model_code", False))
+    if is_import_path(spec):
+        import_callable(spec)           # a bad import path fails before any data is read
+    if args.checkpoint:                 # its recorded network, unless --model or the recipe names your code
+        model_args.user_model = spec if getattr(args, "user_model", None) or is_import_path(spec) else None
+        if model_args.user_model is None:
+            model_args.model_kwargs = getattr(args, "model_kwargs", None)
+        model = _load_model(_input_file(args.checkpoint), model_args)
     else:
         model = None
     if args.data is None:
         args.data = r.get("data", "fashion-mnist")
     if args.batch_size is None:
         args.batch_size = r.get("batch_size", 128)
-    ds = _load_data(args)
     if model is None:
-        model = models.create(r["model"], num_classes=ds.num_classes, in_channels=ds.input_shape[0])
+        ds, model = _data_and_model(args, model_args)
+    else:
+        ds = _load_data(args)
     console = _console()
     start = time.perf_counter()
     result = pipeline.run(model, ds.train, ds.test, recipe, pretrained=args.checkpoint is not None,
@@ -308,7 +326,8 @@ def cmd_compress(args: argparse.Namespace, recipe_file: Path | None = None, out_
                           log=(lambda *_: None) if args.json else (lambda m: console.print(m)),
                           meta={"data": ds.name}, checkpoint_dir=out_dir / "checkpoints",
                           resume=getattr(args, "resume", False), loggers=loggers)
-    name = r["model"] if not args.checkpoint else Path(args.checkpoint).stem
+    name = Path(args.checkpoint).stem if args.checkpoint else (
+        spec.partition(":")[0].rpartition(".")[2] if is_import_path(spec) else spec)
     report = _write_pipeline_outputs(result, out_dir, name)
     report["seconds"] = time.perf_counter() - start
     text = "\n".join([stage_table(report["stages"]), "", layer_table(report["stages"]), "",
@@ -348,6 +367,7 @@ def add_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=T["lr"], default=0.005, help="fine-tuning learning rate (default 0.005)")
     p.add_argument("--latency-repeat", type=_positive_int, default=200, help="timed batch-1 calls per model")
     add_log_dir_option(p)
+    add_model_options(p)
     add_common_options(p)
     p.set_defaults(func=cmd_compare)
 
@@ -360,7 +380,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     loggers = _epoch_loggers(args)
     src, out_dir = _input_file(args.checkpoint), _output_dir(args.output)
     _seed(args)
-    model = _load_model(src)
+    model = _load_model(src, args)
     ds = _load_data(args)
     network = (getattr(model, "edl_arch", None) or {}).get("name") or src.stem
     say = (lambda line: None) if args.json or args.no_progress else (lambda line: print(line, file=sys.stderr))
@@ -393,6 +413,7 @@ def add_sensitivity(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparsities", type=_float_list, default=[0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98])
     p.add_argument("--layers", type=lambda s: [x for x in s.split(",") if x], help="layer names (default all)")
     p.add_argument("--max-drop", type=float, default=1.0, help="accuracy drop in points for suggested sparsities")
+    add_model_options(p)
     add_common_options(p)
     p.set_defaults(func=cmd_sensitivity)
 
@@ -404,7 +425,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from ..train import evaluate
 
     src, out_dir = _input_file(args.checkpoint), _output_dir(args.output)
-    model = _load_model(src)
+    model = _load_model(src, args)
     ds = _load_data(args)
     curves = compress.sensitivity(model, lambda m: evaluate(m, ds.test), sparsities=args.sparsities,
                                   layers=args.layers)
@@ -434,6 +455,7 @@ def add_bits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", type=_int_list, default=[1, 2, 3, 4, 5, 6, 8], help="bit widths (default 1..6,8)")
     p.add_argument("--pruned", help="also sweep this pruned (and retrained) checkpoint of the same network")
     p.add_argument("--init", choices=_kmeans_inits(), default="linear")
+    add_model_options(p)
     add_common_options(p)
     p.set_defaults(func=cmd_bits)
 
@@ -446,12 +468,12 @@ def cmd_bits(args: argparse.Namespace) -> int:
     from ..train import evaluate
 
     src, out_dir = _input_file(args.checkpoint), _output_dir(args.output)
-    base = _load_model(src)
+    base = _load_model(src, args)
     ds = _load_data(args)
     types = sorted({layer_type(m) for _, m in compress.compressible_layers(base)})
     variants = {"": base}
     if args.pruned is not None:
-        pruned = _load_model(_input_file(args.pruned))
+        pruned = _load_model(_input_file(args.pruned), args)
         sparsity = 1.0 - sum(int((m.weight != 0).sum()) for _, m in compress.compressible_layers(pruned)) / max(
             1, sum(m.weight.numel() for _, m in compress.compressible_layers(pruned)))
         variants[f" (pruned, {100 * sparsity:.0f}% sparse)"] = pruned

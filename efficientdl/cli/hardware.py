@@ -9,6 +9,7 @@ from pathlib import Path
 from .common import (UsageError, _emit, _fraction, _input_file, _is_container, _load_data, _load_model,
                      _nonneg_int, _output_dir, _positive_float, _positive_int, add_common_options, add_subcommands,
                      names)
+from .common import _model_options, add_model_options
 
 
 def _device_help(default: str) -> str:
@@ -58,6 +59,7 @@ def add_hw_roofline(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=_positive_int, default=1, help="samples per weight fetch (default 1)")
     p.add_argument("--precision", choices=names(PRECISIONS), default="int8")
     p.add_argument("-o", "--output", default="runs/roofline", help="output directory for roofline.png")
+    add_model_options(p)
     add_common_options(p)
     p.set_defaults(func=cmd_hw_roofline)
 
@@ -118,11 +120,11 @@ def _workloads(args: argparse.Namespace) -> tuple[Path, dict]:
     from ..compress.workload import file_workload, model_workload
 
     src = _input_file(args.model)
-    model = _load_model(src)            # a bad file is reported before any data is read
+    model = _load_model(src, args)      # a bad file is reported before any data is read
     ds = _load_data(args)
     x = next(iter(ds.test))[0][:1]
     if _is_container(src):
-        return src, {"dense": model_workload(model, x), "compressed": file_workload(src, x)}
+        return src, {"dense": model_workload(model, x), "compressed": file_workload(src, x, **_model_options(args))}
     return src, {"dense": model_workload(model, x)}
 
 
@@ -135,6 +137,7 @@ def add_hw_energy(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arithmetic", choices=["fp32", "fp16", "int32", "int8"], default="fp32")
     p.add_argument("--energy-table", help="YAML energy table (default: 45 nm, Horowitz ISSCC'14)")
     p.add_argument("-o", "--output", default="runs/energy", help="output directory for energy.png")
+    add_model_options(p)
     add_common_options(p)
     p.set_defaults(func=cmd_hw_energy)
 
@@ -184,6 +187,7 @@ def add_hw_systolic(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="tpu-v1",
                    help="device whose DRAM bandwidth feeds the array: " + _device_help("tpu-v1"))
     p.add_argument("--bandwidth-gbs", type=_positive_float, help="DRAM bandwidth, overriding --device")
+    add_model_options(p)
     add_common_options(p)
     p.set_defaults(func=cmd_hw_systolic)
 
@@ -229,6 +233,7 @@ def add_hw_eie(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clock-mhz", type=_positive_float, default=800.0)
     p.add_argument("--sweep", action="store_true", help="also sweep FIFO depth 2–256 and PEs 1–256 (plots)")
     p.add_argument("-o", "--output", default="runs/eie", help="output directory for the sweep plots")
+    add_model_options(p)
     add_common_options(p)
     p.set_defaults(func=cmd_hw_eie)
 
@@ -264,8 +269,9 @@ def _eie_layers(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
 
     src = _input_file(args.source)
     fmt.read(src)                       # a bad file is reported before any data is read
+    _load_model(src, args)              # and a model it cannot build (your code: --model, --trust-model-code)
     ds = _load_data(args)
-    return shared_fc_layers(src, next(iter(ds.test))[0])
+    return shared_fc_layers(src, next(iter(ds.test))[0], **_model_options(args))
 
 
 def cmd_hw_eie(args: argparse.Namespace) -> int:
@@ -328,6 +334,7 @@ def add_hw_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", default="k80", help="GPU device (default k80; p100, v100, h100, h200 or YAML)")
     p.add_argument("--pes", type=_positive_int, default=64, help="EIE processing elements (default 64)")
     p.add_argument("-o", "--output", default="runs/compare", help="output directory for compare.png")
+    add_model_options(p)
     add_common_options(p)
     p.set_defaults(func=cmd_hw_compare)
 

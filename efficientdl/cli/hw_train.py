@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import EdlError
-from .common import _positive_float, _positive_int
+from .common import _json_object, _positive_float, _positive_int
 
 #: one sample's shape and classes for the registry models (others: 1×28×28, 10 classes)
 MODEL_INPUTS = {"resnet50": ((3, 224, 224), 1000), "resnet18": ((3, 32, 32), 10), "squeezenet": ((3, 224, 224), 1000)}
@@ -47,8 +47,13 @@ def _names(text: str) -> tuple[str, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``edl hw train`` to ``parser`` (a sub-parser of ``edl hw``)."""
     parser.add_argument("model", nargs="?", default="resnet50",
-                        help="registry name (resnet50, resnet18, lenet5, …), checkpoint (.pt) or a workload JSON "
-                             "file (.json, the layers written by hand); default resnet50")
+                        help="registry name (resnet50, resnet18, lenet5, …), your own nn.Module as MODULE:CALLABLE, "
+                             "checkpoint (.pt) or a workload JSON file (.json, the layers written by hand); "
+                             "default resnet50")
+    parser.add_argument("--model-kwargs", type=_json_object, metavar="JSON",
+                        help="keyword arguments of a MODULE:CALLABLE model, e.g. '{\"width\": 16}'")
+    parser.add_argument("--trust-model-code", action="store_true",
+                        help="import and run the model code a checkpoint names (a file never imports code on its own)")
     parser.add_argument("--input-shape", type=_shape, help="one sample's shape, e.g. 3,224,224 (default per model)")
     parser.add_argument("--num-classes", type=_positive_int, help="classes of a registry model (default per model)")
     parser.add_argument("--device", default="v100",
@@ -106,16 +111,26 @@ def _workload(args: argparse.Namespace):
     from ..train.step_workload import training_workload
 
     if src.endswith(".pt"):
+        from ..models.user import ModelCodeNeeded
         from ..train import load_checkpoint
 
         if not Path(src).is_file():
             raise TrainUsageError(f"{src}: no such file")
-        model = load_checkpoint(src)
+        try:
+            model = load_checkpoint(src, trust_model_code=args.trust_model_code)
+        except ModelCodeNeeded as e:
+            if e.spec is None:
+                raise TrainUsageError(f"{src}: records no architecture; give the model as MODULE:CALLABLE or "
+                                      "a registry name instead") from None
+            raise TrainUsageError(f"{src}: the model is built by your code {e.spec}, which edl never imports on "
+                                  f"its own; pass {e.spec} instead of the file (or --trust-model-code)") from None
         shape = args.input_shape or (1, 28, 28)
         return training_workload(model, shape, Path(src).stem)
     default_shape, default_classes = MODEL_INPUTS.get(src, ((1, 28, 28), 10))
     shape = args.input_shape or default_shape
-    model = models.create(src, num_classes=args.num_classes or default_classes, in_channels=shape[0])
+    model = models.build(src, num_classes=args.num_classes or default_classes, in_channels=shape[0],
+                         kwargs=args.model_kwargs,
+                         input_size=shape[1] if len(shape) == 3 and shape[1] == shape[2] else None)
     return training_workload(model, shape, src)
 
 

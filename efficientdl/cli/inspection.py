@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from .common import UsageError, _emit, _input_file, _is_container, _load_data, _load_model, add_common_options, names
+from .common import add_model_options
 
 
 # --------------------------------------------------------------------------- edl eval
@@ -20,6 +21,7 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=names(RUNTIMES), default="dense",
                    help="dense: decode to plain layers (default); compressed: compute from the sparse, "
                         "weight-shared form")
+    add_model_options(p)
     add_common_options(p)
     p.set_defaults(func=cmd_eval)
 
@@ -33,15 +35,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     src = _input_file(args.file)
     recorded = None
     if _is_container(src):
-        container = fmt.read(src)
-        model = fmt.load(container, runtime=args.runtime)
-        meta = container.header.get("meta")
+        model = _load_model(src, args, runtime=args.runtime)
+        meta = fmt.info(src).get("meta")
         recorded = meta.get("data") if isinstance(meta, dict) else None
     elif args.runtime != "dense":
         raise UsageError(f"{src}: --runtime {args.runtime} needs a compressed file, not a checkpoint")
     else:
-        model = _load_model(src)
+        model = _load_model(src, args)
     if args.data is None:  # the dataset the file was compressed on, when it says
+        from ..models.user import is_import_path
+
+        if is_import_path(recorded) and not args.trust_model_code:   # a file never runs code on its own
+            raise UsageError(f"{src}: was compressed on data from your code {recorded}; pass --data {recorded} "
+                             "(or --trust-model-code) to use it")
         args.data = recorded if isinstance(recorded, str) else "fashion-mnist"
     ds = _load_data(args)
     acc = evaluate(model, ds.test)
@@ -63,6 +69,7 @@ def add_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="compressed file (.edlz)")
     p.add_argument("--runtime", action="store_true",
                    help="also build the compressed runtime model and report its resident weight memory")
+    add_model_options(p)
     add_common_options(p, data=False)
     p.set_defaults(func=cmd_info)
 
@@ -78,14 +85,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     arch = d["arch"] or {}
     text = "\n".join([
         f"{d['path']}: efficientdl compressed file, format version {d['format_version']}",
-        f"architecture: {arch.get('name', 'none recorded')} {arch.get('kwargs', '')}",
+        f"architecture: {arch.get('name') or arch.get('import') or 'none recorded'} {arch.get('kwargs', '')}",
         f"size: {d['size_bytes']:,} bytes; fp32 parameters: {d['original_bytes']:,} bytes; ratio {d['ratio']:.1f}×",
         "", markdown_table(rows, ["tensor", "kind", "weights", "density %", "weight bits", "index bits",
                                   "entries", "bytes"])])
     if args.runtime:
         from ..nn import runtime_memory
 
-        model = fmt.load(_input_file(args.file), runtime="compressed")
+        model = _load_model(_input_file(args.file), args, runtime="compressed")
         d["runtime"] = runtime_memory(model)
         rows = [[m["name"], "×".join(map(str, m["shape"])), m["entries"], m["entry_bits"], m["partitions"],
                  m["dense_bytes"], m["weight_bytes"], m["ratio"]] for m in d["runtime"]]

@@ -25,11 +25,16 @@ def cmd_recipe_check(args: argparse.Namespace) -> int:
 
     src = recipe_path(args.recipe)
     recipe = load_recipe(src)
-    if args.checkpoint:
-        model = _load_model(_input_file(args.checkpoint))
+    if args.checkpoint:                 # the recorded network, or the recipe's own code (MODULE:CALLABLE)
+        from ..models.user import is_import_path
+
+        spec = recipe.data["model"] if is_import_path(recipe.data["model"]) else None
+        model = _load_model(_input_file(args.checkpoint),
+                            argparse.Namespace(user_model=spec,
+                                               model_kwargs=recipe.data.get("model_kwargs") if spec else None))
     else:
         try:
-            model = models.create(recipe.data["model"])
+            model = models.build(recipe.data["model"], kwargs=recipe.data.get("model_kwargs"))
         except EdlError as e:
             raise UsageError(f"{recipe.where('model')}: {e}") from None
     check_against_model(recipe, model)

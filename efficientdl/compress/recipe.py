@@ -2,7 +2,8 @@
 
 A recipe is a mapping with these keys (all optional except ``model``)::
 
-    model: lenet300              # registry name
+    model: lenet300              # registry name, or your own nn.Module: MODULE:CALLABLE
+    model_kwargs: {width: 16}    # keyword arguments of the model's constructor (optional)
     data: fashion-mnist          # dataset name
     seed: 0
     batch_size: 128
@@ -106,6 +107,27 @@ def _option(option: Option) -> Callable[[Any], str | None]:
     return option.problem
 
 
+def _model(v: Any) -> str | None:
+    """A registry name (checked when the model is built) or a well-formed import path MODULE:CALLABLE."""
+    from ..errors import ModelError
+    from ..models.user import is_import_path, parse_import_path
+
+    if not isinstance(v, str) or not v.strip():
+        return f"expected a model name or MODULE:CALLABLE, got {v!r}"
+    if is_import_path(v):
+        try:
+            parse_import_path(v)
+        except ModelError as e:
+            return str(e)
+    return None
+
+
+def _kwargs(v: Any) -> str | None:
+    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+        return f"expected a mapping of keyword arguments, got {v!r}"
+    return None
+
+
 #: what ``bn:`` does with BatchNorm layers
 BN_MODES = ("keep", "fold", "reestimate")
 #: calibration samples of a stage that needs them and does not say how many
@@ -114,7 +136,8 @@ DEFAULT_CALIBRATION = 512
 #: every stage's (re)training keys, as the Trainer and the command line declare them
 _TRAIN = {name: _option(option) for name, option in TRAIN_OPTIONS.items()}
 SCHEMA: dict[str, Any] = {
-    "model": _is(str, "a model name"),
+    "model": _model,
+    "model_kwargs": _kwargs,
     "data": _is(str, "a dataset name"),
     "seed": _number(0, 2**31 - 1, integer=True),
     "batch_size": _number(1, 1 << 16, integer=True),

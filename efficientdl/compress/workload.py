@@ -8,6 +8,7 @@ the model (dense) or from a compressed file (sparse index + codebook index bits)
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,8 +64,11 @@ def model_workload(model: nn.Module, example_input: torch.Tensor, weight_bits: f
 
 
 def file_workload(path: str | os.PathLike, example_input: torch.Tensor,
-                  model: nn.Module | None = None) -> list[LayerWorkload]:
+                  model: nn.Module | str | None = None, **load_options: Any) -> list[LayerWorkload]:
     """The workload of a compressed file's model, with its compressed weight storage.
+
+    ``model`` and ``load_options`` (``model_kwargs``, ``trust_model_code``) say which network
+    to load the file into, as for :func:`efficientdl.format.load`.
 
     Bits per stored weight of a sparse or shared layer are ``(value bits + index bits) ×
     entries / nonzero`` — what a sparse engine such as EIE reads (fixed-width fields,
@@ -73,7 +77,7 @@ def file_workload(path: str | os.PathLike, example_input: torch.Tensor,
     from .. import format as fmt
 
     c = fmt.read(path)
-    model = fmt.load(c, model=model)
+    model = fmt.load(c, model=model, **load_options)
     storage = {}
     for layer in c.layers:
         module, _, attr = layer.name.rpartition(".")
@@ -84,8 +88,9 @@ def file_workload(path: str | os.PathLike, example_input: torch.Tensor,
 
 
 def shared_fc_layers(path: str | os.PathLike, example_input: torch.Tensor,
-                     model: nn.Module | None = None) -> list[dict]:
-    """The weight-shared fully connected layers of a compressed file, with their inputs.
+                     model: nn.Module | str | None = None, **load_options: Any) -> list[dict]:
+    """The weight-shared fully connected layers of a compressed file, with their inputs
+    (``model`` and ``load_options`` as for :func:`file_workload`).
 
     For EIE-style simulation: each entry has ``name``, ``codes`` (``(out, in)`` cluster
     indices, 0 = pruned), ``codebook``, ``bias`` and ``activations`` (the layer's input
@@ -98,7 +103,7 @@ def shared_fc_layers(path: str | os.PathLike, example_input: torch.Tensor,
     from .. import format as fmt
 
     c = fmt.read(path)
-    model = fmt.load(c, model=model)
+    model = fmt.load(c, model=model, **load_options)
     inputs: dict[str, torch.Tensor] = {}
     run_with_layer_hooks(model, example_input,
                          lambda name, m, i, o: inputs.__setitem__(name, i[0][0].detach().flatten()))

@@ -142,8 +142,9 @@ class Dataset:
         source: one human-readable line saying where the data came from (after a
             fallback it says so; the caller prints it).
         classes: class names, index = label.
-        mean: training-set mean subtracted from the [0, 1] pixels.
-        std: training-set standard deviation the pixels were divided by.
+        mean: training-set mean subtracted from the [0, 1] pixels (your own data: one
+            value per channel, a tuple, when there are several).
+        std: training-set standard deviation the pixels were divided by (likewise).
     """
 
     name: str
@@ -153,8 +154,8 @@ class Dataset:
     input_shape: tuple[int, int, int]
     source: str
     classes: list[str] = field(default_factory=list)
-    mean: float = 0.0
-    std: float = 1.0
+    mean: float | tuple[float, ...] = 0.0
+    std: float | tuple[float, ...] = 1.0
 
 
 def _idx_file(directory: Path, stem: str) -> Path | None:
@@ -370,8 +371,13 @@ def load(
     test_subset: int | None = None,
     seed: int = 0,
     fallback: bool = True,
+    image_size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+    mean: float | tuple[float, ...] | None = None,
+    std: float | tuple[float, ...] | None = None,
 ) -> Dataset:
-    """Load a data set into memory as normalized N x 1 x 28 x 28 float32 tensors.
+    """Load a data set into memory as normalized N x 1 x 28 x 28 float32 tensors (your own
+    data: see :mod:`efficientdl.data.user`).
 
     Pixels are scaled to [0, 1], then normalized as ``(x - mean) / std`` with the
     mean and (population) standard deviation of the whole training split.
@@ -385,6 +391,9 @@ def load(
         ``"digits"``: scikit-learn's bundled 1,797 8x8 digits, bilinearly upsampled
         to 28x28 so the same models apply, split 1,437 / 360 stratified by class with
         a fixed seed.
+        Anything else is your own data (:func:`efficientdl.data.user.load_user_data`): a
+        directory of images in class sub-folders, a ``.npz`` with ``x`` and ``y``, or
+        ``MODULE:CALLABLE`` returning ``(train, test)`` batches.
 
     Args:
         name: which data set.
@@ -395,17 +404,33 @@ def load(
         test_subset: the same for the test split (permutation seeded by ``seed + 1``).
         seed: seeds the subsets and the training shuffle.
         fallback: allow the digits fallback for a missing Fashion-MNIST.
+        image_size: your images resized to ``S`` or ``(H, W)``.
+        channels: your images as 1 (grey-scale) or 3 (RGB) channels.
+        mean: per-channel mean subtracted from your data (default: the training split's).
+        std: per-channel standard deviation it is divided by (default: the training split's).
 
     Returns:
         The :class:`Dataset`.
 
     Raises:
-        DataError: unknown name, missing or malformed data, bad subset size.
+        DataError: unknown name, missing or malformed data, bad subset size, or an image
+            option given for a built-in data set.
     """
     options = dict(
         batch_size=batch_size, test_batch_size=test_batch_size,
         train_subset=train_subset, test_subset=test_subset, seed=seed,
     )
+    user_options = dict(image_size=image_size, channels=channels, mean=mean, std=std)
+    if name not in KNOWN_DATASETS:
+        from efficientdl.data.user import USER_FORMS, is_user_data, load_user_data
+
+        if is_user_data(name) or os.sep in str(name):
+            return load_user_data(name, **options, **user_options)
+        raise DataError(f"unknown data set {name!r} (expected {', '.join(KNOWN_DATASETS)}, or {USER_FORMS})")
+    given = [k for k, v in user_options.items() if v is not None]
+    if given:
+        raise DataError(f"{given[0]} applies to your own data (an image folder, a .npz, MODULE:CALLABLE), "
+                        f"not to {name}")
     if name == "digits":
         return _load_digits("", **options)
     if name == "fashion-mnist":

@@ -295,21 +295,28 @@ RUNTIMES = ("dense", "compressed")
 
 
 def load(path: str | os.PathLike | Container, model: Any = None, runtime: str = "dense",
-         partitions: int = 0) -> nn.Module:
+         partitions: int = 0, trust_model_code: bool = False, model_kwargs: dict | None = None) -> nn.Module:
     """Rebuild an ``nn.Module`` from a compressed file.
 
     Args:
         path: the ``.edlz`` file (or a :class:`Container` already read).
-        model: the user's own architecture to load into — a model object, or a
-            constructor called with no arguments (a class or a function); by default
-            the architecture named in the file is built from the model registry
-            (with its recorded transforms: factorised layers, quantizers, folds).
+        model: the user's own architecture to load into — a model object, a
+            constructor called with no arguments (a class or a function), or a registry
+            name or import path ``MODULE:CALLABLE`` built with the recorded arguments
+            (updated by ``model_kwargs``) and transforms; by default the architecture
+            named in the file is built from the model registry (with its recorded
+            transforms: factorised layers, quantizers, folds).
         runtime: ``"dense"`` — plain layers with decoded dense weights; or
             ``"compressed"`` — weight-shared ``Linear``/``Conv2d`` layers become
             :class:`efficientdl.nn.CompressedLinear` / ``CompressedConv2d`` that keep
             only the sparse indices and codebook in memory and compute from them
             (the converted and the kept layers are listed in ``model.edl_runtime``).
         partitions: for the compressed runtime, kernel row partitions (0 = threads).
+        trust_model_code: the file names user code (``{"import": ...}``): import it.
+            Without this or ``model``, such a file raises
+            :class:`~efficientdl.models.user.ModelCodeNeeded` (loading never imports code
+            on its own).
+        model_kwargs: keyword arguments over the recorded ones, for a ``model`` given by name.
 
     Returns:
         The model in eval mode, with decoded weights (equal bit for bit to the
@@ -318,10 +325,12 @@ def load(path: str | os.PathLike | Container, model: Any = None, runtime: str = 
     if runtime not in RUNTIMES:
         raise ModelError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     c = path if isinstance(path, Container) else read(path)
-    if model is None:
+    where = "<compressed file>" if isinstance(path, Container) else str(path)
+    if model is None or isinstance(model, str):
         from .. import models
 
-        model = models.rebuild(c.header.get("arch"), str(path))
+        model = models.rebuild(c.header.get("arch"), where, trust_model_code=trust_model_code, model=model,
+                               model_kwargs=model_kwargs)
     elif not isinstance(model, nn.Module):
         if not callable(model):
             raise ModelError(f"model must be an nn.Module or a constructor, got {type(model).__name__}")
@@ -330,7 +339,7 @@ def load(path: str | os.PathLike | Container, model: Any = None, runtime: str = 
             raise ModelError(f"the model constructor returned {type(built).__name__}, not an nn.Module")
         model = built
     load_into(model, c)
-    _attach_input_quantizers(model, c.header.get("input_quantizers"), str(path))
+    _attach_input_quantizers(model, c.header.get("input_quantizers"), where)
     if runtime == "compressed":
         from ..nn import to_runtime
 

@@ -20,10 +20,12 @@ def grid(**axes: list) -> list[dict[str, Any]]:
 
 
 def train_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Train one registry model with one configuration; return the config with its test accuracy.
+    """Train one model with one configuration; return the config with its test accuracy.
 
-    ``config`` keys: ``model``, ``data``, ``data_dir``, ``epochs``, ``lr``, ``batch_size``,
-    ``weight_decay``, ``momentum``, ``schedule``, ``seed``, ``train_subset``, ``test_subset``.
+    ``config`` keys: ``model`` (a registry name or ``MODULE:CALLABLE``), ``data``, ``data_dir``,
+    ``epochs``, ``lr``, ``batch_size``, ``weight_decay``, ``momentum``, ``schedule``, ``seed``,
+    ``train_subset``, ``test_subset``; optional ``model_kwargs`` and your data's ``image_size``,
+    ``channels``, ``mean``, ``std`` (see :func:`efficientdl.data.load`).
     """
     import torch
 
@@ -34,8 +36,11 @@ def train_config(config: dict[str, Any]) -> dict[str, Any]:
     set_seed(config["seed"])
     ds = data.load(config["data"], data_dir=config.get("data_dir"), batch_size=config["batch_size"],
                    train_subset=config.get("train_subset"), test_subset=config.get("test_subset"),
-                   seed=config["seed"])
-    model = models.create(config["model"], num_classes=ds.num_classes, in_channels=ds.input_shape[0])
+                   seed=config["seed"], **{k: config.get(k) for k in ("image_size", "channels", "mean", "std")})
+    shape = ds.input_shape
+    model = models.build(config["model"], num_classes=ds.num_classes, in_channels=shape[0],
+                         kwargs=config.get("model_kwargs"),
+                         input_size=shape[1] if len(shape) == 3 and shape[1] == shape[2] else None)
     Trainer(ds.train, ds.test, epochs=config["epochs"], lr=config["lr"], momentum=config["momentum"],
             weight_decay=config["weight_decay"], schedule=config["schedule"], seed=config["seed"],
             progress=False).fit(model)

@@ -571,26 +571,21 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
             os.unlink(temporary)
 
 
-def load_checkpoint(path: str | os.PathLike) -> nn.Module:
-    """Rebuild a model from a checkpoint written by :func:`save_checkpoint`.
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict | None, dict[str, torch.Tensor]]:
+    """The architecture record and the weights of a checkpoint, read with ``torch.load(weights_only=True)``.
 
-    The architecture is rebuilt with :func:`efficientdl.models.create` from the
-    recorded ``arch`` and the state dict is loaded strictly.  Loading uses
-    ``torch.load(weights_only=True)``, so no code in the file is executed.
+    Accepts the files :func:`save_checkpoint` writes (``{"arch": ..., "state_dict": ...}``)
+    and a plain ``torch.save(model.state_dict())`` (no architecture recorded).
 
     Args:
-        path: the checkpoint file.
+        path: the file.
 
     Returns:
-        The model, in evaluation mode, on the CPU.
+        ``(arch, state_dict)``; ``arch`` is ``None`` for a plain state dict.
 
     Raises:
-        DataError: missing or unreadable file, or not a checkpoint.
-        ModelError: no architecture record, unknown architecture, or weights that
-            do not fit it.
+        DataError: missing, unreadable, or holding neither form.
     """
-    from efficientdl.models import rebuild
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: checkpoint not found (expected a file written by save_checkpoint)")
@@ -599,16 +594,61 @@ def load_checkpoint(path: str | os.PathLike) -> nn.Module:
     except Exception as error:  # torch raises many types for corrupt files
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(f"{path}: not a readable checkpoint ({first_line[:200]})") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict):
-        raise DataError(f"{path}: not a checkpoint (expected a dict with 'arch' and 'state_dict')")
-    arch = payload.get("arch")
-    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or not isinstance(arch.get("kwargs", {}), dict):
-        raise ModelError(f"{path}: checkpoint has no architecture record (expected arch = {{'name': ..., 'kwargs': ...}})")
-    model = rebuild(arch, str(path))
+    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        return payload.get("arch"), payload["state_dict"]
+    if isinstance(payload, dict) and payload and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                     for k, v in payload.items()):
+        return None, payload       # torch.save(model.state_dict())
+    raise DataError(f"{path}: not a checkpoint (expected a dict with 'arch' and 'state_dict', "
+                    "or a plain state dict of tensors)")
+
+
+def load_checkpoint(path: str | os.PathLike, model: str | nn.Module | None = None,
+                    model_kwargs: dict | None = None, trust_model_code: bool = False) -> nn.Module:
+    """Rebuild a model from a checkpoint (see :func:`read_checkpoint` for the forms accepted).
+
+    By default the architecture is rebuilt from the recorded ``arch``
+    (:func:`efficientdl.models.rebuild`: a registry model and its transforms); the state
+    dict is loaded strictly.  Loading uses ``torch.load(weights_only=True)``, so no code in
+    the file is executed, and a record naming user code (``{"import": ...}``) is imported
+    only with ``trust_model_code``.
+
+    Args:
+        path: the checkpoint file.
+        model: the network to load into instead — a model object, or a registry name or
+            import path ``MODULE:CALLABLE`` built with the recorded arguments (updated by
+            ``model_kwargs``) and transforms.  Needed for a plain state dict.
+        model_kwargs: keyword arguments over the recorded ones, for ``model`` given by name.
+        trust_model_code: import the user code the record names.
+
+    Returns:
+        The model, in evaluation mode, on the CPU.
+
+    Raises:
+        DataError: missing or unreadable file, or not a checkpoint.
+        ModelError: no architecture record and no ``model`` (or user code not trusted:
+            :class:`~efficientdl.models.user.ModelCodeNeeded`), unknown architecture, or
+            weights that do not fit it.
+    """
+    from efficientdl.models import rebuild
+
+    path = Path(path)
+    arch, state = read_checkpoint(path)
+    if isinstance(model, nn.Module):
+        built = model
+    else:
+        if model is None and arch is not None and not (
+                isinstance(arch, dict) and isinstance(arch.get("kwargs", {}), dict)
+                and (isinstance(arch.get("name"), str) or isinstance(arch.get("import"), str))):
+            raise ModelError(f"{path}: checkpoint has no architecture record "
+                             "(expected arch = {'name' or 'import': ..., 'kwargs': ...})")
+        built = rebuild(arch, str(path), trust_model_code=trust_model_code, model=model, model_kwargs=model_kwargs)
     try:
-        model.load_state_dict(payload["state_dict"], strict=True)
+        built.load_state_dict(state, strict=True)
     except RuntimeError as error:
         detail = " ".join(str(error).split())
-        raise ModelError(f"{path}: weights do not fit model {arch['name']} ({detail[:300]})") from None
-    renew_weight_claims(model)          # loading wrote the weights: confirm their quantizers
-    return model.eval()
+        recorded = (arch.get("name") or arch.get("import")) if isinstance(arch, dict) else None
+        label = model if isinstance(model, str) else recorded or type(built).__name__
+        raise ModelError(f"{path}: weights do not fit model {label} ({detail[:300]})") from None
+    renew_weight_claims(built)          # loading wrote the weights: confirm their quantizers
+    return built.eval()

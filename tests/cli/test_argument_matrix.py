@@ -10,6 +10,9 @@ import contextlib
 import io
 import os
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -58,7 +61,9 @@ def _numeric_options():
     bad = {"_positive_int": ["-7", "0", "x"], "_nonneg_int": ["-1", "2.5"], "_positive_float": ["-0.5", "nan", "inf"],
            "_nonneg_float": ["-1", "nan", "inf"],
            "_fraction": ["-0.1", "1.5", "nan"], "_float_list": ["a,b"], "_int_list": ["0,99", "x"],
-           "per_layer_spec": ["fc1=", "=3"], "_method_list": ["nope"]}
+           "per_layer_spec": ["fc1=", "=3"], "_method_list": ["nope"],
+           "_json_object": ["{", "[1]"], "_model_name": ["bad spec:"], "_image_size": ["0", "axb"],
+           "_number_list": ["x", "nan"]}
     for path, parser in LEAVES.items():
         for action in parser._actions:
             name = getattr(action.type, "__name__", None)
@@ -168,3 +173,118 @@ def test_bad_number_every_option(tmp_path, command, option, nargs, value):
     _assert_one_line(code, err)
     assert option in err or value in err
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- your model, your data
+ROOT = Path(__file__).resolve().parents[2]
+#: bad forms of --model MODULE:CALLABLE (tests/fixtures/mynet.py) → a fragment of the one line
+MODEL_FORMS = {
+    "missing module": ("nosuch_module_xyz:build", "no module named 'nosuch_module_xyz'"),
+    "callable raises": ("tests.fixtures.mynet:broken", "raised RuntimeError"),
+    "not a module": ("tests.fixtures.mynet:not_a_module", "returned dict, not a torch.nn.Module"),
+}
+#: bad forms of --data → a fragment of the one line (the path named where there is one)
+DATA_FORMS = {
+    "no classes": ("empty_dir", "no class sub-folders with images (expected DIR/CLASS/*.png|jpg)"),
+    "npz without x": ("nox.npz", "no array 'x'"),
+    "missing npz": ("missing.npz", "no such file"),
+    "callable without batches": ("tests.fixtures.mynet:build", "expected (train, test)"),
+}
+#: what a command needs besides EXTRA to get as far as building the model / reading the data
+MODEL_EXTRA = {
+    ("train",): ["-o", "{tmp}/t.pt"],
+    ("dsd",): ["-o", "{tmp}/t.pt"],
+    ("distill",): ["--teacher", "{inputs}/lenet.pt", "-o", "{tmp}/s.pt"],
+    ("sweep",): ["--epochs-list", "1"],
+    ("info",): ["--runtime"],
+    ("demo",): ["-o", "{tmp}/demo"],
+}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Valid inputs to get past the input checks: a checkpoint, a compressed file, a recipe, bad data."""
+    from efficientdl import format as fmt, models
+    from efficientdl.train import save_checkpoint
+
+    root = tmp_path_factory.mktemp("inputs")
+    torch.manual_seed(0)
+    model = models.create("lenet300")
+    save_checkpoint(model, root / "lenet.pt")
+    fmt.save(model, root / "lenet.edlz")
+    (root / "recipe.yaml").write_text("model: lenet300\ndata: digits\ndense:\n  epochs: 1\n")
+    (root / "empty_dir").mkdir()
+    np.savez(root / "nox.npz", y=np.arange(4))
+    return root
+
+
+def _input_for(parser, inputs):
+    """The positional input a command reads (a recipe, a compressed file or a checkpoint), if it has one."""
+    for action in parser._actions:
+        if not action.option_strings and action.dest in FILE_POSITIONALS:
+            if action.dest == "recipe":
+                return [inputs / "recipe.yaml"]
+            if action.dest == "source" or parser.prog.endswith("hw compare") or parser.prog.endswith("info"):
+                return [inputs / "lenet.edlz"]
+            return [inputs / "lenet.pt"]
+    return []
+
+
+def _model_commands():
+    for path, parser in LEAVES.items():
+        option = next((a for a in parser._actions if "--model" in a.option_strings), None)
+        if option is not None and (option.dest == "user_model" or getattr(option.type, "__name__", "") == "_model_name"):
+            yield path
+
+
+def _data_commands():
+    for path, parser in LEAVES.items():
+        if any("--data" in a.option_strings for a in parser._actions):
+            yield path
+
+
+def _argv(command, inputs, out, *more):
+    parser = LEAVES[command]
+    extra = [a.format(tmp=out, inputs=inputs) for a in EXTRA.get(command, []) + MODEL_EXTRA.get(command, [])]
+    return [*command, *_input_for(parser, inputs), *extra, *more]
+
+
+def test_the_model_and_data_matrices_cover_the_commands():
+    models, datas = {" ".join(p) for p in _model_commands()}, {" ".join(p) for p in _data_commands()}
+    assert {"train", "distill", "sweep", "dsd", "prune", "quantize", "encode", "compress", "eval", "info",
+            "compare", "sensitivity", "bits", "hw roofline", "hw energy", "hw systolic", "hw eie",
+            "hw compare"} <= models
+    assert {"train", "prune", "quantize", "compress", "demo", "eval", "compare", "sensitivity", "bits",
+            "hw roofline", "hw eie"} <= datas
+
+
+@pytest.mark.parametrize("command", sorted(_model_commands()) + [("hw", "train")], ids=" ".join)
+@pytest.mark.parametrize("form", MODEL_FORMS)
+def test_bad_model_every_command(tmp_path, monkeypatch, inputs, command, form):
+    monkeypatch.syspath_prepend(str(ROOT))
+    spec, fragment = MODEL_FORMS[form]
+    out = tmp_path / "out"
+    out.mkdir()
+    data = ["--data", "digits", "--test-subset", "40"] if command in set(_data_commands()) else []
+    if command == ("hw", "train"):        # its positional model, first (an optional positional)
+        argv = [*command, spec, "-o", out / "hwt"]
+    else:
+        argv = _argv(command, inputs, out, "--model", spec, *data)
+    code, err = _run(argv)
+    _assert_one_line(code, err)
+    assert fragment in err and len(err.strip()) <= 300
+    assert [p for p in out.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("command", sorted(_data_commands()), ids=" ".join)
+@pytest.mark.parametrize("form", DATA_FORMS)
+def test_bad_data_every_command(tmp_path, monkeypatch, inputs, command, form):
+    monkeypatch.syspath_prepend(str(ROOT))
+    name, fragment = DATA_FORMS[form]
+    target = name if ":" in name else str(inputs / name)
+    out = tmp_path / "out"
+    out.mkdir()
+    code, err = _run(_argv(command, inputs, out, "--data", target))
+    _assert_one_line(code, err)
+    assert fragment in err and target in err and len(err.strip()) <= 300
+    assert [p for p in out.rglob("*") if p.is_file()] == []
