@@ -51,6 +51,8 @@ COMMANDS: dict[str, CommandInfo] = {
     "demo": CommandInfo("compression", "compress LeNet-300-100 on Fashion-MNIST end to end (recipes/lenet300.yaml)"),
     "eval": CommandInfo("inspection", "accuracy of a compressed file or checkpoint"),
     "info": CommandInfo("inspection", "describe a compressed file"),
+    "export": CommandInfo("export", "the decoded model as ONNX, safetensors (with the compressed form) "
+                                    "or a torch.export archive, for other runtimes"),
     "compare": CommandInfo("compression", "every inference method on one trained model: file size, accuracy, "
                                           "MACs, batch-1 latency, Pareto plot"),
     "sensitivity": CommandInfo("compression", "per-layer pruning sensitivity (table + plot)"),

@@ -39,6 +39,7 @@ EXTRA = {
     ("prune",): ["-o", "{tmp}/o.pt", "--sparsity", "0.5"],
     ("quantize",): ["-o", "{tmp}/o.pt"],
     ("encode",): ["-o", "{tmp}/o.edlz"],
+    ("export",): ["--format", "safetensors", "-o", "{tmp}/o.safetensors"],
     ("compress",): ["-o", "{tmp}/run"],
     ("compare",): ["-o", "{tmp}/cmp"],
     ("sensitivity",): ["-o", "{tmp}/sens"],
