@@ -24,11 +24,21 @@ class UsageError(EdlError):
 _FROM_ARGS = object()   # _load_model: the model named by the command's --model
 
 
+#: the longest error line ``edl`` prints (a longer message is cut, ending in "…")
+MAX_ERROR_LINE = 300
+
+
+def error_line(prog: str, message: str) -> str:
+    """``PROG: error: MESSAGE`` on one line (whitespace runs joined) of at most :data:`MAX_ERROR_LINE` characters."""
+    line = f"{prog}: error: {' '.join(str(message).split())}"
+    return line if len(line) <= MAX_ERROR_LINE else line[:MAX_ERROR_LINE - 1] + "…"
+
+
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line and exit status 2."""
 
     def error(self, message: str) -> None:  # noqa: D401 - argparse API
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, error_line(self.prog, message) + "\n")
 
 
 def names(table: Iterable[str] | Any) -> list[str]:
@@ -182,10 +192,17 @@ def _output_file(path: str) -> Path:
 
 
 def _output_dir(path: str) -> Path:
+    """An output directory argument, checked and declared but not created: the atomic writer
+    (:func:`efficientdl.core.files.atomic_open`) creates it with the first file written into it."""
+    from ..core.files import declare_output_directory
+
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise UsageError(f"{p}: exists and is not a directory")
-    p.mkdir(parents=True, exist_ok=True)
+    blocker = next((q for q in p.parents if q.exists() and not q.is_dir()), None)
+    if blocker is not None:
+        raise UsageError(f"{blocker}: exists and is not a directory (in output path {p})")
+    declare_output_directory(p)
     return p
 
 
@@ -358,9 +375,11 @@ def add_subcommands(parser: argparse.ArgumentParser, dest: str, metavar: str,
 
 # --------------------------------------------------------------------------- helpers of the commands
 def _console():
-    from rich.console import Console
+    """The console of messages on standard error (:func:`efficientdl.core.console.stderr_console`:
+    plain, unwrapped lines without escape codes when it is not a terminal)."""
+    from ..core.console import stderr_console
 
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return stderr_console()
 
 
 def _load_data(args: argparse.Namespace, name: str | None = None, say: bool = True):

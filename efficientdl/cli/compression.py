@@ -257,7 +257,6 @@ def _write_pipeline_outputs(result, out_dir: Path, name: str) -> dict:
     fmt.atomic_write(model_path, result.file_bytes)
     report = result.to_dict()
     report["file"] = str(model_path)
-    (out_dir / "plots").mkdir(exist_ok=True)
     histograms = out_dir / "plots" / "weight_histograms.png"
     plots.weight_histograms(result.snapshots, histograms)
     fmt.atomic_write(out_dir / "report.json", dumps(report).encode())
@@ -374,6 +373,7 @@ def add_compare(p: argparse.ArgumentParser) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Every inference method on one trained model: size, accuracy, MACs, latency, Pareto plot."""
+    from .. import format as fmt
     from ..compress.methods import compare_methods, pareto_front
     from ..report import html, markdown_table, plots
 
@@ -390,14 +390,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     front = pareto_front(rows)
     plots.pareto({network: rows}, out_dir / "pareto.png", {network: front})
     result = {"network": network, "methods": rows, "pareto_front": front}
-    (out_dir / "compare.json").write_text(json.dumps(result, indent=2))
+    fmt.atomic_write(out_dir / "compare.json", json.dumps(result, indent=2).encode())
     table = ([[r["method"], 100 * r["accuracy"], r["file_bytes"], r["ratio"], r["macs"], r["latency_us"],
                r["latency_ratio"], r["runtime"]] for r in rows],
              ["method", "accuracy %", "file bytes", "ratio ×", "MACs (non-zero)", "latency µs", "speedup ×",
               "runtime"])
     text = markdown_table(*table)
     text += f"\n\nPareto front (size vs accuracy): {', '.join(front)}\nplot: {out_dir / 'pareto.png'}"
-    (out_dir / "compare.md").write_text(text + "\n")
+    fmt.atomic_write(out_dir / "compare.md", (text + "\n").encode())
     html.write(out_dir / "report.html", html.command_report(
         f"Every method on {network}", [("methods", *table)], [(out_dir / "pareto.png", "accuracy vs file size")],
         [f"Pareto front (size vs accuracy): {', '.join(front)}"]))
@@ -420,7 +420,7 @@ def add_sensitivity(p: argparse.ArgumentParser) -> None:
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     """``edl sensitivity``: accuracy of each layer pruned alone, and the sparsities it suggests."""
-    from .. import compress
+    from .. import compress, format as fmt
     from ..report import html, markdown_table, plots
     from ..train import evaluate
 
@@ -432,7 +432,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     chosen = compress.sparsities_from_sensitivity(curves, args.max_drop / 100.0)
     plots.sensitivity(curves, out_dir / "sensitivity.png")
     result = {"curves": curves, "suggested_sparsity": chosen, "max_drop_points": args.max_drop}
-    (out_dir / "sensitivity.json").write_text(json.dumps(result, indent=2))
+    fmt.atomic_write(out_dir / "sensitivity.json", json.dumps(result, indent=2).encode())
     rows = [[f"{100 * s:.0f}%"] + [100 * dict(curves[n])[s] for n in curves] for s in args.sparsities]
     header = ["sparsity"] + [f"{n} acc %" for n in curves]
     text = markdown_table(rows, header)
@@ -462,7 +462,7 @@ def add_bits(p: argparse.ArgumentParser) -> None:
 
 def cmd_bits(args: argparse.Namespace) -> int:
     """How many bits do we need?  Accuracy vs bits, conv and fc layers separately, with and without pruning."""
-    from .. import compress
+    from .. import compress, format as fmt
     from ..compress.layers import layer_type
     from ..report import html, markdown_table, plots
     from ..train import evaluate
@@ -489,7 +489,7 @@ def cmd_bits(args: argparse.Namespace) -> int:
     plots.curves(series, out_dir / "bits.png", "bits per weight", "accuracy",
                  "Accuracy vs bits of weight sharing (other layers fp32)")
     result = {"series": series, "bits": args.bits}
-    (out_dir / "bits.json").write_text(json.dumps(result, indent=2))
+    fmt.atomic_write(out_dir / "bits.json", json.dumps(result, indent=2).encode())
     rows = [[b] + [100 * dict(series[k])[b] for k in series] for b in args.bits]
     header = ["bits"] + [f"{k} acc %" for k in series]
     html.write(out_dir / "report.html", html.command_report(

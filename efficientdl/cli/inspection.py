@@ -80,15 +80,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     from ..report.render import markdown_table
 
     d = fmt.info(_input_file(args.file))
-    rows = [[t["name"], t["kind"], t["weights"], 100 * t["density"], t["weight_bits"], t["index_bits"],
-             t["entries"], t["size_bytes"]] for t in d["tensors"]]
+    rows = [[t["name"], t["kind"], t["weights"], 100 * t["density"], t["weight_bits"], t["weight_bits_huffman"],
+             t["index_bits"], t["index_bits_huffman"], t["entries"], t["size_bytes"]] for t in d["tensors"]]
     arch = d["arch"] or {}
     text = "\n".join([
         f"{d['path']}: efficientdl compressed file, format version {d['format_version']}",
         f"architecture: {arch.get('name') or arch.get('import') or 'none recorded'} {arch.get('kwargs', '')}",
         f"size: {d['size_bytes']:,} bytes; fp32 parameters: {d['original_bytes']:,} bytes; ratio {d['ratio']:.1f}×",
-        "", markdown_table(rows, ["tensor", "kind", "weights", "density %", "weight bits", "index bits",
-                                  "entries", "bytes"])])
+        "", markdown_table(rows, ["tensor", "kind", "weights", "density %", "weight bits", "Huffman weight bits",
+                                  "index bits", "Huffman index bits", "entries", "bytes"]),
+        "", "weight / index bits: the width of a stored field; Huffman: the average coded bits per field "
+            "(– where the stream is not Huffman coded)"])
     if args.runtime:
         from ..nn import runtime_memory
 

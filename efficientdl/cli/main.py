@@ -7,7 +7,8 @@ line, so ``edl --help`` and ``edl --version`` import no command module and ``edl
 imports only what it uses.
 
 Bad input (a wrong path, a corrupt file, a bad recipe, an out-of-range number) ends
-with one line on standard error and exit status 2; ``--debug`` shows the traceback.
+with one line on standard error (at most ``MAX_ERROR_LINE`` = 300 characters) and exit
+status 2; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from importlib import import_module
 from typing import NamedTuple, Sequence
 
 from ..errors import EdlError
-from .common import UsageError, _Parser
+from .common import UsageError, _Parser, error_line
 
 __all__ = ["COMMANDS", "CommandInfo", "UsageError", "build_parser", "main"]
 
@@ -120,7 +121,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdlError as e:
         if args.debug:
             raise
-        print(f"edl {command}: error: {' '.join(str(e).split())}", file=sys.stderr)  # always one line
+        print(error_line(f"edl {command}", str(e)), file=sys.stderr)  # always one short line
+        return 2
+    except OSError as e:        # the system refused a path (name too long, permission, …): the user's input
+        if args.debug:
+            raise
+        reason, name = e.strerror or type(e).__name__, str(e.filename or "")
+        name = name if len(name) <= 120 else f"{name[:80]}…{name[-39:]}"     # the reason must fit the line
+        print(error_line(f"edl {command}", f"{name}: {reason}" if name else reason), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"edl {command}: interrupted", file=sys.stderr)

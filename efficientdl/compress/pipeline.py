@@ -185,7 +185,7 @@ class _StageCheckpoints:
         """Open ``directory``; with ``resume``, read what an earlier run completed there.
 
         Args:
-            directory: the checkpoint directory (created when missing).
+            directory: the checkpoint directory (created with the first checkpoint written).
             recipe: the run's recipe; resuming needs the same one.
             resume: read the earlier state (else start afresh).
             start: a digest of the starting weights and data (:func:`_start_digest`);
@@ -193,8 +193,10 @@ class _StageCheckpoints:
         """
         from pathlib import Path
 
+        from ..core.files import declare_output_directory
+
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        declare_output_directory(self.dir)      # created with the first checkpoint written, not before
         self.fingerprint = json.dumps(recipe.data, sort_keys=True, default=str)
         self.start = start
         self.completed: dict[str, dict] = {}

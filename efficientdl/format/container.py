@@ -35,9 +35,7 @@ this module adds what needs torch: models in, models and tensors out.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,13 +43,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..core import files
 from ..core.parametrize import plain_state_dict
 from ..core.state import (QuantSpec, WeightQuantizer, attach_input_quantizer, renew_weight_claims, input_spec,
                           integer_codes, shared_weight, weight_mask, weight_spec)
 from ..core.tensors import compressible_tensors, layer_type, tensor_setting, tied_parameters
 from ..errors import FormatError, ModelError
 from ..report.results import LayerRecord
-from .kinds import ALIAS, DENSE, MAX_INDEX_BITS, NUMPY_DTYPES, TensorInfo, choose_kind, inferred_codebook
+from .kinds import ALIAS, DENSE, MAX_INDEX_BITS, NUMPY_DTYPES, TensorInfo, encode_tensor, inferred_codebook
 from .layout import FORMAT_VERSION, MAGIC, PREFIX, header_bytes, info, is_container, read_bytes, read_records
 from .streams import CODINGS, Writer
 
@@ -88,7 +87,10 @@ def encode(
     ``shared_layout`` says) when it carries a weight-sharing parametrization (or, with
     ``infer_shared``, holds at most 255 distinct nonzero values, as a weight-shared
     checkpoint does); ``sparse`` when it is pruned (a mask, or at most half its entries
-    nonzero); else ``dense``.  Every other parameter and buffer is stored dense, a tied
+    nonzero); else ``dense``.  A tensor whose values take fewer bytes stored plainly —
+    ``dense`` or ``sparse`` — is stored so instead (a tiny weight-shared kernel whose
+    codebook outweighs it: :func:`~efficientdl.format.kinds.encode_tensor`), decoding to the
+    same values bit for bit.  Every other parameter and buffer is stored dense, a tied
     parameter's further names as ``alias``.
 
     Args:
@@ -130,7 +132,7 @@ def encode(
             t.codebook = (sw.indices.flatten().numpy(), sw.centroids.detach().numpy(), sw.bits)
         elif qs is None and infer_shared and t.dtype == "float32":
             t.codebook = inferred_codebook(t.array, 8)
-        rec, layer = choose_kind(t).encode(w, t)
+        rec, layer = encode_tensor(w, t)
         records.append(rec)
         layers.append(layer)
         handled.add(tensor.param_name)
@@ -155,26 +157,16 @@ def encode(
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (never half-written)."""
-    path = Path(path)
-    if path.is_dir():
-        raise FormatError(f"{path}: is a directory, expected a file path")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise FormatError(f"{path}: cannot write ({e.strerror})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise FormatError(f"{path}: cannot write ({e.strerror or e})") from None
-        raise
+    """Write ``data`` to ``path`` through a temporary file and a rename (never half-written).
+
+    The file gets the permissions a plain ``open`` would give (``0o666 & ~umask``, or those
+    of the file it replaces); its directory must exist unless it lies in a declared output
+    directory (:func:`efficientdl.core.files.atomic_write`).
+
+    Raises:
+        FormatError: ``path`` is a directory or cannot be written (one line).
+    """
+    files.atomic_write(path, data, FormatError)
 
 
 def save(model: nn.Module, path: str | os.PathLike, **kwargs: Any) -> list[LayerRecord]:
@@ -199,6 +191,9 @@ class Container:
         layers: per-tensor size records.
         size_bytes: size of the whole file.
         codebooks: for shared tensors, ``(indices, codebook)`` as decoded.
+        source: where the bytes came from (the path), for messages.
+
+    Its ``repr`` is one short line (the source, the counts), never the data.
     """
 
     header: dict
@@ -206,6 +201,12 @@ class Container:
     layers: list[LayerRecord]
     size_bytes: int
     codebooks: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    source: str = "<bytes>"
+
+    def __repr__(self) -> str:
+        return f"<Container {self.source!r}: {len(self.tensors)} tensors, {self.size_bytes:,} bytes>"
+
+    __str__ = __repr__
 
 
 def decode(data: bytes, where: str = "<bytes>") -> Container:
@@ -232,7 +233,7 @@ def decode(data: bytes, where: str = "<bytes>") -> Container:
         layers.append(decoded.layer)
         if decoded.codebook is not None:
             codebooks[rec["name"]] = decoded.codebook
-    return Container(header, tensors, layers, len(data), codebooks)
+    return Container(header, tensors, layers, len(data), codebooks, where)
 
 
 def read(path: str | os.PathLike) -> Container:
@@ -325,7 +326,7 @@ def load(path: str | os.PathLike | Container, model: Any = None, runtime: str = 
     if runtime not in RUNTIMES:
         raise ModelError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     c = path if isinstance(path, Container) else read(path)
-    where = "<compressed file>" if isinstance(path, Container) else str(path)
+    where = path.source if isinstance(path, Container) else str(path)
     if model is None or isinstance(model, str):
         from .. import models
 

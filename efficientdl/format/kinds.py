@@ -2,8 +2,10 @@
 
 Every kind has a ``name`` (the ``kind`` of its records in the header) and
 
-* ``accepts(t)``: whether the encoder stores the tensor ``t`` (a :class:`TensorInfo`)
-  as this kind; :func:`choose_kind` asks the kinds of :data:`ENCODE_ORDER` in turn;
+* ``accepts(t)``: whether the encoder may store the tensor ``t`` (a :class:`TensorInfo`)
+  as this kind; :func:`choose_kind` asks the kinds of :data:`ENCODE_ORDER` in turn, and
+  :func:`encode_tensor` stores the one it finds unless the same values are smaller
+  stored plain (``dense`` or ``sparse``): no tensor is stored larger than those;
 * ``encode(w, t)``: append its sections to the blob, return ``(record, LayerRecord)``;
 * ``validate(rec, blob, where)``: every header check of the kind (one-line
   :class:`~efficientdl.errors.FormatError`), before any of its bytes are read;
@@ -308,7 +310,8 @@ class Shared(Sparse):
     The encoder picks it for a weight-shared tensor (a sharing parametrization, or a
     plain float32 weight with at most 255 distinct nonzero values) with
     ``shared_layout="sparse"``, or with ``"smaller"`` when it is not larger than
-    ``codes``.
+    ``codes`` (and, with ``"smaller"``, not larger than its values stored plain:
+    :func:`encode_tensor`).
     """
 
     name = "shared"
@@ -563,7 +566,8 @@ class Alias(FileTensorKind):
 DENSE, SPARSE, SHARED, CODES, QUANT, ALIAS = Dense(), Sparse(), Shared(), Codes(), Quant(), Alias()
 #: Every kind a reader knows, by registration order.
 KINDS: tuple[FileTensorKind, ...] = (DENSE, SPARSE, SHARED, CODES, QUANT, ALIAS)
-#: The kinds the encoder asks, in order; the first that accepts a tensor stores it (``dense`` accepts all).
+#: The kinds the encoder asks, in order; the first that accepts a tensor is preferred (``dense`` accepts all),
+#: and stores it unless its values are smaller as ``dense`` or ``sparse`` (:func:`encode_tensor`).
 ENCODE_ORDER: tuple[FileTensorKind, ...] = (QUANT, SHARED, CODES, SPARSE, DENSE)
 #: the file tensor kinds by name: a new kind is one class here
 FILE_TENSOR_KINDS: Registry[FileTensorKind] = Registry("file tensor kind")
@@ -572,8 +576,52 @@ for _kind in KINDS:
 
 
 def choose_kind(t: TensorInfo) -> FileTensorKind:
-    """The kind the encoder stores ``t`` as: the first of :data:`ENCODE_ORDER` that accepts it."""
+    """The kind the encoder prefers for ``t``: the first of :data:`ENCODE_ORDER` that accepts it
+    (:func:`encode_tensor` stores it so unless a plain form of the same values is smaller)."""
     return next(kind for kind in ENCODE_ORDER if kind.accepts(t))
+
+
+def encode_tensor(w: Writer, t: TensorInfo) -> tuple[dict, LayerRecord]:
+    """Append ``t`` to the blob in the smallest of its exact forms; return ``(record, LayerRecord)``.
+
+    The preferred kind (:func:`choose_kind`) is written on trial; its values as they
+    decode, ``v``, are then also sized as plain ``dense`` (``numel · 4`` bytes for float32)
+    and, for float32, as plain ``sparse`` (fp32 values and relative indices, in ``t``'s
+    coding and index bits).  The smallest is stored — on a tie the preferred kind, then
+    ``sparse`` — so no tensor takes more bytes than its dense or plain sparse form: a tiny
+    weight-shared kernel whose ``2^b − 1`` centroids alone outweigh its values is stored as
+    ``v``, losing its codebook but no bit of its values (``v`` is what the preferred kind
+    decodes to; a ``−0.0`` keeps it from the sparse form, which stores zeros as ``+0.0``).
+    A plain form is written only when it can be smaller: ``4 · nnz`` bytes bound the sparse
+    form from below, so large coded tensors are written once.  A weight-shared tensor with
+    an explicit ``shared_layout`` (``"sparse"`` or ``"codes"``, not the default
+    ``"smaller"``) is stored in that layout whatever its size: the caller asked for it.
+    """
+    kind = choose_kind(t)
+    if kind is DENSE or (kind in (SHARED, CODES) and t.shared_layout != "smaller"):
+        return kind.encode(w, t)
+    trial = Writer()
+    rec, layer = kind.encode(trial, t)
+    best = (layer.size_bytes, trial, rec, layer)
+    dense_bytes = t.numel * np.dtype(NUMPY_DTYPES[t.dtype]).itemsize
+    sparse_possible = kind is not SPARSE and t.dtype == "float32" and t.numel > 0
+    if dense_bytes < best[0] or (sparse_possible and 4 * int(np.count_nonzero(t.array)) < best[0]):
+        values = kind.decode(rec, memoryview(bytes(trial.blob)), t.name).array
+        plain = TensorInfo(t.name, np.ascontiguousarray(values.reshape(t.array.shape)), t.dtype,
+                           index_bits=t.index_bits, coding=t.coding, masked=t.masked)
+        signed_zero = bool(np.any(np.signbit(values) & (values == 0)))
+        if sparse_possible and not signed_zero and 4 * int(np.count_nonzero(values)) < best[0]:
+            trial_sparse = Writer()
+            r, l = _encode_entries(trial_sparse, plain, None)
+            if l.size_bytes < best[0]:
+                best = (l.size_bytes, trial_sparse, r, l)
+        if dense_bytes < best[0]:
+            trial_dense = Writer()
+            r, l = DENSE.encode(trial_dense, plain)
+            best = (l.size_bytes, trial_dense, r, l)
+    _, written, rec, layer = best
+    w.absorb(written, rec["sections"])
+    return rec, layer
 
 
 def kind_of(rec: dict, where: str) -> FileTensorKind:

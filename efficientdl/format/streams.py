@@ -63,6 +63,14 @@ class Writer:
         self.blob += data
         return [offset, len(data), zlib.crc32(data)]
 
+    def absorb(self, other: "Writer", sections: dict[str, list[int]]) -> None:
+        """Append the blob of ``other`` (a writer that holds exactly ``sections``, e.g. one
+        tensor written on trial) and move those section entries to their new offsets."""
+        base = len(self.blob)
+        self.blob += other.blob
+        for entry in sections.values():
+            entry[0] += base
+
 
 def encode_stream(w: Writer, symbols: np.ndarray, bits: int, coding: str, sections: dict, key: str) -> float:
     """Store a symbol stream under ``key`` (and ``key + "_table"``); return the average coded bits per symbol."""

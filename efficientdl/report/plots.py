@@ -17,6 +17,21 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Write ``fig`` to ``path`` whole, in the format its suffix names (PNG without one), and
+    close it, also when writing fails (:func:`efficientdl.core.files.atomic_open`: a temporary
+    file renamed over ``path``, the permissions of a plain ``open``; the directory is created
+    if it lies in a declared output directory)."""
+    from ..core.files import atomic_open
+
+    plt = _pyplot()
+    try:
+        with atomic_open(path) as stream:
+            fig.savefig(stream, format=os.path.splitext(os.fspath(path))[1][1:].lower() or "png", dpi=dpi)
+    finally:
+        plt.close(fig)
+
+
 def weight_histograms(snapshots: Mapping[str, Mapping[str, np.ndarray]], path: str | os.PathLike,
                       bins: int = 120) -> None:
     """Weight distribution of each layer before pruning, after pruning, after retraining
@@ -52,8 +67,7 @@ def weight_histograms(snapshots: Mapping[str, Mapping[str, np.ndarray]], path: s
             if j == 0:
                 ax.set_ylabel(f"{name}\ncount", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def curves(series: Mapping[str, Sequence[tuple[float, float]]], path: str | os.PathLike, xlabel: str,
@@ -72,8 +86,7 @@ def curves(series: Mapping[str, Sequence[tuple[float, float]]], path: str | os.P
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def sensitivity(curves_by_layer: Mapping[str, Sequence[tuple[float, float]]], path: str | os.PathLike) -> None:
@@ -100,8 +113,7 @@ def ratio_accuracy(points: Mapping[str, Sequence[tuple[float, float]]], path: st
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def roofline(devices: Mapping[str, tuple[float, float]], points: Sequence[tuple[str, str, float, float]],
@@ -141,8 +153,7 @@ def roofline(devices: Mapping[str, tuple[float, float]], points: Sequence[tuple[
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def energy_bars(breakdowns: Mapping[str, Mapping[str, float]], path: str | os.PathLike,
@@ -165,8 +176,7 @@ def energy_bars(breakdowns: Mapping[str, Mapping[str, float]], path: str | os.Pa
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def comparison_bars(labels: Sequence[str], speedup: Sequence[float], efficiency: Sequence[float],
@@ -184,8 +194,7 @@ def comparison_bars(labels: Sequence[str], speedup: Sequence[float], efficiency:
             ax.annotate(f"{v:.3g}×", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def pareto(rows_by_network: Mapping[str, Sequence[Mapping]], path: str | os.PathLike,
@@ -216,5 +225,4 @@ def pareto(rows_by_network: Mapping[str, Sequence[Mapping]], path: str | os.Path
         ax.grid(alpha=0.3, which="both")
     fig.suptitle("Accuracy vs size of every method")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

@@ -3,30 +3,20 @@
 breakdown per layer group, throughput and scaling efficiency vs devices, and the
 training roofline with the layers on it.
 
-Each function writes to a temporary file beside ``path`` and renames it, so a failed
-plot leaves no half-written file.
+Each function writes to a temporary file beside ``path`` and renames it
+(:func:`~efficientdl.report.plots.save_figure`), so a failed plot leaves no half-written file.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
-from .plots import _pyplot
+from .plots import _pyplot, save_figure
 
 
 def _save(fig, path: str | os.PathLike) -> None:
-    plt = _pyplot()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
+    save_figure(fig, path, dpi=120)
 
 
 def step_breakdown(groups: Mapping[str, Mapping[str, float]], path: str | os.PathLike, title: str = "") -> None:

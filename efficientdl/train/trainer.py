@@ -20,7 +20,6 @@ import contextlib
 import math
 import os
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -32,6 +31,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.nn.utils import parametrize
 
+from efficientdl.core.console import live, stderr_console
+from efficientdl.core.files import atomic_open
 from efficientdl.core.parametrize import plain_state_dict
 from efficientdl.core.state import renew_weight_claims, weight_mask
 from efficientdl.errors import DataError, ModelError, RecipeError
@@ -237,12 +238,15 @@ class Trainer:
             global generator): every fit runs from :func:`set_seed` ``(seed)`` inside
             :func:`seeded`, so fits with the same seed are reproducible and the caller's
             global generators are left where they were (neither reseeded nor advanced).
-        progress: show a transient progress bar and one line per epoch.
+        progress: show a transient progress bar (only where the console is a terminal,
+            :func:`efficientdl.core.console.live`) and one line per epoch, never wrapped.
         device: where to train.
         teacher: optional distillation teacher, kept in evaluation mode, no gradient.
         kd_temperature: distillation temperature ``T``.
         kd_alpha: weight of the soft term.
-        console: rich console for the output (default: a console on standard error).
+        console: rich console for the output (default:
+            :func:`efficientdl.core.console.stderr_console`, standard error: bars in a
+            terminal, plain lines without escape codes elsewhere).
         loggers: per-epoch loggers (:mod:`efficientdl.train.loggers`, e.g. a
             :class:`~efficientdl.train.loggers.TensorBoardLogger`): each one's
             ``log_epoch(record, model, description)`` is called after every epoch, and its
@@ -299,7 +303,7 @@ class Trainer:
         self.teacher = teacher
         self.kd_temperature = kd_temperature
         self.kd_alpha = kd_alpha
-        self.console = console if console is not None else Console(stderr=True)
+        self.console = console if console is not None else stderr_console()
         self.precision = precision
         self.warmup_epochs = warmup_epochs
         self.clip_grad_norm = clip_grad_norm
@@ -410,7 +414,7 @@ class Trainer:
             TimeElapsedColumn(),
             console=self.console,
             transient=True,
-            disable=not self.progress,
+            disable=not (self.progress and live(self.console)),   # piped, CI, nohup: epoch lines only
         )
         try:
             with progress:
@@ -511,6 +515,7 @@ class Trainer:
                 f"train acc {record['train_accuracy']:.2%}{test_text}  {record['seconds']:.1f}s",
                 markup=False,
                 highlight=False,
+                soft_wrap=True,        # one line, however narrow the console
             )
         return record
 
@@ -540,7 +545,9 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
     """Write ``{"arch": model.edl_arch or None, "state_dict": plain tensors}`` atomically.
 
     The file is written by ``torch.save`` to a temporary file in the target directory
-    and moved over ``path`` with ``os.replace``, so readers never see a partial file.
+    and moved over ``path`` with ``os.replace``, so readers never see a partial file
+    (:func:`efficientdl.core.files.atomic_open`: the permissions of a plain ``open``,
+    ``0o666 & ~umask``).
     It loads with ``torch.load(path, weights_only=True)``.  Parametrized weights are
     stored as their effective values (:func:`plain_state_dict`).
 
@@ -549,26 +556,13 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
         path: destination file.
 
     Raises:
-        DataError: the directory does not exist or is not writable.
+        DataError: the directory does not exist or is not writable, or the path is a directory.
     """
     path = Path(path)
     arch = getattr(model, "edl_arch", None)
     payload = {"arch": arch, "state_dict": plain_state_dict(model)}
-    temporary = None
-    try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.chmod(temporary, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-        temporary = None
-    except OSError as error:
-        raise DataError(f"{path}: cannot write checkpoint ({error.strerror or error})") from None
-    finally:
-        if temporary is not None and os.path.exists(temporary):
-            os.unlink(temporary)
+    with atomic_open(path, DataError, " checkpoint") as stream:
+        torch.save(payload, stream)
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict | None, dict[str, torch.Tensor]]:
