@@ -112,6 +112,12 @@ def _check(method: str, model: nn.Module, x: torch.Tensor) -> set[str]:
     if method == "pruning":
         prune_once(model, sparsity=0.5)
         return {t.param_name for t in compressible_tensors(model) if weight_mask(t.module, t.attr) is not None}
+    if method == "post-training pruning (OBS)":
+        from .pruning.post_training import prune_post_training
+
+        _, report = prune_post_training(model, [x, x], sparsity=0.5, method="obs")
+        return {t.param_name for t in compressible_tensors(model)
+                if t.key in report.settings["reconstruction_error"] and weight_mask(t.module, t.attr) is not None}
     if method == "weight sharing":
         share(model, bits=3)
         return {t.param_name for t in compressible_tensors(model) if shared_weight(t.module, t.attr) is not None}
@@ -158,7 +164,7 @@ def _plain(model: nn.Module) -> nn.Module:
     return plain_copy(model)
 
 
-METHODS = ("pruning", "weight sharing", "Huffman coding + file", "sensitivity", "fixed point / int8",
+METHODS = ("pruning", "post-training pruning (OBS)", "weight sharing", "Huffman coding + file", "sensitivity", "fixed point / int8",
            "ternary / binary", "low rank (SVD)", "compressed runtime")
 
 

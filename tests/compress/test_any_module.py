@@ -102,8 +102,8 @@ def test_readme_support_table_is_generated_from_the_code():
     spec = importlib.util.spec_from_file_location("support_table", root / "tools" / "support_table.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    readme = (root / "README.md").read_text()
-    assert tool.replace_table(readme, tool.render()) == readme, "run tools/support_table.py"
+    readme = (root / "docs" / "support.md").read_text()
+    assert tool.replace_table(readme, tool.render()) == readme, "run tools/support_table.py (docs/support.md)"
 
 
 def test_settings_select_by_glob_regex_type_and_name():

@@ -321,3 +321,21 @@ def test_wanda_and_obs_criteria_in_the_registry():
     assert float((layer.weight == 0).float().mean()) == pytest.approx(0.5)
     with pytest.raises(RecipeError, match="needs calibration statistics"):
         prune_once(nn.Linear(4, 4), sparsity=0.5, criterion="wanda")
+
+
+def test_given_statistics_give_the_same_result_as_collecting_them():
+    from efficientdl.compress.calibration import collect_statistics
+    from efficientdl.compress.pruning.post_training import prune_post_training
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
+    batches = [torch.randn(32, 12) @ torch.randn(12, 12) for _ in range(3)]
+    a, b = copy.deepcopy(net), copy.deepcopy(net)
+    prune_post_training(a, batches, sparsity=0.5, method="obs")
+    stats = collect_statistics(b, batches)
+    prune_post_training(b, batches, sparsity=0.5, method="obs", statistics=stats)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    assert stats["0"].gram is not None                     # the caller's statistics are kept
+    with pytest.raises(RecipeError, match="sequential"):
+        prune_post_training(copy.deepcopy(net), batches, sparsity=0.5, sequential=True, statistics=stats)

@@ -105,6 +105,7 @@ def prune_post_training(
     block: int = 128,
     damp: float = 0.01,
     max_batches: int | None = None,
+    statistics: dict[str, Statistics] | None = None,
 ) -> tuple[nn.Module, StageReport]:
     """Prune a trained network in one shot from unlabeled calibration samples (no labels, no retraining).
 
@@ -156,6 +157,10 @@ def prune_post_training(
         block: columns per block of ``obs``.
         damp: the dampening of ``obs`` (``λ = damp · mean(diag H)``).
         max_batches: calibration batches per pass (default: all).
+        statistics: statistics already collected on this model's layers with their Gram
+            matrices (:func:`~efficientdl.compress.calibration.collect_statistics`), to
+            prune at several settings from one calibration pass; tensors they lack are
+            collected.  Not with ``sequential``, which needs fresh statistics per layer.
 
     Returns:
         ``(model, report)``: ``report.stage == "prune"``; ``report.settings`` holds
@@ -180,6 +185,8 @@ def prune_post_training(
                           "give a list or a DataLoader, not a one-pass iterator")
     if sparsity is None and pattern is None:
         raise RecipeError("prune: post-training pruning needs 'sparsity' or 'pattern' per layer")
+    if statistics is not None and sequential:
+        raise RecipeError("prune: sequential calibration collects its own statistics; do not pass 'statistics'")
     targets = pruning_targets(model, sparsity, None, pattern)
     covered = {t.key: (t, kind, value) for t, kind, value in targets if is_covered(t, model)}
     not_covered = [t.key for t, _, _ in targets if t.key not in covered]
@@ -189,8 +196,11 @@ def prune_post_training(
     samples: dict[str, int] = {}
     if covered:
         # sequential: the first pass only finds the execution order (norms, no H held for every layer)
-        stats = collect_statistics(model, calibration, keys=list(covered), max_batches=max_batches,
-                                   gram=not sequential)
+        given = {k: v for k, v in (statistics or {}).items() if k in covered and v.gram is not None}
+        missing = [k for k in covered if k not in given]
+        stats = collect_statistics(model, calibration, keys=missing, max_batches=max_batches,
+                                   gram=not sequential) if missing else {}
+        stats = {**given, **stats}         # without sequential each layer is pruned on its own inputs
         for key in list(stats):
             if sequential:
                 stats[key] = collect_statistics(model, calibration, keys=[key], max_batches=max_batches)[key]
@@ -205,7 +215,8 @@ def prune_post_training(
             achieved[key] = 1.0 - float((final != 0).sum()) / final.numel()
             errors[key] = reconstruction_error(w, final, stats[key])
             samples[key] = stats[key].count
-            stats[key] = None  # free H before the next layer
+            if key not in given:
+                stats[key] = None  # free H before the next layer
     retie(ties)
     report = StageReport(
         stage="prune",
