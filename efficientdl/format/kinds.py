@@ -26,6 +26,7 @@ pick it, to :data:`ENCODE_ORDER`); a reader keeps every kind an older version wr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -590,7 +591,9 @@ def encode_tensor(w: Writer, t: TensorInfo) -> tuple[dict, LayerRecord]:
     coding and index bits).  The smallest is stored — on a tie the preferred kind, then
     ``sparse`` — so no tensor takes more bytes than its dense or plain sparse form: a tiny
     weight-shared kernel whose ``2^b − 1`` centroids alone outweigh its values is stored as
-    ``v``, losing its codebook but no bit of its values (``v`` is what the preferred kind
+    ``v``, losing its codebook but no bit of its values.  Before that, a kind whose Huffman
+    tables outweigh what they save is tried at fixed width (so a small 16-bit fixed-point
+    tensor stays ``quant``, at 2 bytes a value) (``v`` is what the preferred kind
     decodes to; a ``−0.0`` keeps it from the sparse form, which stores zeros as ``+0.0``).
     A plain form is written only when it can be smaller: ``4 · nnz`` bytes bound the sparse
     form from below, so large coded tensors are written once.  A weight-shared tensor with
@@ -604,6 +607,13 @@ def encode_tensor(w: Writer, t: TensorInfo) -> tuple[dict, LayerRecord]:
     rec, layer = kind.encode(trial, t)
     best = (layer.size_bytes, trial, rec, layer)
     dense_bytes = t.numel * np.dtype(NUMPY_DTYPES[t.dtype]).itemsize
+    if t.coding == "huffman" and kind is not SPARSE and dense_bytes < best[0]:
+        # a small tensor's Huffman tables can outweigh its codes: the same kind at fixed width
+        # keeps the kind (its grid or codebook) and is tried before the plain forms
+        fixed = Writer()
+        r, l = kind.encode(fixed, dataclasses.replace(t, coding="fixed"))
+        if l.size_bytes < best[0]:
+            best = (l.size_bytes, fixed, r, l)
     sparse_possible = kind is not SPARSE and t.dtype == "float32" and t.numel > 0
     if dense_bytes < best[0] or (sparse_possible and 4 * int(np.count_nonzero(t.array)) < best[0]):
         values = kind.decode(rec, memoryview(bytes(trial.blob)), t.name).array
