@@ -279,7 +279,7 @@ def _read_npz(path: Path, size: tuple[int, int] | None, channels: int | None):
 
 def _read_callable(spec: str, batch_size: int, seed: int, size, channels):
     """``(x_train, y_train, x_test, y_test, classes, source)`` gathered from a callable's batches."""
-    from efficientdl.models.user import _one_line, accepted_keywords, import_callable
+    from ..core.imports import accepted_keywords, import_callable, one_line as _one_line
 
     try:
         fn = import_callable(spec, what="data")
@@ -327,7 +327,7 @@ def _gather(batches: Iterable, what: str) -> tuple[np.ndarray, np.ndarray]:
     except DataError:
         raise
     except Exception as e:      # user code iterating
-        from efficientdl.models.user import _one_line
+        from ..core.imports import one_line as _one_line
 
         raise DataError(f"{what}: iterating the batches raised {_one_line(e)}") from None
     if not xs:
