@@ -45,6 +45,9 @@ bench: install data
 	$(PY) tools/fuzz_container.py --json runs/bench/fuzz.json
 	$(PY) benchmarks/training_hardware.py --json runs/bench/training_hardware.json
 	$(PY) benchmarks/startup.py --json runs/bench/startup.json
+	$(PY) benchmarks/post_training.py --json runs/bench/post_training.json
+	$(PY) -m pip install -e ".[bench]"
+	$(PY) benchmarks/export_sizes.py --json runs/bench/export_sizes.json
 	$(PY) benchmarks/eie_layers.py --json runs/bench/eie_layers.json \
 		--models runs/bench/lenet300-s96-b3.edlz runs/bench/lenet5-s95-b5_4.edlz
 
