@@ -8,6 +8,7 @@ that need them (and the choices they own are read only when a command's parser i
 from __future__ import annotations
 
 import argparse
+import sys
 import math
 from importlib import resources
 from pathlib import Path
@@ -485,6 +486,39 @@ def _emit(args: argparse.Namespace, result: dict, text: str) -> None:
         print(dumps(result))
     else:
         print(text)
+
+
+def _emit_blocks(args: argparse.Namespace, result: dict, blocks: list) -> None:
+    """Print ``result`` as JSON (``--json``), else ``blocks`` — lines of text and
+    ``(rows, header)`` tables — as real tables in a terminal and as Markdown otherwise (a
+    pipe, a file, a log), so the same command reads well on screen and pastes into a page."""
+    from ..core.console import is_tty
+    from ..report.render import format_cell, markdown_table
+
+    if args.json:
+        _emit(args, result, "")
+        return
+    if not is_tty(sys.stdout):
+        print("\n".join(b if isinstance(b, str) else markdown_table(*b) for b in blocks))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    for block in blocks:
+        if isinstance(block, str):
+            console.print(block, markup=False)
+            continue
+        rows, header = block
+        table = Table(*header)
+        table.columns[0].no_wrap = True            # names whole; the numbers' headers wrap instead
+        table.columns[0].min_width = max([len(format_cell(r[0])) for r in rows] + [len(header[0])])
+        for i, name in enumerate(header):
+            if rows and all(isinstance(r[i], (int, float)) or r[i] is None for r in rows):
+                table.columns[i].justify = "right"
+        for row in rows:
+            table.add_row(*(format_cell(v) for v in row))
+        console.print(table)
 
 
 def _trainer(args: argparse.Namespace, ds, teacher=None, **overrides):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from .common import UsageError, _emit, _input_file, _is_container, _load_data, _load_model, add_common_options, names
-from .common import add_model_options
+from .common import _emit_blocks, add_model_options
 
 
 # --------------------------------------------------------------------------- edl eval
@@ -77,20 +77,19 @@ def add_info(p: argparse.ArgumentParser) -> None:
 def cmd_info(args: argparse.Namespace) -> int:
     """``edl info``: header and per-tensor sizes of a compressed file (no torch unless ``--runtime``)."""
     from .. import format as fmt
-    from ..report.render import markdown_table
 
     d = fmt.info(_input_file(args.file))
     rows = [[t["name"], t["kind"], t["weights"], 100 * t["density"], t["weight_bits"], t["weight_bits_huffman"],
              t["index_bits"], t["index_bits_huffman"], t["entries"], t["size_bytes"]] for t in d["tensors"]]
     arch = d["arch"] or {}
-    text = "\n".join([
+    blocks = [
         f"{d['path']}: efficientdl compressed file, format version {d['format_version']}",
         f"architecture: {arch.get('name') or arch.get('import') or 'none recorded'} {arch.get('kwargs', '')}",
         f"size: {d['size_bytes']:,} bytes; fp32 parameters: {d['original_bytes']:,} bytes; ratio {d['ratio']:.1f}×",
-        "", markdown_table(rows, ["tensor", "kind", "weights", "density %", "weight bits", "Huffman weight bits",
-                                  "index bits", "Huffman index bits", "entries", "bytes"]),
+        "", (rows, ["tensor", "kind", "weights", "density %", "weight bits", "Huffman weight bits",
+                    "index bits", "Huffman index bits", "entries", "bytes"]),
         "", "weight / index bits: the width of a stored field; Huffman: the average coded bits per field "
-            "(– where the stream is not Huffman coded)"])
+            "(– where the stream is not Huffman coded)"]
     if args.runtime:
         from ..nn import runtime_memory
 
@@ -98,10 +97,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         d["runtime"] = runtime_memory(model)
         rows = [[m["name"], "×".join(map(str, m["shape"])), m["entries"], m["entry_bits"], m["partitions"],
                  m["dense_bytes"], m["weight_bytes"], m["ratio"]] for m in d["runtime"]]
-        text += "\n\nresident weight memory of the compressed runtime:\n\n" + markdown_table(
-            rows, ["layer", "out×in", "entries", "entry bits", "partitions", "dense fp32 bytes", "resident bytes",
-                   "dense / resident"])
-    _emit(args, d, text)
+        blocks += ["", "resident weight memory of the compressed runtime:", "",
+                   (rows, ["layer", "out×in", "entries", "entry bits", "partitions", "dense fp32 bytes",
+                           "resident bytes", "dense / resident"])]
+    _emit_blocks(args, d, blocks)
     return 0
 
 

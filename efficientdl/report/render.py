@@ -19,6 +19,12 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def format_cell(value: Any) -> str:
+    """A table cell as the Markdown tables write it (``–`` for none, thousands separators,
+    three significant digits below 1)."""
+    return _fmt(value)
+
+
 def markdown_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     """A GitHub-flavoured Markdown table; numbers right-aligned."""
     cells = [[_fmt(v) for v in row] for row in rows]

@@ -253,3 +253,23 @@ def test_info_reports_the_huffman_bits_of_the_file(workdir):
         "|").split("|")]
     cell = dict(zip(header, cells))
     assert cell["weight bits"] == "5.00" and cell["Huffman weight bits"] == f"{coded['weight_bits_huffman']:.2f}"
+
+
+def test_info_is_a_real_table_in_a_terminal_and_markdown_in_a_pipe(tmp_path, monkeypatch, capsys):
+    import torch as _torch
+
+    from efficientdl import format as fmt_, models as models_
+    from efficientdl.cli.main import main as main_
+    from efficientdl.core import console
+
+    _torch.manual_seed(0)
+    path = tmp_path / "m.edlz"
+    fmt_.save(models_.create("lenet300"), path)
+    assert main_(["info", str(path)]) == 0
+    piped = capsys.readouterr().out
+    assert "| tensor | kind |" in piped and "|---|" in piped.replace(":", "")
+    monkeypatch.setattr(console, "is_tty", lambda stream: True)
+    assert main_(["info", str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert "fc1.weight" in shown and "tensor" in shown
+    assert "|---" not in shown.replace(":", "")          # a drawn table, not Markdown
