@@ -182,17 +182,32 @@ def correction_runs(name: str, ds, cal: list, args: argparse.Namespace) -> list[
         if variant.startswith("fold"):
             fold_batchnorm(model)
         originals = original_weights(model)
-        keys = [k for k in prunable(name, model)]
+        keys = prunable(name, model)
         reference = collect_statistics(model, cal)
         keys = [k for k in keys if k in reference]
         prune_post_training(model, cal, method="obs", statistics=reference, **target(0.5, keys, model))
-        if variant.endswith("bias correction"):
-            correct_bias(model, originals, cal)
-        if variant.endswith("re-estimate"):
-            reestimate_batchnorm(model, cal)
+
+        def correct() -> None:
+            if variant.endswith("bias correction"):
+                correct_bias(model, originals, cal)
+            if variant.endswith("re-estimate"):
+                reestimate_batchnorm(model, cal)
+
+        layers = {n: m for n, m in model.named_modules()
+                  if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and m.bias is not None}
+        biases = {n: m.bias.detach().clone() for n, m in layers.items()}
+        correct()
         row = {"variant": variant, "accuracy": train.evaluate(model, ds.test)}
+        with torch.no_grad():            # bias correction measures against the dense layer: start again from its bias
+            for n, m in layers.items():
+                m.bias.copy_(biases[n])
+        share(model, bits=args.bits, weighting="hessian", statistics=reference)
+        correct()
+        row["shared_accuracy"] = train.evaluate(model, ds.test)
+        row["file_bytes"], row["ratio"] = file_ratio(model)
         rows.append(row)
-        log(f"  {name} 50% obs, {variant}: {100 * row['accuracy']:.2f}%")
+        log(f"  {name} 50% obs, {variant}: {100 * row['accuracy']:.2f}%; + {args.bits}-bit + Huffman "
+            f"{100 * row['shared_accuracy']:.2f}% ({row['ratio']:.1f}×)")
     return rows
 
 
@@ -227,7 +242,9 @@ def render(result: dict) -> str:
             rows, ["bits", "weighting", "accuracy %", "mean output error"])
     for name, rows in result.get("corrections", {}).items():
         text += f"\n\n### {name}: 50% OBS and the label-free corrections\n\n" + markdown_table(
-            [[r["variant"], 100 * r["accuracy"]] for r in rows], ["BatchNorm / correction", "accuracy %"])
+            [[r["variant"], 100 * r["accuracy"], 100 * r["shared_accuracy"], r["ratio"]] for r in rows],
+            ["BatchNorm / correction", "50% OBS: accuracy %", "+ 6-bit Hessian sharing + Huffman: accuracy %",
+             "ratio ×"])
     if result.get("resnet50_cost"):
         c = result["resnet50_cost"]
         text += (f"\n\nOBS pruning of ResNet-50 ({c['parameters']:,} parameters, {c['pruned_tensors']} tensors, "
