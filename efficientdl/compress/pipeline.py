@@ -439,42 +439,35 @@ def run(
     if resumed is not None:
         stages.append(resumed)
         section = None
-    if section is not None and post_training_prune(section):
-        from .pruning.post_training import prune_post_training
-
-        _, report = prune_post_training(model, calibration, sparsity=section.get("sparsity"),
-                                        pattern=section.get("pattern"), method=section.get("method", "magnitude"),
-                                        sequential=section.get("sequential", False))
-        for name, w in _nonzero_weights(model).items():
-            snapshots[name]["pruned"] = w
-        t = trainer(section, teacher if section.get("distill") else None, epochs=0, lr=0.01)
-        if t.epochs > 0:
-            report.history = t.fit(model, description="prune fine-tune")
-        after_stage(report, section)
-        report.accuracy_before = dense.accuracy_after
-        report.accuracy_after = evaluate(model, test_loader)
-        _stage_size(report, model, index_bits, "fixed", original)
-        stages.append(report)
-        for name, w in _nonzero_weights(model).items():
-            snapshots[name]["retrained"] = w
-        done(report)
-        log(f"prune ({report.settings['method']}, {len(calibration)} calibration batches): accuracy "
-            f"{100 * report.accuracy_after:.2f}%, {report.size_bytes} bytes ({report.ratio:.1f}×)")
-        section = None
     if section is not None:
-        t = trainer(section, teacher if section.get("distill") else None, epochs=1, lr=0.01)
-        steps = section.get("steps", 1)
+        if post_training_prune(section):
+            from .pruning.post_training import prune_post_training
 
-        def retrain(m: nn.Module, step: int) -> list[dict]:
-            if step == steps:
-                for name, w in _nonzero_weights(m).items():
-                    snapshots[name]["pruned"] = w
-            if t.epochs == 0:
-                return []
-            return t.fit(m, description=f"prune {step}/{steps}")
+            _, report = prune_post_training(model, calibration, sparsity=section.get("sparsity"),
+                                            pattern=section.get("pattern"),
+                                            method=section.get("method", "magnitude"),
+                                            sequential=section.get("sequential", False))
+            for name, w in _nonzero_weights(model).items():
+                snapshots[name]["pruned"] = w
+            t = trainer(section, teacher if section.get("distill") else None, epochs=0, lr=0.01)
+            if t.epochs > 0:
+                report.history = t.fit(model, description="prune fine-tune")
+            how = f" ({report.settings['method']}, {len(calibration)} calibration batches)"
+        else:
+            t = trainer(section, teacher if section.get("distill") else None, epochs=1, lr=0.01)
+            steps = section.get("steps", 1)
 
-        _, report = prune(model, sparsity=section.get("sparsity"), quality=section.get("quality"),
-                          steps=steps, schedule=section.get("sparsity_schedule", "gradual"), retrain=retrain)
+            def retrain(m: nn.Module, step: int) -> list[dict]:
+                if step == steps:
+                    for name, w in _nonzero_weights(m).items():
+                        snapshots[name]["pruned"] = w
+                if t.epochs == 0:
+                    return []
+                return t.fit(m, description=f"prune {step}/{steps}")
+
+            _, report = prune(model, sparsity=section.get("sparsity"), quality=section.get("quality"),
+                              steps=steps, schedule=section.get("sparsity_schedule", "gradual"), retrain=retrain)
+            how = ""
         after_stage(report, section)
         report.accuracy_before = dense.accuracy_after
         report.accuracy_after = evaluate(model, test_loader)
@@ -483,7 +476,8 @@ def run(
         for name, w in _nonzero_weights(model).items():
             snapshots[name]["retrained"] = w
         done(report)
-        log(f"prune: accuracy {100 * report.accuracy_after:.2f}%, {report.size_bytes} bytes ({report.ratio:.1f}×)")
+        log(f"prune{how}: accuracy {100 * report.accuracy_after:.2f}%, {report.size_bytes} bytes "
+            f"({report.ratio:.1f}×)")
 
     section = r.get("quantize")
     resumed = completed("quantize") if section is not None else None
