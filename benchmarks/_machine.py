@@ -1,33 +1,3 @@
-"""The machine a benchmark figure was measured on: CPU model, its SIMD flags, core count."""
+"""The machine a benchmark figure was measured on (see :mod:`efficientdl.core.machine`)."""
 
-from __future__ import annotations
-
-import os
-import pathlib
-import platform
-
-#: the instruction-set flags that change our kernels' speed
-SIMD_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "amx_tile")
-
-
-def cpu_info() -> dict:
-    """``{"model", "flags", "simd", "cores"}`` from ``/proc/cpuinfo`` (Linux), else what
-    :mod:`platform` knows; ``simd`` is the subset of :data:`SIMD_FLAGS` the CPU has."""
-    info = {"model": platform.processor() or platform.machine(), "flags": [], "cores": os.cpu_count()}
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                info["model"] = value.strip()
-            elif key.strip() == "flags":
-                info["flags"] = value.split()
-                break
-    except OSError:
-        pass
-    info["simd"] = [flag for flag in SIMD_FLAGS if flag in info["flags"]]
-    return info
-
-
-def cpu_name() -> str:
-    """The CPU's model name."""
-    return cpu_info()["model"]
+from efficientdl.core.machine import SIMD_FLAGS, cpu_info, cpu_name  # noqa: F401

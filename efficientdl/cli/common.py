@@ -55,6 +55,17 @@ def names(table: Iterable[str] | Any) -> list[str]:
 # --------------------------------------------------------------------------- argument types
 #: numbers on the command line, range-checked by the same :class:`~efficientdl.core.options.Option` as recipes
 _positive_int = Option("value", int, low=1)
+
+
+def _input_shape(text: str) -> tuple[int, ...]:
+    """``C,H,W`` (or ``CxHxW``): one sample's shape, positive integers."""
+    try:
+        dims = tuple(int(t) for t in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a shape like 1,28,28, got {text!r}") from None
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"expected a shape like 1,28,28, got {text!r}")
+    return dims
 _nonneg_int = Option("value", int, low=0)
 _positive_float = Option("value", float, low=0, low_open=True)
 _nonneg_float = Option("value", float, low=0)
@@ -414,7 +425,8 @@ def _is_container(path: Path) -> bool:
     return is_container(path)
 
 
-def _load_model(path: Path, args: argparse.Namespace | None = None, runtime: str = "dense", model: Any = _FROM_ARGS):
+def _load_model(path: Path, args: argparse.Namespace | None = None, runtime: str = "dense", model: Any = _FROM_ARGS,
+                **load_options: Any):
     """A plain model from a checkpoint (``.pt``, or a plain ``torch.save(state_dict)``) or a compressed
     file (``.edlz``).
 
@@ -424,6 +436,7 @@ def _load_model(path: Path, args: argparse.Namespace | None = None, runtime: str
             load into), ``--model-kwargs``, ``--trust-model-code`` (import the code the file names).
         runtime: ``dense`` or ``compressed`` (a compressed file only).
         model: the network to build instead of ``args.user_model`` (a registry name or import path).
+        load_options: further options of :func:`efficientdl.format.load` (``prefer``, ``cache``).
 
     Returns:
         The model in eval mode.
@@ -439,7 +452,7 @@ def _load_model(path: Path, args: argparse.Namespace | None = None, runtime: str
     options = _model_options(args, model)
     try:
         if _is_container(path):
-            return fmt.load(path, runtime=runtime, **options)
+            return fmt.load(path, runtime=runtime, **options, **load_options)
         return load_checkpoint(path, **options)
     except ModelCodeNeeded as e:
         raise _code_needed(e) from None

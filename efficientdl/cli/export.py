@@ -10,19 +10,9 @@ import argparse
 from pathlib import Path
 
 from ..errors import DependencyError
+from .common import _input_shape
 from .common import (UsageError, _emit, _input_file, _is_container, _load_model, _output_file, add_common_options,
                      add_model_options)
-
-
-def _input_shape(text: str) -> tuple[int, ...]:
-    """``C,H,W`` (or ``CxHxW``): one sample's shape, positive integers."""
-    try:
-        dims = tuple(int(t) for t in text.replace("x", ",").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a shape like 1,28,28, got {text!r}") from None
-    if not dims or any(d < 1 for d in dims):
-        raise argparse.ArgumentTypeError(f"expected a shape like 1,28,28, got {text!r}")
-    return dims
 
 
 def add_export(p: argparse.ArgumentParser) -> None:

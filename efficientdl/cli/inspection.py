@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from .common import UsageError, _emit, _input_file, _is_container, _load_data, _load_model, add_common_options, names
-from .common import _emit_blocks, add_model_options
+from .common import _emit_blocks, _input_shape, _positive_int, add_model_options
 
 
 # --------------------------------------------------------------------------- edl eval
@@ -55,10 +55,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
               "runtime": args.runtime}
     text = f"{src}: accuracy {100 * acc:.2f}% on {ds.name} ({ds.test.dataset_size} test images, {args.runtime} runtime)"
     if args.runtime == "compressed":
-        result["layers"] = model.edl_runtime
-        text += f"\ncomputed from compressed form: {', '.join(model.edl_runtime['compressed']) or 'none'}"
-        if model.edl_runtime["dense"]:
-            text += f"\nleft dense: {', '.join(model.edl_runtime['dense'])}"
+        report = model.edl_runtime
+        result["layers"] = report.to_dict()
+        text += f"\ncomputed from compressed form: {', '.join(report.served_compressed()) or 'none'}"
+        if report.dense:
+            text += f"\nleft dense: {', '.join(report.dense)}"
+        for name, reasons in report.fallbacks().items():
+            text += f"\n{name}: decoded for {', '.join(f'{f} ({why})' for f, why in reasons.items())}"
     _emit(args, result, text)
     return 0
 
@@ -68,7 +71,14 @@ def add_info(p: argparse.ArgumentParser) -> None:
     """Options of ``edl info``."""
     p.add_argument("file", help="compressed file (.edlz)")
     p.add_argument("--runtime", action="store_true",
-                   help="also build the compressed runtime model and report its resident weight memory")
+                   help="also build the compressed runtime model, measure each layer's kernels on a random "
+                        "batch and report the choice, the times and the resident weight memory")
+    p.add_argument("--batch", type=_positive_int, default=1, metavar="N",
+                   help="batch size of the runtime measurement (default 1)")
+    p.add_argument("--input-shape", type=_input_shape, metavar="C,H,W",
+                   help="one sample's shape for the runtime measurement (default: the file's record)")
+    p.add_argument("--prefer", choices=["speed", "memory"], default="speed",
+                   help="runtime: speed (dense kernels where they win) or memory (never keep a decoded weight)")
     add_model_options(p)
     add_common_options(p, data=False)
     p.set_defaults(func=cmd_info)
@@ -91,16 +101,50 @@ def cmd_info(args: argparse.Namespace) -> int:
         "", "weight / index bits: the width of a stored field; Huffman: the average coded bits per field "
             "(– where the stream is not Huffman coded)"]
     if args.runtime:
-        from ..nn import runtime_memory
-
-        model = _load_model(_input_file(args.file), args, runtime="compressed")
-        d["runtime"] = runtime_memory(model)
-        rows = [[m["name"], "×".join(map(str, m["shape"])), m["entries"], m["entry_bits"], m["partitions"],
-                 m["dense_bytes"], m["weight_bytes"], m["ratio"]] for m in d["runtime"]]
-        blocks += ["", "resident weight memory of the compressed runtime:", "",
-                   (rows, ["layer", "out×in", "entries", "entry bits", "partitions", "dense fp32 bytes",
-                           "resident bytes", "dense / resident"])]
+        d["runtime"], runtime_blocks = _runtime_report(args)
+        blocks += runtime_blocks
     _emit_blocks(args, d, blocks)
     return 0
 
 
+
+
+def _runtime_report(args: argparse.Namespace) -> tuple[dict, list]:
+    """Build the compressed runtime, settle it on a random batch, and tabulate every layer's choice."""
+    import math
+
+    import torch
+
+    from .. import format as fmt
+    from ..nn import settle
+
+    src = _input_file(args.file)
+    model = _load_model(src, args, runtime="compressed", prefer=args.prefer)
+    shape = fmt.export.example_input_shape(model, fmt.info(src), args.input_shape)
+    if shape is None:
+        raise UsageError(f"{src}: the file records no input shape; pass --input-shape C,H,W")
+    example = torch.rand((args.batch, *shape), generator=torch.Generator().manual_seed(0))
+    try:
+        settled = settle(model, example)
+    except RuntimeError as e:                     # the user's shape does not fit the model
+        raise UsageError(f"{src}: the model does not run on input {tuple(example.shape)}: "
+                         f"{str(e).splitlines()[0]}") from None
+    report = model.edl_runtime
+    d = report.to_dict()
+    rows = []
+    for layer in d["layers"]:
+        for key, choice in layer["choices"].items():
+            times = ", ".join(f"{k} {v:.0f}" for k, v in sorted(choice["times_us"].items(), key=lambda kv: kv[1])
+                              if not math.isnan(v))          # NaN: the only candidate, not timed
+            rows.append([layer["name"], "×".join(map(str, layer["shape"])), layer["held"], key.split("|")[1],
+                         choice["kernel"], times or "–", layer["packed_bytes"], layer["decoded_bytes"],
+                         layer["dense_bytes"]])
+    verdict = (f"end to end on a random {tuple(example.shape)} batch: compressed {settled['compressed_us']:.0f} µs, "
+               f"dense {settled['dense_us']:.0f} µs ({settled['speedup']:.2f}×) → {settled['decision']}")
+    blocks = ["", f"compressed runtime (prefer={report.prefer}), kernels measured on this machine:", "",
+              (rows, ["tensor", "shape", "held as", "columns", "kernel", "measured µs (median)", "packed bytes",
+                      "decoded bytes", "dense fp32 bytes"]),
+              "", verdict, f"resident weight bytes: {d['resident_bytes']:,}"]
+    for name, reasons in d["fallbacks"].items():
+        blocks.append(f"{name}: decoded for {', '.join(f'{f} ({why})' for f, why in reasons.items())}")
+    return d, blocks

@@ -153,8 +153,16 @@ def _check(method: str, model: nn.Module, x: torch.Tensor) -> set[str]:
 
         with tempfile.TemporaryDirectory() as tmp:
             save(model, Path(tmp) / "m.edlz")
-            runtime = load(Path(tmp) / "m.edlz", model=copy.deepcopy(_plain(model)), runtime="compressed")
-        return {f"{n}.weight" if n else "weight" for n in runtime.edl_runtime["compressed"]}
+            runtime = load(Path(tmp) / "m.edlz", model=copy.deepcopy(_plain(model)), runtime="compressed",
+                           prefer="memory", cache=False)
+        with torch.no_grad():
+            expected = _plain(model)(x)
+            served = runtime(x)
+        if not torch.allclose(served, expected, rtol=1e-4, atol=1e-5):
+            return set()
+        report = runtime.edl_runtime      # served: computed by a compressed kernel, never from a decoded copy
+        return {n for n in report.compressed if not report.weights[n].fallbacks
+                and not any(r.name.startswith("dense") for r in report.weights[n].chosen.values())}
     raise ValueError(method)
 
 

@@ -296,7 +296,8 @@ RUNTIMES = ("dense", "compressed")
 
 
 def load(path: str | os.PathLike | Container, model: Any = None, runtime: str = "dense",
-         partitions: int = 0, trust_model_code: bool = False, model_kwargs: dict | None = None) -> nn.Module:
+         partitions: int = 0, trust_model_code: bool = False, model_kwargs: dict | None = None,
+         prefer: str = "speed", cache: Any = None) -> nn.Module:
     """Rebuild an ``nn.Module`` from a compressed file.
 
     Args:
@@ -308,11 +309,18 @@ def load(path: str | os.PathLike | Container, model: Any = None, runtime: str = 
             named in the file is built from the model registry (with its recorded
             transforms: factorised layers, quantizers, folds).
         runtime: ``"dense"`` — plain layers with decoded dense weights; or
-            ``"compressed"`` — weight-shared ``Linear``/``Conv2d`` layers become
-            :class:`efficientdl.nn.CompressedLinear` / ``CompressedConv2d`` that keep
-            only the sparse indices and codebook in memory and compute from them
-            (the converted and the kept layers are listed in ``model.edl_runtime``).
+            ``"compressed"`` — every weight-shared tensor of two or more dimensions is
+            held as a :class:`efficientdl.nn.CompressedWeight` (sparse indices and
+            codebook only) that serves ``F.linear``, convolutions, embeddings,
+            recurrent and attention layers from compressed form, each product by the
+            kernel measured fastest (``model.edl_runtime`` reports it; call
+            :func:`efficientdl.nn.settle` with an example input to keep the model never
+            slower than dense).
         partitions: for the compressed runtime, kernel row partitions (0 = threads).
+        prefer: for the compressed runtime, ``"speed"`` (dense kernels allowed where they
+            win, their decoded weights kept) or ``"memory"`` (never keep a decoded weight).
+        cache: for the compressed runtime, the per-machine file of measured kernel choices
+            (``None``: the default, ``False``: none).
         trust_model_code: the file names user code (``{"import": ...}``): import it.
             Without this or ``model``, such a file raises
             :class:`~efficientdl.models.user.ModelCodeNeeded` (loading never imports code
@@ -344,8 +352,7 @@ def load(path: str | os.PathLike | Container, model: Any = None, runtime: str = 
     if runtime == "compressed":
         from ..nn import to_runtime
 
-        model, converted, kept = to_runtime(model, c.codebooks, partitions)
-        model.edl_runtime = {"compressed": converted, "dense": kept}
+        model = to_runtime(model, c.codebooks, partitions, prefer=prefer, cache=cache)
     return model.eval()
 
 

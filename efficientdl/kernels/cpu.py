@@ -946,3 +946,62 @@ def matmul(m: PackedMatrix, x: np.ndarray, out: np.ndarray | None = None,
     kernel = _spmm_serial if m.entries.size * n < SERIAL_WORK or m.partitions == 1 else _spmm_parallel
     kernel(m.row_start, m.colptr, m.entries, m.code_bits, codebook, x, out)
     return out
+
+
+@numba.njit(cache=True)
+def _gather_rows(rowptr, entries, code_bits, absolute, codebook, index, out):  # pragma: no cover - compiled
+    mask = (1 << code_bits) - 1
+    for i in range(index.size):
+        r = index[i]
+        col = -1
+        for k in range(rowptr[r], rowptr[r + 1]):
+            e = np.int64(entries[k])
+            col = (e >> code_bits) if absolute else col + (e >> code_bits) + 1
+            code = e & mask
+            if code:
+                out[i, col] = codebook[code]
+
+
+def gather_rows(twin: PackedMatrix, index: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """Rows ``index`` of ``W`` decoded from its row-major twin (an embedding lookup).
+
+    Args:
+        twin: the row-major twin (:func:`pack_rows`) of ``W`` of shape ``(R, C)`` (the
+            twin's own shape is ``(C, R)``).
+        index: int64 row numbers, any shape, each in ``[0, R)``.
+        dtype: float32 or float64 of the result.
+
+    Returns:
+        ``(*index.shape, C)``: ``out[..., c] = codebook[code(W[index, c])]``.
+    """
+    cols, rows = twin.shape
+    flat = np.ascontiguousarray(index, np.int64).ravel()
+    if flat.size and (flat.min() < 0 or flat.max() >= rows):
+        raise ValueError(f"index out of range for {rows} rows")
+    out = np.zeros((flat.size, cols), dtype)
+    _gather_rows(twin.colptr[0], twin.entries, twin.code_bits, twin.absolute, twin.codebook.astype(dtype), flat, out)
+    return out.reshape(*np.shape(index), cols)
+
+
+def matvec_function(m: PackedMatrix, twin: PackedMatrix | None = None):
+    """A prepared ``x ↦ W x`` for C-contiguous float vectors ``x`` of ``m.shape[1]`` values,
+    with the checks of :func:`matmul` done once here instead of per call (a layer served at
+    batch 1 calls it for every sample: the checks cost as much as a small layer's product).
+
+    Returns:
+        ``f(x) -> y``, a new ``(rows,)`` array of ``x``'s dtype.
+    """
+    if m.absolute:
+        raise ValueError("m must be a column layout from pack(), not a lookup twin")
+    if twin is None:
+        rowptr, row_entries, row_code_bits, lookup = _NO_ROWPTR, _NO_ENTRIES, m.code_bits, False
+    else:
+        if twin.shape != m.shape[::-1]:
+            raise ValueError(f"twin must be the row-major twin of shape {m.shape[::-1]}, got {twin.shape}")
+        rowptr, row_entries, row_code_bits, lookup = twin.colptr[0], twin.entries, twin.code_bits, twin.absolute
+    args = (m.row_start, m.colptr, m.entries, m.words, m.code_bits, m.codebook, rowptr, row_entries, row_code_bits,
+            lookup)
+
+    def f(x: np.ndarray) -> np.ndarray:
+        return _matvec(*args, x, ROWS_ABOVE_DENSITY, SERIAL_WORK)
+    return f

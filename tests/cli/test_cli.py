@@ -314,12 +314,20 @@ def test_eval_and_info_with_compressed_runtime(files, capsys):
     dense = json.loads(capsys.readouterr().out)
     assert main(argv + ["--runtime", "compressed"]) == 0
     fast = json.loads(capsys.readouterr().out)
-    assert fast["runtime"] == "compressed" and fast["layers"]["compressed"] == ["fc1", "fc2", "fc3"]
+    assert fast["runtime"] == "compressed"
+    assert fast["layers"]["compressed"] == ["fc1.weight", "fc2.weight", "fc3.weight"]
     assert fast["accuracy"] == dense["accuracy"]
-    assert main(["info", str(files["edlz"]), "--runtime", "--json"]) == 0
-    runtime = {m["name"]: m for m in json.loads(capsys.readouterr().out)["runtime"]}
-    assert runtime["fc1"]["dense_bytes"] == 4 * 300 * 784
-    assert 0 < runtime["fc1"]["weight_bytes"] < runtime["fc1"]["dense_bytes"]
+    assert main(["info", str(files["edlz"]), "--runtime", "--prefer", "memory", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)["runtime"]
+    runtime = {m["name"]: m for m in d["layers"]}
+    assert runtime["fc1.weight"]["dense_bytes"] == 4 * 300 * 784
+    assert 0 < runtime["fc1.weight"]["packed_bytes"] < runtime["fc1.weight"]["dense_bytes"]
+    assert runtime["fc1.weight"]["decoded_bytes"] == 0                  # prefer=memory never keeps a decoded copy
+    (choice,) = runtime["fc1.weight"]["choices"].values()                 # one batch: one shape class
+    assert choice["kernel"] in ("sparse", "sparse-columns") and d["settled"]["decision"] == "compressed"
+    assert main(["info", str(files["edlz"]), "--runtime"]) == 0
+    text = capsys.readouterr().out
+    assert "fc1.weight" in text and "end to end on a random (1, 1, 28, 28) batch" in text
     code = main(["eval", str(files["ckpt"]), "--runtime", "compressed"])
     assert "needs a compressed file" in assert_one_line_error(capsys, code, "eval")
 

@@ -199,7 +199,7 @@ def test_input_quantizers_come_back_on_a_users_model_and_in_the_compressed_runti
     fmt.save(model, tmp_path / "m.edlz")
     assert torch.equal(fmt.load(tmp_path / "m.edlz", model=build)(x), expected)
     runtime = fmt.load(tmp_path / "m.edlz", model=build, runtime="compressed")
-    assert runtime.edl_runtime["compressed"] == ["0", "2"]
+    assert runtime.edl_runtime.compressed == ["0.weight", "2.weight"]
     assert torch.allclose(runtime(x), expected, atol=1e-5)
 
 

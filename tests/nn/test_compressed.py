@@ -10,7 +10,8 @@ from efficientdl import format as fmt
 from efficientdl.compress.pruning.prune import apply_mask, magnitude_mask
 from efficientdl.compress.quantization.share import share_layer
 from efficientdl.errors import ModelError
-from efficientdl.nn import CompressedConv2d, CompressedLinear, runtime_memory, to_runtime
+from efficientdl.nn import CompressedConv2d, CompressedLinear, CompressedWeight, to_runtime
+from efficientdl.nn.dispatch import kernel_names
 
 
 def codes_and_codebook(shape, density, bits=4, seed=0):
@@ -109,24 +110,27 @@ def compressed_net(tmp_path):
 def test_compressed_runtime_equals_dense_decoded_model(tmp_path):
     path = compressed_net(tmp_path)
     dense = fmt.load(path, model=Net())
-    fast = fmt.load(path, model=Net(), runtime="compressed")
-    assert isinstance(fast.features[0], CompressedConv2d) and isinstance(fast.fc1, CompressedLinear)
-    assert isinstance(fast.features[3], nn.Conv2d)                 # grouped conv: left dense, listed
-    assert fast.edl_runtime == {"compressed": ["features.0", "fc1", "fc2"], "dense": ["features.3.weight"]}
+    fast = fmt.load(path, model=Net(), runtime="compressed", cache=False)
+    assert type(fast.features[0]) is nn.Conv2d and type(fast.fc1) is nn.Linear     # the modules stay
+    assert isinstance(fast.features[0].weight, CompressedWeight) and isinstance(fast.fc1.weight, CompressedWeight)
+    assert isinstance(fast.features[3].weight, CompressedWeight)                  # grouped: held, served dense
+    report = fast.edl_runtime
+    assert report.compressed == ["features.0.weight", "features.3.weight", "fc1.weight", "fc2.weight"]
     x = torch.relu(torch.randn(7, 1, 12, 12))
     with torch.no_grad():
         torch.testing.assert_close(fast(x), dense(x), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(fast(x[:1]), dense(x[:1]), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(fast.fc1.dense_weight(), dense.fc1.weight.detach())
-    mem = {m["name"]: m for m in runtime_memory(fast)}
-    assert set(mem) == {"features.0", "fc1", "fc2"}
-    assert mem["fc1"]["dense_bytes"] == 4 * 40 * 128
-    fc1 = fast.fc1
-    assert mem["fc1"]["weight_bytes"] == (fc1.entries.numel() * fc1.entries.element_size()
-                                          + fc1.colptr.numel() * fc1.colptr.element_size()
-                                          + 8 * fc1.row_start.numel() + 4 * 16
-                                          + fc1.row_entries.numel() * fc1.row_entries.element_size()
-                                          + fc1.rowptr.numel() * fc1.rowptr.element_size())
+    torch.testing.assert_close(fast.fc1.weight.dense(), dense.fc1.weight.detach())
+    assert report.fallbacks() == {}
+    rows = {r["name"]: r for r in report.layers()}
+    fc1 = fast.fc1.weight
+    assert rows["fc1.weight"]["dense_bytes"] == 4 * 40 * 128
+    m, twin = fc1.matrix, fc1.twin
+    assert rows["fc1.weight"]["packed_bytes"] == (m.entries.nbytes + m.colptr.nbytes + m.row_start.nbytes
+                                                  + m.codebook.nbytes + twin.entries.nbytes + twin.colptr.nbytes
+                                                  + twin.row_start.nbytes + twin.codebook.nbytes)
+    chosen = {r["choices"][k]["kernel"] for r in rows.values() for k in r["choices"]}
+    assert chosen <= set(kernel_names("linear") + kernel_names("conv2d"))
 
 
 def test_runtime_name_is_checked(tmp_path):
@@ -137,9 +141,12 @@ def test_runtime_name_is_checked(tmp_path):
 def test_to_runtime_skips_tensors_it_cannot_place():
     model = nn.Sequential(nn.Linear(4, 3))
     codes, codebook = codes_and_codebook((3, 4), 0.5)
-    _, converted, kept = to_runtime(model, {"0.weight": (codes, codebook), "0.bias": (codes[0], codebook),
-                                            "missing.weight": (codes, codebook)})
-    assert converted == ["0"] and kept == ["0.bias", "missing.weight"]
+    to_runtime(model, {"0.weight": (codes, codebook), "0.bias": (codes[0], codebook),
+                       "missing.weight": (codes, codebook)}, cache=False)
+    report = model.edl_runtime
+    assert report.compressed == ["0.weight"]
+    assert set(report.dense) == {"0.bias", "missing.weight"}
+    assert "1-D" in report.dense["0.bias"] and "not a parameter" in report.dense["missing.weight"]
 
 
 def test_module_conversions_keep_the_layer_working():

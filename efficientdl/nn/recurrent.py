@@ -1,0 +1,169 @@
+"""``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` served from compressed gate matrices.
+
+The modules call ``torch.lstm`` / ``torch.gru`` / ``torch.rnn_tanh`` / ``torch.rnn_relu``
+with their flat weight list; when a compressed weight is in it, the call lands here.
+Per layer and direction (Han et al. ESE, FPGA'17, and EIE's NT-LSTM benchmark):
+
+1. the input terms of all ``T`` time steps, ``X W_ihᵀ + b_ih`` with ``X`` of shape
+   ``(T·B, in)``, are one product — served like ``F.linear`` (the sparse × dense kernel
+   over ``T·B`` columns, or dense, as the dispatcher measured);
+2. the recurrence ``h W_hhᵀ`` runs step by step in one compiled loop
+   (:func:`efficientdl.kernels.recurrent.run_sequence`) on the row-major twin of the
+   compressed ``W_hh``, the gates included.
+
+A dense ``W_hh`` (not compressed) leaves that layer to torch's own kernel.  Packed
+sequences, LSTM projections (``proj_size``) and dropout while training are computed from
+the decoded weights, and recorded as fallbacks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..kernels.recurrent import run_sequence
+from .dispatch import Call, KernelRow, register_kernel
+from .served import linear
+from .weights import CompressedWeight, check_input, fallback, implements
+
+_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+_FUNCS = {"lstm": torch.lstm, "gru": torch.gru, "rnn_tanh": torch.rnn_tanh, "rnn_relu": torch.rnn_relu}
+
+
+def _project(x: torch.Tensor, w, b) -> torch.Tensor:
+    if isinstance(w, CompressedWeight):
+        return linear(x, w, b)
+    return F.linear(x, w, b)
+
+
+def _torch_layer(func, mode, x, w_ih, w_hh, b_ih, b_hh, h, c, reverse: bool, reason: str | None):
+    """One layer and direction by torch's own kernel on decoded weights: ``(out, h_T, c_T)``."""
+    one = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
+    state = (h[None], c[None]) if mode == "lstm" else h[None]
+    args = (x.flip(0) if reverse else x, state, one, b_ih is not None, 1, 0.0, False, False, False)
+    if reason is None:                       # the dispatcher's dense kernel: decoded, not a fallback
+        with torch._C.DisableTorchFunctionSubclass():
+            res = func(*(args[:2] + ([_dense(w, x.dtype) for w in one],) + args[3:]))
+    else:
+        res = fallback(func, args, {}, reason)
+    out = res[0].flip(0) if reverse else res[0]
+    return out, res[1][0], (res[2][0] if mode == "lstm" else None)
+
+
+def _dense(w, dtype):
+    return w.dense(dtype) if isinstance(w, CompressedWeight) else w.detach().to(dtype)
+
+
+def _recurrent_sparse(call: Call):
+    """The input product for all steps, then the compiled recurrence on ``W_hh``'s row twin."""
+    a = call.args
+    x = call.x
+    steps, batch = x.shape[:2]
+    xp = _project(x.reshape(steps * batch, -1), a["w_ih"], a["b_ih"]).reshape(steps, batch, -1)
+    h = a["h"].clone()
+    c = a["c"].clone() if a["c"] is not None else None
+    hn, cn = h.numpy(), (c.numpy() if c is not None else None)
+    bias = None if call.bias is None else call.bias.detach().to(x.dtype).numpy()
+    out = torch.from_numpy(run_sequence(a["mode"], xp.contiguous().numpy(), hn, cn, call.weight.twin, bias,
+                                        reverse=a["reverse"]))
+    return out, h, c
+
+
+def _recurrent_dense(call: Call):
+    a = call.args
+    return _torch_layer(_FUNCS[a["mode"]], a["mode"], call.x, a["w_ih"], call.weight, a["b_ih"], call.bias,
+                        a["h"], a["c"], a["reverse"], None)
+
+
+register_kernel(KernelRow("sparse-loop", "recurrent", lambda c: True, _recurrent_sparse,
+                          description="input product over all steps, then a compiled loop on W_hh's row twin"))
+register_kernel(KernelRow("dense", "recurrent", lambda c: True, _recurrent_dense, decodes=True,
+                          description="torch's recurrent kernel on the decoded weights"))
+
+
+def _serve(mode: str, args: tuple, kwargs: dict):
+    func = _FUNCS[mode]
+    # (input, hx, params, …) vs the packed form (data, batch_sizes, hx, params, …)
+    packed = (len(args) != 9 or bool(kwargs) or not isinstance(args[2], (list, tuple))
+              or (mode == "lstm" and not isinstance(args[1], (list, tuple))))
+    if packed:
+        return fallback(func, args, kwargs, "packed sequence input")
+    input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first = args
+    dirs = 2 if bidirectional else 1
+    per = 2 + 2 * bool(has_biases)
+    if len(params) != per * num_layers * dirs:
+        return fallback(func, args, kwargs, "LSTM with projections (proj_size)")
+    if train and dropout > 0 and num_layers > 1:
+        return fallback(func, args, kwargs, "dropout between layers while training")
+    first = next(p for p in params if isinstance(p, CompressedWeight))
+    x = check_input(first, input, mode)
+    batched = x.dim() == 3
+    if not batched:
+        x = x.unsqueeze(1)
+    elif batch_first:
+        x = x.transpose(0, 1)
+    steps, batch = x.shape[:2]
+    h0_all = hx[0] if mode == "lstm" else hx
+    c0_all = hx[1] if mode == "lstm" else None
+    if not batched:
+        h0_all = h0_all.unsqueeze(1)
+        c0_all = c0_all.unsqueeze(1) if c0_all is not None else None
+    h_n, c_n = [], []
+    layer_in = x
+    for layer in range(num_layers):
+        outs = []
+        for d in range(dirs):
+            k = (layer * dirs + d) * per
+            w_ih, w_hh = params[k], params[k + 1]
+            b_ih, b_hh = (params[k + 2], params[k + 3]) if has_biases else (None, None)
+            h = h0_all[layer * dirs + d].detach().to(x.dtype).contiguous().clone()
+            c = c0_all[layer * dirs + d].detach().to(x.dtype).contiguous().clone() if c0_all is not None else None
+            if isinstance(w_hh, CompressedWeight) and not w_hh._transposed:
+                call = Call("recurrent", w_hh, layer_in, b_hh,
+                            {"mode": mode, "w_ih": w_ih, "b_ih": b_ih, "h": h, "c": c, "reverse": d == 1},
+                            columns=batch)
+                out, h_last, c_last = w_hh.dispatcher.run(call)
+            else:                                 # torch's kernel for this layer, decoded weights
+                out, h_last, c_last = _torch_layer(func, mode, layer_in, w_ih, w_hh, b_ih, b_hh, h, c, d == 1,
+                                                   "the recurrent matrix is dense")
+            outs.append(out)
+            h_n.append(h_last)
+            if c_last is not None:
+                c_n.append(c_last)
+        layer_in = torch.cat(outs, dim=2) if dirs == 2 else outs[0]
+    output = layer_in
+    if not batched:
+        output = output.squeeze(1)
+    elif batch_first:
+        output = output.transpose(0, 1).contiguous()
+    hs = torch.stack(h_n)
+    if not batched:
+        hs = hs.squeeze(1)
+    if mode != "lstm":
+        return output, hs
+    cs = torch.stack(c_n)
+    return output, hs, (cs.squeeze(1) if not batched else cs)
+
+
+@implements(torch.lstm)
+def lstm(*args, **kwargs):
+    """``torch.lstm`` (behind ``nn.LSTM``) with compressed gate matrices (see the module docstring)."""
+    return _serve("lstm", args, kwargs)
+
+
+@implements(torch.gru)
+def gru(*args, **kwargs):
+    """``torch.gru`` (behind ``nn.GRU``) with compressed gate matrices."""
+    return _serve("gru", args, kwargs)
+
+
+@implements(torch.rnn_tanh)
+def rnn_tanh(*args, **kwargs):
+    """``torch.rnn_tanh`` (behind ``nn.RNN``) with compressed matrices."""
+    return _serve("rnn_tanh", args, kwargs)
+
+
+@implements(torch.rnn_relu)
+def rnn_relu(*args, **kwargs):
+    """``torch.rnn_relu`` (behind ``nn.RNN(nonlinearity="relu")``) with compressed matrices."""
+    return _serve("rnn_relu", args, kwargs)

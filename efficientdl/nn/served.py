@@ -1,0 +1,394 @@
+"""The functions a :class:`~efficientdl.nn.weights.CompressedWeight` serves, and their kernels.
+
+Each served function validates its input once, describes the product as a
+:class:`~efficientdl.nn.dispatch.Call` and lets the weight's dispatcher run the kernel
+measured fastest for its shape class.  The kernels (rows of
+:data:`~efficientdl.nn.dispatch.KERNELS`):
+
+``linear`` — ``y = x Wᵀ + b`` for ``x`` of ``n`` rows:
+
+* ``dense``: ``F.linear`` on the decoded weight (BLAS; kept in memory);
+* ``sparse``: the packed kernels of :func:`efficientdl.kernels.cpu.matmul` with the
+  row-major twin: at ``n = 1`` the column kernel (skips zero activations, EIE) or the
+  row/lookup kernel by the activations' density; for ``n > 1`` the sparse × dense
+  product of the twin with ``xᵀ`` laid out channel-major, vectorised over the ``n``
+  columns (Elsen et al., CVPR'20 "Fast Sparse ConvNets");
+* ``sparse-columns``: the column kernel over all ``n`` columns (zero activation rows
+  skipped: ReLU outputs of a batch).
+
+``conv2d`` (``F.conv1d`` joins as a height-1 ``conv2d``):
+
+* ``dense``: ``F.conv2d`` on the decoded weight;
+* ``sparse-1x1``: a 1×1 convolution is ``W · X`` with ``X`` the ``(C, N·H·W)``
+  channel-major activations — for one image the NCHW tensor itself, no copy;
+* ``sparse-im2col``: ``unfold`` to the ``(C·kh·kw, N·L)`` patch matrix, then the product;
+* ``dense-per-call``: grouped/depthwise convolutions have no sparse kernel here; with
+  ``prefer="memory"`` they decode the weight for each call.
+
+``embedding``: ``rows`` decodes the looked-up rows from the row-major twin; ``dense``
+indexes the decoded table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ModelError
+from ..kernels import cpu
+from .dispatch import Call, KernelRow, register_kernel
+from .weights import CompressedWeight, check_input, fallback, implements
+
+
+# ---------------------------------------------------------------------------- kernels: linear
+def _bias(call: Call) -> torch.Tensor | None:
+    b = call.bias
+    return None if b is None else b.detach().to(call.x.dtype)
+
+
+def _linear_dense(call: Call) -> torch.Tensor:
+    return F.linear(call.x, call.weight.dense(call.x.dtype), _bias(call))
+
+
+def _product(call: Call, twin: bool) -> torch.Tensor:
+    """``x Wᵀ (+ b)`` for ``x`` of shape ``(n, in)`` by the packed kernels."""
+    w, x = call.weight, call.x
+    matrix, row_twin = w.matrix, (w.twin if twin else None)
+    if x.shape[0] == 1:
+        y = torch.from_numpy(cpu.matmul(matrix, x.reshape(-1).contiguous().numpy(), twin=row_twin)).unsqueeze(0)
+    else:
+        y = torch.from_numpy(cpu.matmul(matrix, x.t().contiguous().numpy(), twin=row_twin)).t()
+    b = _bias(call)
+    return (y + b) if b is not None else y.contiguous()
+
+
+def _bias_as(b: torch.Tensor | None, dtype: torch.dtype):
+    """The bias in ``dtype`` and, for the numpy kernels, as an array (views, no copy for float32)."""
+    if b is None:
+        return None, None
+    b = b.detach()
+    if b.dtype != dtype:
+        b = b.to(dtype)
+    return b, b.numpy()
+
+
+def _prepare_dense(call: Call):
+    """``F.linear`` on the decoded weight, bound once."""
+    dense = call.weight.dense(call.x.dtype)
+    dtype = call.x.dtype
+
+    def f(x, b):
+        return F.linear(x, dense, b if b is None or b.dtype == dtype else b.to(dtype))
+    return f
+
+
+def _prepare_sparse(call: Call, twin: bool):
+    """The packed product for inputs of ``call.x``'s exact shape, bound once (see :func:`_product`)."""
+    w = call.weight
+    rows, cols = w.shape
+    n = call.columns
+    cached = [None, None, None]                   # bias tensor → its numpy view
+
+    def bias_numpy(b):
+        if cached[0] is not b:
+            cached[0], (cached[1], cached[2]) = b, _bias_as(b, call.x.dtype)
+        return cached[2]
+
+    if n == 1:
+        matvec = cpu.matvec_function(w.matrix, w.twin if twin else None)
+        out_shape = tuple(call.args["input_shape"][:-1]) + (rows,)
+
+        def f(x, b):
+            # numpy's own reshape and add: ~0.2 µs each where torch's cost ~1 µs
+            xn = (x.detach() if x.requires_grad else x).numpy().reshape(-1)
+            y = matvec(xn if xn.flags.c_contiguous else np.ascontiguousarray(xn))
+            if b is not None:
+                y += bias_numpy(b)
+            return torch.from_numpy(y.reshape(out_shape))
+        return f
+    matrix, row_twin = w.matrix, (w.twin if twin else None)
+
+    def g(x, b):
+        xt = x.detach().reshape(n, cols).t().contiguous().numpy()
+        y = torch.from_numpy(cpu.matmul(matrix, xt, twin=row_twin)).t()
+        if b is not None:
+            bias_numpy(b)
+            y = y + cached[1]
+        else:
+            y = y.contiguous()
+        return y.view(*x.shape[:-1], rows)
+    return g
+
+
+register_kernel(KernelRow("dense", "linear", lambda c: True, _linear_dense, decodes=True,
+                          description="F.linear on the decoded dense weight", prepare=_prepare_dense))
+register_kernel(KernelRow("sparse", "linear", lambda c: True, lambda c: _product(c, twin=True),
+                          description="packed sparse kernels: column/row at n=1, sparse × dense (channel-major) above",
+                          prepare=lambda c: _prepare_sparse(c, twin=True)))
+register_kernel(KernelRow("sparse-columns", "linear", lambda c: c.columns > 1, lambda c: _product(c, twin=False),
+                          description="column kernel over all columns (skips zero activation rows)",
+                          prepare=lambda c: _prepare_sparse(c, twin=False)))
+
+
+# ---------------------------------------------------------------------------- kernels: conv2d
+def _conv_dense(call: Call, keep: bool | None = None) -> torch.Tensor:
+    a = call.args
+    weight = call.weight.dense(call.x.dtype, keep=keep)
+    return F.conv2d(call.x, weight.reshape(a["weight_shape"]), _bias(call), a["stride"], a["padding"], a["dilation"],
+                    a["groups"])
+
+
+def _conv_out(call: Call, y_cols: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+    """``(O, N·out_h·out_w)`` product columns → ``(N, O, out_h, out_w)`` plus bias."""
+    n = call.x.shape[0]
+    o = y_cols.shape[0]
+    y = y_cols.reshape(o, n, out_h, out_w)
+    y = y[:, 0].unsqueeze(0) if n == 1 else y.permute(1, 0, 2, 3)
+    b = _bias(call)
+    if b is not None:
+        y = y + b.view(1, -1, 1, 1)
+    return y.contiguous()
+
+
+def _conv_1x1(call: Call) -> torch.Tensor:
+    sh, sw = call.args["stride"]
+    x = call.x if (sh, sw) == (1, 1) else call.x[:, :, ::sh, ::sw]
+    n, c, h, w = x.shape
+    cols = x[0].reshape(c, h * w) if n == 1 else x.permute(1, 0, 2, 3).reshape(c, n * h * w)
+    y = cpu.matmul(call.weight.matrix, cols.contiguous().numpy(), twin=call.weight.twin)
+    return _conv_out(call, torch.from_numpy(y), h, w)
+
+
+def _conv_im2col(call: Call) -> torch.Tensor:
+    a = call.args
+    kh, kw = a["weight_shape"][2:]
+    n, _, h, w = call.x.shape
+    out_h = (h + 2 * a["padding"][0] - a["dilation"][0] * (kh - 1) - 1) // a["stride"][0] + 1
+    out_w = (w + 2 * a["padding"][1] - a["dilation"][1] * (kw - 1) - 1) // a["stride"][1] + 1
+    patches = F.unfold(call.x, (kh, kw), a["dilation"], a["padding"], a["stride"])       # (N, C·kh·kw, L)
+    cols = patches[0] if n == 1 else patches.permute(1, 0, 2).reshape(patches.shape[1], -1)
+    y = cpu.matmul(call.weight.matrix, cols.contiguous().numpy(), twin=call.weight.twin)
+    return _conv_out(call, torch.from_numpy(y), out_h, out_w)
+
+
+def _is_1x1(call: Call) -> bool:
+    a = call.args
+    return a["groups"] == 1 and tuple(a["weight_shape"][2:]) == (1, 1) and tuple(a["padding"]) == (0, 0)
+
+
+register_kernel(KernelRow("dense", "conv2d", lambda c: True, _conv_dense, decodes=True,
+                          description="F.conv2d on the decoded dense weight"))
+register_kernel(KernelRow("sparse-1x1", "conv2d", _is_1x1, _conv_1x1,
+                          description="1×1 convolution as W · X on channel-major activations"))
+register_kernel(KernelRow("sparse-im2col", "conv2d", lambda c: c.args["groups"] == 1, _conv_im2col,
+                          description="im2col patch matrix, then the packed product"))
+register_kernel(KernelRow("dense-per-call", "conv2d",
+                          lambda c: c.args["groups"] > 1 and c.weight.dispatcher.prefer == "memory",
+                          lambda c: _conv_dense(c, keep=False),
+                          description="grouped convolution: the weight decoded for each call, not kept"))
+
+
+# ---------------------------------------------------------------------------- kernels: embedding
+def _embedding_rows(call: Call) -> torch.Tensor:
+    rows = cpu.gather_rows(call.weight.twin, call.x.numpy(), np.float32)
+    return torch.from_numpy(rows)
+
+
+def _embedding_dense(call: Call) -> torch.Tensor:
+    return F.embedding(call.x, call.weight.dense(torch.float32))
+
+
+register_kernel(KernelRow("rows", "embedding", lambda c: True, _embedding_rows,
+                          description="the looked-up rows decoded from the row-major twin"))
+register_kernel(KernelRow("dense", "embedding", lambda c: True, _embedding_dense, decodes=True,
+                          description="indexing the decoded dense table"))
+
+
+# ---------------------------------------------------------------------------- served functions
+def _only_weight(weight, *others) -> bool:
+    """The call has the compressed tensor where a weight belongs, untransposed, and nowhere else."""
+    return (isinstance(weight, CompressedWeight) and not weight._transposed
+            and not any(isinstance(o, CompressedWeight) for o in others))
+
+
+def linear(input, weight, bias=None):
+    """``F.linear`` served from a compressed weight: ``y = x Wᵀ + b`` for ``x`` of shape ``(..., in)``.
+
+    A call whose exact input (shape, dtype, device, with or without bias) was seen before
+    goes straight to the kernel prepared for it; the first one is validated, dispatched
+    and prepares it.
+    """
+    if type(weight) is CompressedWeight and type(input) is not CompressedWeight and type(bias) is not CompressedWeight:
+        try:
+            fast = weight._payload.prepared.get((input.shape, input.dtype, input.is_cuda, bias is None))
+        except AttributeError:                    # not a tensor: the full path says so
+            fast = None
+        if fast is not None and not weight._transposed:
+            return fast(input, bias)
+    if not _only_weight(weight, input, bias) or weight.dim() != 2:
+        return fallback(F.linear, (input, weight, bias), {}, "the compressed tensor is not the weight argument")
+    x = check_input(weight, input, "linear")
+    rows, cols = weight.shape
+    if x.dim() < 1 or x.shape[-1] != cols:
+        raise ModelError(f"{weight.name or 'compressed weight'}: linear expects (..., {cols}) input, got "
+                         f"{tuple(x.shape)}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, cols)
+    key = (input.shape, input.dtype, input.is_cuda, bias is None)
+    y = weight.dispatcher.run(Call("linear", weight, x2, bias, {"input_shape": tuple(input.shape), "input": input},
+                                   columns=x2.shape[0]), exact_key=key)
+    return y.reshape(*lead, rows)
+
+
+implements(F.linear)(linear)
+
+
+def _conv_padding(padding, weight_shape, dilation, stride):
+    """Numeric ``(top, left)`` padding, or a 4-tuple for ``F.pad`` when "same" is asymmetric."""
+    if not isinstance(padding, str):
+        return tuple(padding), None
+    if padding == "valid":
+        return (0, 0), None
+    if padding != "same":
+        raise ModelError(f"padding must be 'same', 'valid' or numbers, got {padding!r}")
+    if tuple(stride) != (1, 1):
+        raise ModelError("padding='same' needs stride 1")
+    total = [d * (k - 1) for d, k in zip(dilation, weight_shape[2:])]
+    if all(t % 2 == 0 for t in total):
+        return (total[0] // 2, total[1] // 2), None
+    return (0, 0), (total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2)
+
+
+def _pair(v, one_d: bool):
+    v = tuple(v) if isinstance(v, (tuple, list)) else (v,) * (1 if one_d else 2)
+    return ((1,) + v if len(v) == 1 else v) if one_d else (v * 2 if len(v) == 1 else v)
+
+
+def _conv(input, weight, bias, stride, padding, dilation, groups, one_d: bool):
+    func = F.conv1d if one_d else F.conv2d
+    if not _only_weight(weight, input, bias):
+        return fallback(func, (input, weight, bias, stride, padding, dilation, groups), {},
+                        "the compressed tensor is not the weight argument")
+    x = check_input(weight, input, func.__name__)
+    shape = tuple(weight.shape)
+    dims = 3 if one_d else 4
+    if len(shape) != dims:
+        raise ModelError(f"{weight.name}: {func.__name__} needs a {dims}-D weight, got {shape}")
+    if x.dim() not in (dims - 1, dims) or x.shape[-(dims - 1)] != shape[1] * groups:
+        raise ModelError(f"{weight.name or 'compressed weight'}: {func.__name__} expects (N, {shape[1] * groups}, "
+                         f"{'L' if one_d else 'H, W'}) input, got {tuple(x.shape)}")
+    single = x.dim() == dims - 1
+    if single:
+        x = x.unsqueeze(0)
+    weight_shape = (shape[0], shape[1], 1, shape[2]) if one_d else shape
+    if one_d:
+        x = x.unsqueeze(2)
+        padding = padding if isinstance(padding, str) else (0,) + _pair(padding, True)[1:]
+    stride, dilation = _pair(stride, one_d), _pair(dilation, one_d)
+    padding, pad = _conv_padding(padding if isinstance(padding, str) else _pair(padding, one_d), weight_shape,
+                                 dilation, stride)
+    if pad is not None:
+        x = F.pad(x, pad)
+    kh, kw = weight_shape[2:]
+    out_h = (x.shape[2] + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    out_w = (x.shape[3] + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    if out_h < 1 or out_w < 1:
+        raise ModelError(f"{weight.name or 'compressed weight'}: input {tuple(input.shape)} is smaller than the "
+                         f"{kh}×{kw} kernel")
+    call = Call("conv2d", weight, x.contiguous(), bias,
+                {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups,
+                 "weight_shape": weight_shape}, columns=x.shape[0] * out_h * out_w)
+    y = weight.dispatcher.run(call)
+    if one_d:
+        y = y.squeeze(2)
+    return y[0] if single else y
+
+
+@implements(F.conv2d)
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """``F.conv2d`` served from a compressed weight (any padding, stride, dilation; groups by the dense kernel)."""
+    return _conv(input, weight, bias, stride, padding, dilation, groups, one_d=False)
+
+
+@implements(F.conv1d)
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """``F.conv1d`` served as a height-1 ``conv2d``."""
+    return _conv(input, weight, bias, stride, padding, dilation, groups, one_d=True)
+
+
+@implements(F.embedding)
+def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False,
+              sparse=False):
+    """``F.embedding`` served from a compressed table (``padding_idx`` only shapes gradients: no effect here)."""
+    if not _only_weight(weight, input) or max_norm is not None:
+        return fallback(F.embedding, (input, weight, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse),
+                        {}, "max_norm renormalises the table in place" if max_norm is not None
+                        else "the compressed tensor is not the weight argument")
+    if not isinstance(input, torch.Tensor) or input.dtype not in (torch.int64, torch.int32):
+        raise ModelError(f"{weight.name or 'compressed weight'}: embedding needs integer indices, got "
+                         f"{getattr(input, 'dtype', type(input).__name__)}")
+    if input.device.type != "cpu":
+        raise ModelError(f"{weight.name or 'compressed weight'}: indices are on {input.device}, the table on cpu")
+    rows = weight.shape[0]
+    if input.numel() and (int(input.min()) < 0 or int(input.max()) >= rows):
+        raise ModelError(f"{weight.name or 'compressed weight'}: index out of range for {rows} rows")
+    idx = input.detach().to(torch.int64)
+    call = Call("embedding", weight, idx, columns=idx.numel())
+    return weight.dispatcher.run(call).reshape(*idx.shape, weight.shape[1])
+
+
+# ---------------------------------------------------------------------------- matmul family
+@implements(torch.Tensor.t, torch.t, torch.Tensor.T.__get__, torch.Tensor.mT.__get__)
+def transposed(self):
+    """``W.t()`` / ``W.T``: a view of the same compressed weight, transposed."""
+    if self.dim() != 2:
+        return fallback(torch.Tensor.t, (self,), {}, "transpose of a compressed weight of more than 2 dimensions")
+    return self.transposed_view()
+
+
+@implements(torch.Tensor.transpose, torch.transpose)
+def transpose(self, dim0, dim1):
+    if isinstance(self, CompressedWeight) and self.dim() == 2 and {dim0 % 2, dim1 % 2} == {0, 1}:
+        return self.transposed_view()
+    return fallback(torch.transpose, (self, dim0, dim1), {}, "transpose other than of the two matrix dimensions")
+
+
+def _times(a, b, func, bias=None):
+    """``a @ b`` where one side is compressed: ``x @ Wᵀ`` is ``linear(x, W)``; ``W @ x`` is ``linear(xᵀ, W)ᵀ``."""
+    if isinstance(b, CompressedWeight) and b._transposed and not isinstance(a, CompressedWeight) and a.dim() >= 1:
+        return linear(a, b.transposed_view(), bias)
+    if (isinstance(a, CompressedWeight) and not a._transposed and a.dim() == 2 and not isinstance(b, CompressedWeight)
+            and isinstance(b, torch.Tensor) and b.dim() in (1, 2) and bias is None):
+        if b.dim() == 1:
+            return linear(b.unsqueeze(0), a)[0]
+        return linear(b.t(), a).t()
+    return None
+
+
+@implements(torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.Tensor.mm)
+def matmul(a, b, *, out=None):
+    """``a @ b`` with a compressed weight as ``W`` or ``Wᵀ`` (see :func:`_times`)."""
+    y = _times(a, b, torch.matmul) if out is None else None
+    return y if y is not None else fallback(torch.matmul, (a, b), {} if out is None else {"out": out},
+                                            "matrix product with the compressed tensor in another role")
+
+
+@implements(torch.Tensor.__rmatmul__)
+def rmatmul(self, other):
+    y = _times(other, self, torch.matmul)
+    return y if y is not None else fallback(torch.matmul, (other, self), {}, "matrix product in another role")
+
+
+@implements(torch.addmm, torch.Tensor.addmm)
+def addmm(input, mat1, mat2, *, beta=1, alpha=1, out=None):
+    """``beta · input + alpha · mat1 @ mat2``; served when it is ``b + x Wᵀ``."""
+    if beta == 1 and alpha == 1 and out is None and not isinstance(input, CompressedWeight):
+        y = _times(mat1, mat2, torch.addmm, bias=input)
+        if y is not None:
+            return y
+    kwargs = {"beta": beta, "alpha": alpha} | ({} if out is None else {"out": out})
+    return fallback(torch.addmm, (input, mat1, mat2), kwargs, "addmm with scaling or the weight in another role")
+
+
+from . import attention as _attention, recurrent as _recurrent  # noqa: E402,F401  (register their functions)

@@ -1,0 +1,544 @@
+"""Compressed weights as a ``torch.Tensor`` subclass: the user's modules run from compressed form.
+
+EIE (Han et al., ISCA'16) computes a layer straight from its pruned, weight-shared form.
+To do that inside a model as the user wrote it — subclasses of ``nn.Conv2d`` with their
+own ``forward``, ``nn.MultiheadAttention``, ``nn.LSTM``, a custom module calling
+``F.linear`` — the runtime does not replace modules: it replaces the *weight*.  A
+:class:`CompressedWeight` is a tensor of the dense weight's shape and dtype that holds no
+dense storage, only the kernel's packed layouts (:mod:`efficientdl.kernels.cpu`: the
+column-partitioned matrix and its row-major twin, a few bits per weight, and the
+codebook).  Its ``__torch_function__`` looks the called function up in :data:`SERVED`
+(the approach of torchao's tensor subclasses: an ``implements(op)`` table):
+
+* ``F.linear``, ``F.conv1d``/``F.conv2d``, ``F.embedding``, ``torch.matmul``/``mm``/
+  ``addmm`` with the weight transposed, the recurrent functions behind ``nn.LSTM``/
+  ``nn.GRU``/``nn.RNN`` and ``F.multi_head_attention_forward`` are served from the
+  compressed form, each product by the kernel the per-layer dispatcher
+  (:mod:`efficientdl.nn.dispatch`) measured fastest;
+* anything else (an op no kernel serves, an option a served function does not cover)
+  runs on the dense weight, decoded once and kept (``prefer="speed"``) or decoded for the
+  call and dropped (``prefer="memory"``), and is recorded with its reason in
+  :attr:`CompressedWeight.fallbacks` (gathered in ``model.edl_runtime``).
+
+The weights are for inference: no gradient reaches the codebook through them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from ..kernels import cpu
+from .dispatch import Dispatcher
+
+#: function → handler(*args, **kwargs); the functions a compressed weight serves itself
+SERVED: dict[Callable, Callable] = {}
+
+_aten = torch.ops.aten
+_F_LINEAR = torch.nn.functional.linear
+#: functions of a tensor's metadata (or its identity) that the wrapper answers without its values
+_METADATA = frozenset({
+    "__get__", "__set__", "dim", "ndimension", "size", "stride", "numel", "nelement", "element_size",
+    "is_floating_point", "is_complex", "is_contiguous", "is_signed", "get_device", "type", "requires_grad_",
+    "detach", "detach_", "__repr__", "__format__", "__hash__", "__reduce_ex__", "__deepcopy__", "__setstate__",
+    "_has_compatible_shallow_copy_type", "storage_offset", "untyped_storage", "_typed_storage", "data_ptr",
+    "__len__"})
+
+
+def implements(*functions: Callable) -> Callable:
+    """Register a handler for ``functions`` in :data:`SERVED` (decorator)."""
+    def register(handler: Callable) -> Callable:
+        for f in functions:
+            SERVED[f] = handler
+        return handler
+    return register
+
+
+@dataclass
+class _Payload:
+    """What every view of one compressed weight shares (a detached copy, a transposed view)."""
+
+    name: str
+    shape: tuple[int, ...]
+    matrix: cpu.PackedMatrix              # column layout of W as (shape[0], prod(shape[1:]))
+    twin: cpu.PackedMatrix                # its row-major twin
+    nonzeros: int
+    dispatcher: Dispatcher
+    dense: dict = field(default_factory=dict)            # dtype → decoded dense weight (prefer="speed")
+    chosen: dict = field(default_factory=dict)           # shape class → KernelRow
+    times_us: dict = field(default_factory=dict)         # shape class → {kernel: median µs}
+    fallbacks: dict = field(default_factory=dict)        # function → reason
+    forced_kernel: str | None = None
+    row_blocks: dict = field(default_factory=dict)       # (start, stop) → CompressedWeight of those rows
+    prepared: dict = field(default_factory=dict)         # exact input key → f(x, bias) (served fast path)
+
+
+class CompressedWeight(torch.Tensor):
+    """A pruned, weight-shared weight held only in compressed form (see the module docstring).
+
+    Args:
+        codes: integer cluster indices of the weight's shape (0 = pruned), at least 2-D;
+            a convolution's ``(out, in/groups, kh, kw)`` is multiplied as the
+            ``(out, in/groups·kh·kw)`` matrix.
+        codebook: float ``(K,)`` shared values with ``codebook[0] == 0``.
+        name: the tensor's name in the model (for reports and errors).
+        dispatcher: the kernel chooser (one per model, so a cache file is read once).
+        partitions: row partitions (threads) of the column layout; 0 = numba's threads.
+
+    Example::
+
+        layer = nn.Linear(300, 100)
+        layer.weight = nn.Parameter(CompressedWeight(codes, codebook), requires_grad=False)
+        y = layer(x)            # F.linear served by the compressed kernels
+    """
+
+    _payload: _Payload
+    _transposed: bool
+
+    @staticmethod
+    def __new__(cls, codes: np.ndarray | None = None, codebook: np.ndarray | None = None, *, name: str = "",
+                dispatcher: Dispatcher | None = None, partitions: int = 0, _payload: _Payload | None = None,
+                _transposed: bool = False) -> "CompressedWeight":
+        if _payload is None:
+            codes = np.asarray(codes)
+            if codes.ndim < 2:
+                raise ModelError(f"{name or 'weight'}: a compressed weight must be at least 2-D, got shape "
+                                 f"{codes.shape}")
+            flat = codes.reshape(codes.shape[0], -1)
+            _payload = _Payload(name, tuple(int(s) for s in codes.shape), cpu.pack(flat, codebook, partitions),
+                                cpu.pack_rows(flat, codebook), int(np.count_nonzero(flat)),
+                                dispatcher or Dispatcher(cache=False))
+        shape = _payload.shape[::-1] if _transposed else _payload.shape
+        r = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=torch.float32, device="cpu", requires_grad=False)
+        r._payload = _payload
+        r._transposed = _transposed
+        return r
+
+    def __init__(self, *args, **kwargs) -> None:        # everything happens in __new__
+        super().__init__()
+
+    # ----------------------------------------------------------------- what it holds
+    @property
+    def name(self) -> str:
+        return self._payload.name
+
+    @property
+    def chosen(self) -> dict:
+        """Shape class → the kernel chosen for it."""
+        return self._payload.chosen
+
+    @property
+    def times_us(self) -> dict:
+        """Shape class → ``{kernel: median µs}`` measured when it was chosen."""
+        return self._payload.times_us
+
+    @property
+    def fallbacks(self) -> dict[str, str]:
+        """Functions computed from the decoded dense weight → why."""
+        return self._payload.fallbacks
+
+    @property
+    def prepared(self) -> dict:
+        """Exact input key → the chosen kernel prepared for it (the served functions' fast path)."""
+        return self._payload.prepared
+
+    @property
+    def forced_kernel(self) -> str | None:
+        return self._payload.forced_kernel
+
+    def force(self, kernel: str | None) -> None:
+        """Use ``kernel`` (a name of :data:`~efficientdl.nn.dispatch.KERNELS`) for every call from now
+        on, or ``None`` to measure again; earlier choices are forgotten."""
+        self._payload.forced_kernel = kernel
+        self._payload.chosen.clear()
+        self._payload.times_us.clear()
+        self._payload.prepared.clear()
+
+    @property
+    def matrix(self) -> cpu.PackedMatrix:
+        """The column layout of the weight as a ``(rows, cols)`` matrix."""
+        return self._payload.matrix
+
+    @property
+    def twin(self) -> cpu.PackedMatrix:
+        """The row-major twin of the matrix."""
+        return self._payload.twin
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return self._payload.dispatcher
+
+    @property
+    def nonzeros(self) -> int:
+        return self._payload.nonzeros
+
+    def signature(self) -> str:
+        """What a kernel's speed depends on: shape, nonzeros, code bits, entry widths."""
+        p = self._payload
+        return (f"{'x'.join(map(str, p.shape))}|nnz={p.nonzeros}|bits={p.matrix.code_bits}|"
+                f"e={p.matrix.entry_bits},{p.twin.entry_bits}{'L' if p.twin.absolute else ''}|P={p.matrix.partitions}")
+
+    def packed_bytes(self) -> int:
+        """Resident bytes of the compressed form: both layouts and the codebook."""
+        return self._payload.matrix.nbytes + self._payload.twin.nbytes
+
+    def decoded_bytes(self) -> int:
+        """Bytes of dense copies decoded and kept for the kernels that need them (0 if none)."""
+        return sum(t.numel() * t.element_size() for t in self._payload.dense.values())
+
+    def dense_bytes(self) -> int:
+        """Bytes of the same weight as a dense fp32 tensor."""
+        return 4 * int(np.prod(self._payload.shape))
+
+    def codes(self) -> np.ndarray:
+        """The cluster indices in the weight's shape (decoded from the packed layout)."""
+        return cpu.unpack(self._payload.matrix).reshape(self._payload.shape)
+
+    def dense(self, dtype: torch.dtype = torch.float32, keep: bool | None = None) -> torch.Tensor:
+        """The dense weight (in its own orientation) as a plain tensor.
+
+        Args:
+            dtype: float32 or float64.
+            keep: keep the decoded copy for later calls; default: unless ``prefer="memory"``.
+        """
+        p = self._payload
+        t = p.dense.get(dtype)
+        if t is None:
+            t = torch.from_numpy(p.matrix.codebook.astype(np.float64)[cpu.unpack(p.matrix)]).to(dtype)
+            t = t.reshape(p.shape)
+            if keep if keep is not None else p.dispatcher.prefer != "memory":
+                p.dense[dtype] = t
+        return t.t() if self._transposed else t
+
+    def rows(self, start: int, stop: int) -> "CompressedWeight":
+        """The rows ``start … stop − 1`` as a compressed weight of their own (packed once, kept),
+        e.g. the query, key or value block of an attention's ``in_proj_weight``."""
+        p = self._payload
+        block = p.row_blocks.get((start, stop))
+        if block is None:
+            codes = self.codes()[start:stop]
+            block = CompressedWeight(codes, p.matrix.codebook, name=f"{p.name}[{start}:{stop}]",
+                                     dispatcher=p.dispatcher, partitions=p.matrix.partitions)
+            block._payload.forced_kernel = p.forced_kernel
+            p.row_blocks[(start, stop)] = block
+        return block
+
+    def transposed_view(self) -> "CompressedWeight":
+        return CompressedWeight(_payload=self._payload, _transposed=not self._transposed)
+
+    def __repr__(self, *, tensor_contents=None) -> str:
+        p = self._payload
+        return (f"CompressedWeight(shape={tuple(self.shape)}, nonzeros={p.nonzeros}, code_bits={p.matrix.code_bits}"
+                f"{', transposed' if self._transposed else ''})")
+
+    def __deepcopy__(self, memo):
+        # the packed layouts are read-only: a copy of the model shares them (and its choices)
+        return CompressedWeight(_payload=self._payload, _transposed=self._transposed)
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError("a compressed runtime weight is not pickled; save the model with efficientdl.format.save "
+                        "or take .dense()")
+
+    # ----------------------------------------------------------------- torch protocol
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is _F_LINEAR and not kwargs and len(args) == 3:     # the hot path: a prepared F.linear
+            x, w, b = args
+            if type(w) is cls and type(x) is not cls and type(b) is not cls and not w._transposed:
+                fast = w._payload.prepared.get((x.shape, x.dtype, x.is_cuda, b is None))
+                if fast is not None:
+                    return fast(x, b)
+        kwargs = kwargs or {}
+        handler = SERVED.get(func)
+        if handler is not None:
+            return handler(*args, **kwargs)
+        if getattr(func, "__name__", "") in _METADATA:   # shape, dtype, detach, repr, …: the wrapper answers
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **kwargs)
+        return fallback(func, args, kwargs, "no compressed kernel for this function")
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (_aten.detach.default, _aten.alias.default):
+            w = args[0]
+            return CompressedWeight(_payload=w._payload, _transposed=w._transposed)
+        if func is _aten._to_copy.default and _is_noop_copy(args[0], kwargs):
+            return args[0]
+        out = fallback(func, args, kwargs, f"no compressed kernel for {func}")
+        # a view of the decoded weight must not alias it (its version counter is the wrapper's)
+        return out.clone() if func.is_view and isinstance(out, torch.Tensor) else out
+
+
+def _is_noop_copy(w: CompressedWeight, kwargs: dict) -> bool:
+    dtype, device = kwargs.get("dtype"), kwargs.get("device")
+    return (dtype in (None, torch.float32) and (device is None or torch.device(device).type == "cpu")
+            and kwargs.get("layout") in (None, torch.strided))
+
+
+def _name_of(func: Any) -> str:
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or str(func)
+    return name.replace("TensorBase.", "Tensor.")
+
+
+def _weights_in(obj: Any):
+    if isinstance(obj, CompressedWeight):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _weights_in(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _weights_in(o)
+
+
+def _decoded(obj: Any, dtype: torch.dtype | None) -> Any:
+    if isinstance(obj, CompressedWeight):
+        return obj.dense(dtype or torch.float32)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_decoded(o, dtype) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _decoded(v, dtype) for k, v in obj.items()}
+    return obj
+
+
+def fallback(func: Callable, args: tuple, kwargs: dict, reason: str) -> Any:
+    """Run ``func`` on the dense weights of its compressed arguments and record why.
+
+    Each compressed weight among the arguments notes ``func`` and ``reason`` in its
+    :attr:`CompressedWeight.fallbacks`; it is decoded once and kept unless the model
+    prefers memory (then decoded for this call only).
+    """
+    dtype = next((a.dtype for a in _tensors(args, kwargs) if not isinstance(a, CompressedWeight)
+                  and a.is_floating_point()), None)
+    for w in _weights_in((args, kwargs)):
+        w.fallbacks.setdefault(_name_of(func), reason)
+    with torch._C.DisableTorchFunctionSubclass():
+        return func(*_decoded(args, dtype), **_decoded(kwargs, dtype))
+
+
+def _tensors(args: tuple, kwargs: dict):
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            yield a
+        elif isinstance(a, (list, tuple)):
+            yield from (b for b in a if isinstance(b, torch.Tensor))
+
+
+def check_input(w: CompressedWeight, x: Any, what: str) -> torch.Tensor:
+    """The input ``x`` of a product with ``w`` as a CPU float tensor, or a one-line :class:`ModelError`."""
+    if not isinstance(x, torch.Tensor):
+        raise ModelError(f"{w.name or 'compressed weight'}: {what} needs a tensor input, got {type(x).__name__}")
+    if isinstance(x, CompressedWeight):
+        raise ModelError(f"{w.name or 'compressed weight'}: {what} of two compressed weights is not supported")
+    if x.device.type != "cpu":
+        raise ModelError(f"{w.name or 'compressed weight'}: input is on {x.device}, the compressed weight on cpu")
+    if x.dtype not in (torch.float32, torch.float64):
+        raise ModelError(f"{w.name or 'compressed weight'}: {what} needs float32 or float64 input, got "
+                         f"{str(x.dtype).removeprefix('torch.')}")
+    return x.detach()
+
+
+# ------------------------------------------------------------------------- the model-level API
+@dataclass
+class RuntimeReport:
+    """What the compressed runtime did to a model (``model.edl_runtime``).
+
+    Attributes:
+        compressed: tensor names held as :class:`CompressedWeight` when the model was loaded.
+        dense: tensor names left as (or made) dense parameters → why.
+        weights: tensor name → its :class:`CompressedWeight` (also for those :func:`settle` made dense).
+        owners: tensor name → ``(module, attribute)`` holding it.
+        prefer: ``"speed"`` or ``"memory"``.
+        settled: what :func:`settle` measured (``None`` until it ran).
+    """
+
+    compressed: list[str]
+    dense: dict[str, str]
+    weights: dict[str, CompressedWeight]
+    owners: dict[str, tuple[nn.Module, str]] = field(default_factory=dict)
+    prefer: str = "speed"
+    settled: dict | None = None
+
+    def fallbacks(self) -> dict[str, dict[str, str]]:
+        """Tensor → {function computed from the decoded dense weight → why} (only those that fell back)."""
+        return {name: dict(w.fallbacks) for name, w in self.weights.items() if w.fallbacks}
+
+    def force(self, kernels: dict[str, str | None] | str | None) -> None:
+        """Force a kernel per tensor (``{"fc1.weight": "dense"}``), or one for all (a name, ``None`` to measure)."""
+        items = kernels.items() if isinstance(kernels, dict) else ((n, kernels) for n in self.weights)
+        for name, kernel in items:
+            if name not in self.weights:
+                raise ModelError(f"no compressed weight named {name!r}; one of {', '.join(self.weights)}")
+            self.weights[name].force(kernel)
+
+    def served_compressed(self) -> list[str]:
+        """Tensors the model computes from compressed form now (not made dense by :func:`settle`)."""
+        return [n for n in self.compressed if isinstance(self._current(n), CompressedWeight)]
+
+    def _current(self, name: str):
+        module, attr = self.owners[name]
+        return getattr(module, attr)
+
+    def layers(self) -> list[dict]:
+        """One row per compressed tensor: shape, nonzeros, bits, resident and dense bytes, and per
+        shape class seen so far the chosen kernel with every candidate's measured median µs."""
+        out = []
+        for name, w in self.weights.items():
+            held = isinstance(self._current(name), CompressedWeight) if name in self.owners else True
+            out.append({"name": name, "shape": list(w._payload.shape), "nonzeros": w.nonzeros,
+                        "code_bits": w.matrix.code_bits, "held": "compressed" if held else "dense parameter",
+                        "packed_bytes": w.packed_bytes() if held else 0,
+                        "decoded_bytes": w.decoded_bytes() if held else w.dense_bytes(),
+                        "dense_bytes": w.dense_bytes(), "forced": w.forced_kernel,
+                        "choices": {k: {"kernel": r.name, "times_us": w.times_us.get(k, {})}
+                                    for k, r in w.chosen.items()},
+                        "fallbacks": dict(w.fallbacks)})
+        return out
+
+    def resident_bytes(self) -> int:
+        """Bytes the weights of :attr:`compressed` hold now: packed layouts plus decoded copies."""
+        return sum(r["packed_bytes"] + r["decoded_bytes"] for r in self.layers())
+
+    def to_dict(self) -> dict:
+        return {"prefer": self.prefer, "compressed": list(self.compressed),
+                "served_compressed": self.served_compressed(), "dense": dict(self.dense),
+                "fallbacks": self.fallbacks(), "layers": self.layers(), "resident_bytes": self.resident_bytes(),
+                "settled": self.settled}
+
+    def hold(self, name: str, compressed: bool) -> None:
+        """Hold tensor ``name`` as its compressed weight, or as a plain dense parameter."""
+        module, attr = self.owners[name]
+        w = self.weights[name]
+        value = w if compressed else w.dense(torch.float32, keep=False).clone()
+        setattr(module, attr, nn.Parameter(value, requires_grad=False))
+
+
+def _median_model_us(model: nn.Module, args: tuple, rounds: int) -> float:
+    import statistics
+    import time
+
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter_ns()
+        model(*args)
+        times.append((time.perf_counter_ns() - start) / 1e3)
+    return statistics.median(times)
+
+
+def settle(model: nn.Module, *example: Any, rounds: int = 15) -> dict:
+    """Measure a compressed runtime model on an example input and keep it never slower than dense.
+
+    1. One forward pass on ``example``: every served product measures its candidate
+       kernels for the shape classes it meets and keeps the fastest (per layer).
+    2. ``prefer="speed"``: a weight whose every choice was the dense kernel becomes a
+       plain dense parameter again, so it pays no dispatch at all.
+    3. The whole model, timed in interleaved rounds (median) against the same model with
+       every weight dense: if the compressed form is not faster end to end, every weight
+       is made dense and the report says so.  With ``prefer="memory"`` nothing is
+       decoded: steps 2–3 are skipped and the times are only reported.
+
+    Args:
+        model: a model from :func:`to_runtime` (``format.load(..., runtime="compressed")``).
+        example: the positional inputs of one forward pass (a representative batch).
+        rounds: interleaved timing rounds of step 3.
+
+    Returns:
+        ``{"compressed_us", "dense_us", "speedup", "decision", "made_dense"}`` (also
+        stored as ``model.edl_runtime.settled``).
+    """
+    report = getattr(model, "edl_runtime", None)
+    if not isinstance(report, RuntimeReport):
+        raise ModelError("settle needs a model loaded with runtime='compressed'")
+    names = [n for n in report.compressed if n in report.owners]
+    for n in names:                              # settle again from the compressed form
+        report.hold(n, compressed=True)
+    with torch.no_grad():                        # (not inference_mode: parameters are swapped below)
+        model(*example)
+        made_dense = []
+        if report.prefer == "speed":
+            for n in names:
+                w = report.weights[n]
+                if w.chosen and all(r.name == "dense" for r in w.chosen.values()) and not w.forced_kernel:
+                    report.hold(n, compressed=False)
+                    report.dense[n] = "dense was the fastest kernel for every input measured"
+                    made_dense.append(n)
+        served = [n for n in names if n not in made_dense]
+        model(*example)                          # warm
+        comp, dense = [], []
+        for _ in range(rounds):                  # interleaved: the machine's drift hits both alike
+            comp.append(_median_model_us(model, example, 3))
+            for n in served:
+                report.hold(n, compressed=False)
+            dense.append(_median_model_us(model, example, 3))
+            for n in served:
+                report.hold(n, compressed=True)
+    import statistics
+
+    comp_us, dense_us = statistics.median(comp), statistics.median(dense)
+    decision = "compressed" if served else "dense"
+    if report.prefer == "speed" and served and comp_us >= dense_us:
+        for n in served:
+            report.hold(n, compressed=False)
+            report.dense[n] = f"the compressed model ran {comp_us / dense_us:.2f}× the dense time end to end"
+        made_dense += served
+        decision = "dense"
+    for n in made_dense:                         # their dense parameter replaces any decoded copy
+        report.weights[n]._payload.dense.clear()
+    result = {"compressed_us": comp_us, "dense_us": dense_us, "speedup": dense_us / comp_us, "decision": decision,
+              "made_dense": made_dense}
+    report.settled = result
+    return result
+
+
+def to_runtime(model: nn.Module, codebooks: dict[str, tuple[np.ndarray, np.ndarray]], partitions: int = 0,
+               prefer: str = "speed", cache: Any = None) -> nn.Module:
+    """Hold the weight-shared tensors of a decoded model as :class:`CompressedWeight` in place.
+
+    The modules are left as they are (the user's classes, their ``forward``); every
+    parameter with a codebook of at least two dimensions becomes a compressed weight,
+    whichever module owns it (``Linear``, any ``Conv``, ``Embedding``, ``LSTM``/``GRU``
+    gate matrices, ``MultiheadAttention.in_proj_weight``, a custom module's parameter).
+
+    Args:
+        model: a decoded model (its weights as in the file).
+        codebooks: ``{"<module>.<param>": (codes, codebook)}`` as
+            :class:`efficientdl.format.Container` gives them.
+        partitions: row partitions of the column layout; 0 = numba's thread count.
+        prefer: ``"speed"`` (each layer's fastest kernel, dense included) or
+            ``"memory"`` (never keep a decoded dense weight).
+        cache: the per-machine choice cache (see :class:`~efficientdl.nn.dispatch.Dispatcher`).
+
+    Returns:
+        The model in eval mode, with ``model.edl_runtime`` a :class:`RuntimeReport`.
+    """
+    dispatcher = Dispatcher(prefer, cache)
+    modules = dict(model.named_modules())
+    compressed, dense, weights, owners = [], {}, {}, {}
+    for tensor_name, (codes, codebook) in codebooks.items():
+        module_name, _, attr = tensor_name.rpartition(".")
+        module = modules.get(module_name)
+        if module is None or attr not in module._parameters:
+            dense[tensor_name] = "not a parameter of a module"
+            continue
+        if np.ndim(codes) < 2:
+            dense[tensor_name] = "1-D (a bias or a norm's scale): no product to serve"
+            continue
+        if tuple(np.shape(codes)) != tuple(module._parameters[attr].shape):
+            raise ModelError(f"{tensor_name}: codes shape {tuple(np.shape(codes))} does not match the parameter "
+                             f"{tuple(module._parameters[attr].shape)}")
+        w = CompressedWeight(codes, codebook, name=tensor_name, dispatcher=dispatcher, partitions=partitions)
+        setattr(module, attr, nn.Parameter(w, requires_grad=False))
+        compressed.append(tensor_name)
+        weights[tensor_name] = w
+        owners[tensor_name] = (module, attr)
+    model.edl_runtime = RuntimeReport(compressed, dense, weights, owners, prefer)
+    return model.eval()
+
+
+from . import served as _served  # noqa: E402,F401  (registers the served functions and kernels)
