@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install data demo test bench bench-gpu clean
+.PHONY: install data demo test bench bench-peers bench-gpu clean
 
 install: $(VENV)/.installed
 
@@ -46,10 +46,18 @@ bench: install data
 	$(PY) benchmarks/training_hardware.py --json runs/bench/training_hardware.json
 	$(PY) benchmarks/startup.py --json runs/bench/startup.json
 	$(PY) benchmarks/post_training.py --json runs/bench/post_training.json
-	$(PY) -m pip install -e ".[bench]"
 	$(PY) benchmarks/export_sizes.py --json runs/bench/export_sizes.json
 	$(PY) benchmarks/eie_layers.py --json runs/bench/eie_layers.json \
 		--models runs/bench/lenet300-s96-b3.edlz runs/bench/lenet5-s95-b5_4.edlz
+
+# the compressed runtime end to end against dense torch, ONNX Runtime and DeepSparse: the peers'
+# pins (DeepSparse 1.8 needs onnx < 1.15) get an environment of their own
+BENCH_VENV ?= .venv-bench
+bench-peers: data
+	$(PYTHON) -m venv --system-site-packages $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -c "import torch" 2>/dev/null || $(BENCH_VENV)/bin/pip install "torch==2.13.0"
+	$(BENCH_VENV)/bin/pip install -e ".[bench]"
+	NM_DISABLE_ANALYTICS=1 $(BENCH_VENV)/bin/python benchmarks/runtime_e2e.py --out runs/bench/runtime_e2e.json
 
 # on a CUDA machine: the EIE layers on the GPU kernel, and ResNet-18 mixed-precision training
 bench-gpu: install data
@@ -57,4 +65,4 @@ bench-gpu: install data
 	$(PY) benchmarks/resnet_mixed_precision.py --json runs/bench/resnet_mixed_precision.json
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) runs build *.egg-info

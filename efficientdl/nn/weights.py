@@ -364,6 +364,7 @@ class RuntimeReport:
     owners: dict[str, tuple[nn.Module, str]] = field(default_factory=dict)
     prefer: str = "speed"
     settled: dict | None = None
+    first_call_hook: Any = None
 
     def fallbacks(self) -> dict[str, dict[str, str]]:
         """Tensor → {function computed from the decoded dense weight → why} (only those that fell back)."""
@@ -455,6 +456,14 @@ def settle(model: nn.Module, *example: Any, rounds: int = 15) -> dict:
     report = getattr(model, "edl_runtime", None)
     if not isinstance(report, RuntimeReport):
         raise ModelError("settle needs a model loaded with runtime='compressed'")
+    if report.first_call_hook is not None:       # settled now: the first call need not do it
+        report.first_call_hook.remove()
+        report.first_call_hook = None
+    with torch.inference_mode(False):            # parameters are swapped (not allowed on inference tensors)
+        return _settle(model, report, example, rounds)
+
+
+def _settle(model: nn.Module, report: "RuntimeReport", example: tuple, rounds: int) -> dict:
     names = [n for n in report.compressed if n in report.owners]
     for n in names:                              # settle again from the compressed form
         report.hold(n, compressed=True)
@@ -497,7 +506,7 @@ def settle(model: nn.Module, *example: Any, rounds: int = 15) -> dict:
 
 
 def to_runtime(model: nn.Module, codebooks: dict[str, tuple[np.ndarray, np.ndarray]], partitions: int = 0,
-               prefer: str = "speed", cache: Any = None) -> nn.Module:
+               prefer: str = "speed", cache: Any = None, settle_on_first_call: bool = True) -> nn.Module:
     """Hold the weight-shared tensors of a decoded model as :class:`CompressedWeight` in place.
 
     The modules are left as they are (the user's classes, their ``forward``); every
@@ -513,6 +522,9 @@ def to_runtime(model: nn.Module, codebooks: dict[str, tuple[np.ndarray, np.ndarr
         prefer: ``"speed"`` (each layer's fastest kernel, dense included) or
             ``"memory"`` (never keep a decoded dense weight).
         cache: the per-machine choice cache (see :class:`~efficientdl.nn.dispatch.Dispatcher`).
+        settle_on_first_call: with ``prefer="speed"``, the model's first forward call first
+            runs :func:`settle` on its input (the user's own batch), so the model is never
+            slower than dense without another step; that call takes longer (it measures).
 
     Returns:
         The model in eval mode, with ``model.edl_runtime`` a :class:`RuntimeReport`.
@@ -537,7 +549,15 @@ def to_runtime(model: nn.Module, codebooks: dict[str, tuple[np.ndarray, np.ndarr
         compressed.append(tensor_name)
         weights[tensor_name] = w
         owners[tensor_name] = (module, attr)
-    model.edl_runtime = RuntimeReport(compressed, dense, weights, owners, prefer)
+    model.edl_runtime = report = RuntimeReport(compressed, dense, weights, owners, prefer)
+    if settle_on_first_call and prefer == "speed" and compressed:
+        def first_call(module, args, kwargs):
+            if not kwargs and args:              # settle on the user's own first batch, then step aside
+                settle(module, *args)
+            elif report.first_call_hook is not None:
+                report.first_call_hook.remove()
+                report.first_call_hook = None
+        report.first_call_hook = model.register_forward_pre_hook(first_call, with_kwargs=True)
     return model.eval()
 
 

@@ -120,15 +120,21 @@ def test_compressed_runtime_equals_dense_decoded_model(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(fast(x), dense(x), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(fast(x[:1]), dense(x[:1]), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(fast.fc1.weight.dense(), dense.fc1.weight.detach())
+    torch.testing.assert_close(report.weights["fc1.weight"].dense(), dense.fc1.weight.detach())
     assert report.fallbacks() == {}
     rows = {r["name"]: r for r in report.layers()}
-    fc1 = fast.fc1.weight
+    fc1 = report.weights["fc1.weight"]
     assert rows["fc1.weight"]["dense_bytes"] == 4 * 40 * 128
     m, twin = fc1.matrix, fc1.twin
-    assert rows["fc1.weight"]["packed_bytes"] == (m.entries.nbytes + m.colptr.nbytes + m.row_start.nbytes
+    assert fc1.packed_bytes() == (m.entries.nbytes + m.colptr.nbytes + m.row_start.nbytes
                                                   + m.codebook.nbytes + twin.entries.nbytes + twin.colptr.nbytes
                                                   + twin.row_start.nbytes + twin.codebook.nbytes)
+    # the first call settled the model: each weight is held compressed, or dense where dense won
+    held = {r["name"]: r["held"] for r in rows.values()}
+    assert set(report.served_compressed()) == {n for n, h in held.items() if h == "compressed"}
+    assert (rows["fc1.weight"]["packed_bytes"], rows["fc1.weight"]["decoded_bytes"]) in (
+        (fc1.packed_bytes(), fc1.decoded_bytes()), (0, 4 * 40 * 128))
+    assert report.settled["decision"] in ("compressed", "dense")
     chosen = {r["choices"][k]["kernel"] for r in rows.values() for k in r["choices"]}
     assert chosen <= set(kernel_names("linear") + kernel_names("conv2d"))
 

@@ -35,7 +35,7 @@ def compress(model, density=0.4, seed=0, prefer="speed"):
                 p.copy_(dense)
             books[name] = (codes, codebook)
     reference = copy.deepcopy(model).eval()
-    return to_runtime(model, books, prefer=prefer, cache=False), reference
+    return to_runtime(model, books, prefer=prefer, cache=False, settle_on_first_call=False), reference
 
 
 class SameConv(nn.Conv2d):
@@ -342,3 +342,22 @@ def test_kernels_gather_rows_and_recurrent_loop_against_numpy():
     out = run_sequence("rnn_tanh", xp, h, None, rows, None)
     np.testing.assert_allclose(out, np.stack(expect), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(h, expect[-1], rtol=1e-5, atol=1e-6)
+
+
+def test_the_first_call_settles_on_the_users_batch(monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 4))
+    books = {n: shared(tuple(p.shape), seed=i)[:2] for i, (n, p) in enumerate(model.named_parameters()) if p.dim() == 2}
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for n, (codes, codebook) in books.items():
+            reference.get_parameter(n).copy_(torch.from_numpy(codebook[codes]))
+    to_runtime(model, books, cache=False)
+    seen = []
+    monkeypatch.setattr(weights, "_settle", lambda m, report, example, rounds: seen.append(example) or {})
+    x = torch.randn(3, 20)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+        model(x)
+    assert len(seen) == 1 and seen[0][0] is x                 # once, on the user's own first batch
+    assert model.edl_runtime.first_call_hook is None
