@@ -22,8 +22,9 @@ measured fastest for its shape class.  The kernels (rows of
 * ``sparse-1x1``: a 1×1 convolution is ``W · X`` with ``X`` the ``(C, N·H·W)``
   channel-major activations — for one image the NCHW tensor itself, no copy;
 * ``sparse-im2col``: ``unfold`` to the ``(C·kh·kw, N·L)`` patch matrix, then the product;
-* ``dense-per-call``: grouped/depthwise convolutions have no sparse kernel here; with
-  ``prefer="memory"`` they decode the weight for each call.
+* ``sparse-direct``: direct sparse convolution (Park et al., ICLR'17): each stored weight
+  adds its shifted input plane to its output plane — no patch matrix, any ``groups``
+  (depthwise included); :func:`efficientdl.kernels.cpu.conv2d_direct`.
 
 ``embedding``: ``rows`` decodes the looked-up rows from the row-major twin; ``dense``
 indexes the decoded table.
@@ -132,9 +133,9 @@ register_kernel(KernelRow("sparse-columns", "linear", lambda c: c.columns > 1, l
 
 
 # ---------------------------------------------------------------------------- kernels: conv2d
-def _conv_dense(call: Call, keep: bool | None = None) -> torch.Tensor:
+def _conv_dense(call: Call) -> torch.Tensor:
     a = call.args
-    weight = call.weight.dense(call.x.dtype, keep=keep)
+    weight = call.weight.dense(call.x.dtype)
     return F.conv2d(call.x, weight.reshape(a["weight_shape"]), _bias(call), a["stride"], a["padding"], a["dilation"],
                     a["groups"])
 
@@ -172,6 +173,16 @@ def _conv_im2col(call: Call) -> torch.Tensor:
     return _conv_out(call, torch.from_numpy(y), out_h, out_w)
 
 
+def _conv_direct(call: Call) -> torch.Tensor:
+    a = call.args
+    ph, pw = a["padding"]
+    x = F.pad(call.x, (pw, pw, ph, ph)) if ph or pw else call.x
+    y = torch.from_numpy(cpu.conv2d_direct(call.weight.twin, x.contiguous().numpy(), tuple(a["weight_shape"][2:]),
+                                           a["stride"], a["dilation"], a["groups"]))
+    b = _bias(call)
+    return y if b is None else y.add_(b.view(1, -1, 1, 1))
+
+
 def _is_1x1(call: Call) -> bool:
     a = call.args
     return a["groups"] == 1 and tuple(a["weight_shape"][2:]) == (1, 1) and tuple(a["padding"]) == (0, 0)
@@ -183,10 +194,9 @@ register_kernel(KernelRow("sparse-1x1", "conv2d", _is_1x1, _conv_1x1,
                           description="1×1 convolution as W · X on channel-major activations"))
 register_kernel(KernelRow("sparse-im2col", "conv2d", lambda c: c.args["groups"] == 1, _conv_im2col,
                           description="im2col patch matrix, then the packed product"))
-register_kernel(KernelRow("dense-per-call", "conv2d",
-                          lambda c: c.args["groups"] > 1 and c.weight.dispatcher.prefer == "memory",
-                          lambda c: _conv_dense(c, keep=False),
-                          description="grouped convolution: the weight decoded for each call, not kept"))
+register_kernel(KernelRow("sparse-direct", "conv2d", lambda c: True, _conv_direct,
+                          description="direct sparse convolution: each stored weight adds a shifted input plane "
+                                      "(any groups, depthwise included; no im2col)"))
 
 
 # ---------------------------------------------------------------------------- kernels: embedding

@@ -441,8 +441,9 @@ def settle(model: nn.Module, *example: Any, rounds: int = 15) -> dict:
        plain dense parameter again, so it pays no dispatch at all.
     3. The whole model, timed in interleaved rounds (median) against the same model with
        every weight dense: if the compressed form is not faster end to end, every weight
-       is made dense and the report says so.  With ``prefer="memory"`` nothing is
-       decoded: steps 2–3 are skipped and the times are only reported.
+       is made dense and the report says so.  With ``prefer="memory"`` nothing is made
+       dense and no decoded copy is kept (the dense rounds decode for the timing only):
+       the times are reported.
 
     Args:
         model: a model from :func:`to_runtime` (``format.load(..., runtime="compressed")``).
@@ -467,6 +468,7 @@ def _settle(model: nn.Module, report: "RuntimeReport", example: tuple, rounds: i
     names = [n for n in report.compressed if n in report.owners]
     for n in names:                              # settle again from the compressed form
         report.hold(n, compressed=True)
+        report.dense.pop(n, None)
     with torch.no_grad():                        # (not inference_mode: parameters are swapped below)
         model(*example)
         made_dense = []

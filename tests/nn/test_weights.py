@@ -104,6 +104,40 @@ def test_convolutions_equal_dense(case, batch):
     assert model.edl_runtime.fallbacks() == {}
 
 
+@pytest.mark.parametrize("kernel", ["dense", "sparse-1x1", "sparse-im2col", "sparse-direct"])
+@pytest.mark.parametrize("geometry", [dict(k=1, stride=1, padding=0, groups=1), dict(k=1, stride=2, padding=0, groups=1),
+                                      dict(k=3, stride=2, padding=1, groups=1), dict(k=3, stride=1, padding=2, groups=2),
+                                      dict(k=3, stride=2, padding=1, groups=6, dilation=2)])
+def test_every_conv_kernel_is_exact_where_it_applies(kernel, geometry):
+    g = dict(geometry)
+    k, groups = g.pop("k"), g["groups"]
+    codes, codebook, dense = shared((6, 6 // groups, k, k), density=0.3)
+    w = CompressedWeight(codes, codebook, name="conv.weight")
+    w.force(kernel)
+    x = torch.relu(torch.randn(3, 6, 9, 9))
+    b = torch.randn(6)
+    applies = kernel in ("dense", "sparse-direct") or (groups == 1 and (kernel == "sparse-im2col"
+                                                                        or (k == 1 and g["padding"] == 0)))
+    if not applies:
+        with pytest.raises(ModelError, match="cannot compute"):
+            F.conv2d(x, w, b, **g)
+        return
+    torch.testing.assert_close(F.conv2d(x, w, b, **g), F.conv2d(x, dense, b, **g), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(F.conv2d(x[:1], w, b, **g), F.conv2d(x[:1], dense, b, **g), rtol=1e-5, atol=1e-5)
+
+
+def test_direct_convolution_kernel_against_torch():
+    for groups in (1, 4):
+        codes, codebook, dense = shared((8, 8 // groups, 3, 2), density=0.5)
+        x = torch.randn(2, 8, 7, 6)
+        got = cpu.conv2d_direct(cpu.pack_rows(codes.reshape(8, -1), codebook), x.numpy(), (3, 2), (2, 1), (1, 2),
+                                groups)
+        np.testing.assert_allclose(got, F.conv2d(x, dense, stride=(2, 1), dilation=(1, 2), groups=groups).numpy(),
+                                   rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="does not fit"):
+        cpu.conv2d_direct(cpu.pack_rows(codes.reshape(8, -1), codebook), x.numpy(), (3, 3), (1, 1), (1, 1), groups)
+
+
 def test_conv1d_and_unbatched_conv2d():
     torch.manual_seed(0)
     model, reference = compress(nn.Sequential(nn.Conv1d(3, 5, 3, padding=1, stride=2)))
