@@ -116,11 +116,12 @@ def _runtime_report(args: argparse.Namespace) -> tuple[dict, list]:
     import torch
 
     from .. import format as fmt
+    from ..format.export import example_input_shape
     from ..nn import settle
 
     src = _input_file(args.file)
     model = _load_model(src, args, runtime="compressed", prefer=args.prefer)
-    shape = fmt.export.example_input_shape(model, fmt.info(src), args.input_shape)
+    shape = example_input_shape(model, fmt.read(src).header, args.input_shape)
     if shape is None:
         raise UsageError(f"{src}: the file records no input shape; pass --input-shape C,H,W")
     example = torch.rand((args.batch, *shape), generator=torch.Generator().manual_seed(0))

@@ -214,6 +214,8 @@ class Dispatcher:
         row = rows[names.index(choice)]
         w.chosen[key] = row
         w.times_us[key] = times
+        if not any(r.decodes for r in w.chosen.values()) and not w.fallbacks:
+            w.release_dense()                    # decoded only to be timed: not kept
         return row
 
 

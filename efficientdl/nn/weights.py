@@ -215,6 +215,10 @@ class CompressedWeight(torch.Tensor):
                 p.dense[dtype] = t
         return t.t() if self._transposed else t
 
+    def release_dense(self) -> None:
+        """Drop the decoded dense copies (a kernel that needs one decodes it again)."""
+        self._payload.dense.clear()
+
     def rows(self, start: int, stop: int) -> "CompressedWeight":
         """The rows ``start … stop − 1`` as a compressed weight of their own (packed once, kept),
         e.g. the query, key or value block of an attention's ``in_proj_weight``."""

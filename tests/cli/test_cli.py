@@ -328,6 +328,8 @@ def test_eval_and_info_with_compressed_runtime(files, capsys):
     assert main(["info", str(files["edlz"]), "--runtime"]) == 0
     text = capsys.readouterr().out
     assert "fc1.weight" in text and "end to end on a random (1, 1, 28, 28) batch" in text
+    code = main(["info", str(files["edlz"]), "--runtime", "--input-shape", "3,5,5"])
+    assert "fc1.weight: linear expects (..., 784) input" in assert_one_line_error(capsys, code, "info")
     code = main(["eval", str(files["ckpt"]), "--runtime", "compressed"])
     assert "needs a compressed file" in assert_one_line_error(capsys, code, "eval")
 

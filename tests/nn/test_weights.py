@@ -317,6 +317,8 @@ def test_choice_is_cached_per_machine_and_then_deterministic(tmp_path, monkeypat
         again = CompressedWeight(codes, codebook, dispatcher=dispatch.Dispatcher(cache=path))
         torch.testing.assert_close(F.linear(x, again), x @ dense.t())
         assert again.chosen[key].name == row.name
+    if row.name != "dense":
+        assert first.decoded_bytes() == 0                                # decoded to be timed, not kept
     memory = CompressedWeight(codes, codebook, dispatcher=dispatch.Dispatcher("memory", cache=path))
     monkeypatch.undo()
     F.linear(x, memory)                                                   # another preference: its own entry
