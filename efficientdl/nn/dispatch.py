@@ -43,6 +43,8 @@ from ..errors import ModelError
 
 #: timed runs per candidate kernel when a shape class is first seen (after one warm-up)
 MEASURE_REPEATS = 5
+#: prepared kernels kept per weight (one per exact input shape)
+MAX_PREPARED = 64
 #: a candidate whose first run took longer than this (µs) is timed once more only
 MEASURE_LONG_US = 20_000.0
 
@@ -186,6 +188,8 @@ class Dispatcher:
         if row is None:
             row = self._choose(call, key)
         if exact_key is not None and row.prepare is not None:
+            if len(w.prepared) >= MAX_PREPARED:   # many input shapes (e.g. sequence lengths): start afresh
+                w.prepared.clear()
             w.prepared[exact_key] = row.prepare(call)
         return row.run(call)
 

@@ -89,11 +89,12 @@ def _prepare_sparse(call: Call, twin: bool):
     w = call.weight
     rows, cols = w.shape
     n = call.columns
+    dtype = call.x.dtype                          # (the closures keep no reference to the call's tensors)
     cached = [None, None, None]                   # bias tensor → its numpy view
 
     def bias_numpy(b):
         if cached[0] is not b:
-            cached[0], (cached[1], cached[2]) = b, _bias_as(b, call.x.dtype)
+            cached[0], (cached[1], cached[2]) = b, _bias_as(b, dtype)
         return cached[2]
 
     if n == 1:

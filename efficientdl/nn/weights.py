@@ -253,7 +253,8 @@ class CompressedWeight(torch.Tensor):
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         if func is _F_LINEAR and not kwargs and len(args) == 3:     # the hot path: a prepared F.linear
             x, w, b = args
-            if type(w) is cls and type(x) is not cls and type(b) is not cls and not w._transposed:
+            if (type(w) is cls and isinstance(x, torch.Tensor) and type(x) is not cls and type(b) is not cls
+                    and not w._transposed):
                 fast = w._payload.prepared.get((x.shape, x.dtype, x.is_cuda, b is None))
                 if fast is not None:
                     return fast(x, b)

@@ -295,6 +295,9 @@ def test_bad_input_gives_one_clear_error():
         F.conv2d(torch.randn(1, 3, 5, 5), conv)
     with pytest.raises(ModelError, match="smaller than"):
         F.conv2d(torch.randn(1, 2, 2, 2), conv)
+    F.linear(torch.randn(2, 6), w)                              # a prepared kernel exists now
+    with pytest.raises(ModelError, match="needs a tensor input, got list"):
+        weights.SERVED[F.linear]([[1.0] * 6], w)               # (F.linear itself refuses a list first)
     with pytest.raises(ModelError, match="at least 2-D"):
         CompressedWeight(np.array([1, 0, 2]), codebook)
 
