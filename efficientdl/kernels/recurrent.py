@@ -10,10 +10,11 @@ A recurrent layer computes, for ``t = 1 … T`` (Hochreiter & Schmidhuber 1997; 
 
 with torch's gate order.  The input terms of all time steps do not depend on ``h``: the
 caller computes them beforehand as one product (``xp``, shape ``(T, B, G·H)``, biases
-``b_ih`` included).  What is left is the sequential ``h W_hhᵀ``: one matrix–vector
-product per step and sample, EIE's NT-LSTM case, here on the row-major twin of the
-compressed ``W_hh`` (:func:`efficientdl.kernels.cpu.pack_rows`), the gates in the same
-compiled loop, so a step costs no interpreter round trip.
+``b_ih`` included).  What is left is the sequential ``h W_hhᵀ``: per step one matrix–vector
+product (one sample: EIE's NT-LSTM case) or one sparse × dense product over the batch's
+hidden states, on the row-major twin of the compressed ``W_hh``
+(:func:`efficientdl.kernels.cpu.pack_rows`), the gates in the same compiled loop, so a
+step costs no interpreter round trip.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .cpu import PackedMatrix, _lookup_table, _rows_lookup_range, _rows_mv_range, _table_on_cache_lines
+from .cpu import (PackedMatrix, _lookup_table, _rows_absolute_mm_range, _rows_lookup_range, _rows_mm_range,
+                  _rows_mv_range, _table_on_cache_lines)
 
 #: cell kinds, as the compiled loop takes them
 MODES = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
@@ -42,12 +44,26 @@ def _sequence(mode, xp, h, c, rowptr, entries, code_bits, absolute, codebook, bi
     hb = np.empty(hidden, xp.dtype)
     gh = np.empty(rows, xp.dtype)
     table = _table_on_cache_lines((hidden << code_bits) if absolute else 1, hb)
+    h_cols = np.empty((hidden, batch), xp.dtype)     # several samples: one sparse × dense product per step
+    gh_cols = np.empty((rows, batch), xp.dtype)
     for s in range(steps):
         t = steps - 1 - s if reverse else s
+        if batch > 1:
+            for j in range(hidden):
+                for b in range(batch):
+                    h_cols[j, b] = h[b, j]
+            gh_cols[:] = 0
+            if absolute:
+                _rows_absolute_mm_range(0, rows, rowptr, entries, code_bits, codebook, h_cols, gh_cols)
+            else:
+                _rows_mm_range(0, rows, rowptr, entries, code_bits, codebook, h_cols, gh_cols)
         for b in range(batch):
             for j in range(hidden):
                 hb[j] = h[b, j]
-            if absolute:
+            if batch > 1:
+                for r in range(rows):
+                    gh[r] = gh_cols[r, b]
+            elif absolute:
                 _lookup_table(0, hidden, code_bits, codebook, hb, table)
                 _rows_lookup_range(0, rows, rowptr, entries, codebook, table, gh)
             else:
