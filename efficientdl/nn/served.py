@@ -134,6 +134,18 @@ register_kernel(KernelRow("sparse-columns", "linear", lambda c: c.columns > 1, l
 
 
 # ---------------------------------------------------------------------------- kernels: conv2d
+def _conv_prepared(run):
+    """``prepare`` of a conv2d row: for later inputs of the same shape, reshape/pad and run, unchecked."""
+    def prepare(call: Call):
+        w, args, columns = call.weight, call.args, call.columns
+        pre, post = args["pre"], args["post"]
+
+        def f(x, b):
+            return post(run(Call("conv2d", w, pre(x), b, args, columns)))
+        return f
+    return prepare
+
+
 def _conv_dense(call: Call) -> torch.Tensor:
     a = call.args
     weight = call.weight.dense(call.x.dtype)
@@ -190,14 +202,17 @@ def _is_1x1(call: Call) -> bool:
 
 
 register_kernel(KernelRow("dense", "conv2d", lambda c: True, _conv_dense, decodes=True,
-                          description="F.conv2d on the decoded dense weight"))
+                          description="F.conv2d on the decoded dense weight", prepare=_conv_prepared(_conv_dense)))
 register_kernel(KernelRow("sparse-1x1", "conv2d", _is_1x1, _conv_1x1,
-                          description="1×1 convolution as W · X on channel-major activations"))
+                          description="1×1 convolution as W · X on channel-major activations",
+                          prepare=_conv_prepared(_conv_1x1)))
 register_kernel(KernelRow("sparse-im2col", "conv2d", lambda c: c.args["groups"] == 1, _conv_im2col,
-                          description="im2col patch matrix, then the packed product"))
+                          description="im2col patch matrix, then the packed product",
+                          prepare=_conv_prepared(_conv_im2col)))
 register_kernel(KernelRow("sparse-direct", "conv2d", lambda c: True, _conv_direct,
                           description="direct sparse convolution: each stored weight adds a shifted input plane "
-                                      "(any groups, depthwise included; no im2col)"))
+                                      "(any groups, depthwise included; no im2col)",
+                          prepare=_conv_prepared(_conv_direct)))
 
 
 # ---------------------------------------------------------------------------- kernels: embedding
@@ -278,6 +293,17 @@ def _pair(v, one_d: bool):
 
 def _conv(input, weight, bias, stride, padding, dilation, groups, one_d: bool):
     func = F.conv1d if one_d else F.conv2d
+    key = None
+    if (type(weight) is CompressedWeight and isinstance(input, torch.Tensor) and type(input) is not CompressedWeight
+            and type(bias) is not CompressedWeight and not weight._transposed):
+        try:
+            key = ("conv", one_d, input.shape, input.dtype, input.is_cuda, bias is None, stride, padding, dilation,
+                   groups)
+            fast = weight._payload.prepared.get(key)
+        except TypeError:                         # unhashable arguments (a list): the full path
+            key = fast = None
+        if fast is not None:
+            return fast(input, bias)
     if not _only_weight(weight, input, bias):
         return fallback(func, (input, weight, bias, stride, padding, dilation, groups), {},
                         "the compressed tensor is not the weight argument")
@@ -307,13 +333,21 @@ def _conv(input, weight, bias, stride, padding, dilation, groups, one_d: bool):
     if out_h < 1 or out_w < 1:
         raise ModelError(f"{weight.name or 'compressed weight'}: input {tuple(input.shape)} is smaller than the "
                          f"{kh}×{kw} kernel")
+    def pre(t: torch.Tensor) -> torch.Tensor:     # the served input → the kernels' (N, C, H, W), padded
+        t = t.detach() if t.requires_grad else t
+        t = t.unsqueeze(0) if single else t
+        t = t.unsqueeze(2) if one_d else t
+        return (F.pad(t, pad) if pad is not None else t).contiguous()
+
+    def post(y: torch.Tensor) -> torch.Tensor:
+        y = y.squeeze(2) if one_d else y
+        return y[0] if single else y
+
     call = Call("conv2d", weight, x.contiguous(), bias,
                 {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups,
-                 "weight_shape": weight_shape}, columns=x.shape[0] * out_h * out_w)
-    y = weight.dispatcher.run(call)
-    if one_d:
-        y = y.squeeze(2)
-    return y[0] if single else y
+                 "weight_shape": weight_shape, "pre": pre, "post": post}, columns=x.shape[0] * out_h * out_w)
+    return post(weight.dispatcher.run(call, exact_key=key))
+
 
 
 @implements(F.conv2d)
