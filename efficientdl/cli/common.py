@@ -55,6 +55,10 @@ def names(table: Iterable[str] | Any) -> list[str]:
 # --------------------------------------------------------------------------- argument types
 #: numbers on the command line, range-checked by the same :class:`~efficientdl.core.options.Option` as recipes
 _positive_int = Option("value", int, low=1)
+_nonneg_int = Option("value", int, low=0)
+_positive_float = Option("value", float, low=0, low_open=True)
+_nonneg_float = Option("value", float, low=0)
+_fraction = Option("value", float, low=0, high=1)
 
 
 def _input_shape(text: str) -> tuple[int, ...]:
@@ -62,14 +66,10 @@ def _input_shape(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(t) for t in text.replace("x", ",").split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a shape like 1,28,28, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a shape like C,H,W such as 1,28,28, got {text!r}") from None
     if not dims or any(d < 1 for d in dims):
-        raise argparse.ArgumentTypeError(f"expected a shape like 1,28,28, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a shape like C,H,W such as 1,28,28, got {text!r}")
     return dims
-_nonneg_int = Option("value", int, low=0)
-_positive_float = Option("value", float, low=0, low_open=True)
-_nonneg_float = Option("value", float, low=0)
-_fraction = Option("value", float, low=0, high=1)
 
 
 def _scalar(text: str) -> int | float:

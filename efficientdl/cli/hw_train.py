@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import EdlError
-from .common import _json_object, _positive_float, _positive_int
+from .common import _input_shape, _json_object, _positive_float, _positive_int
 
 #: one sample's shape and classes for the registry models (others: 1×28×28, 10 classes)
 MODEL_INPUTS = {"resnet50": ((3, 224, 224), 1000), "resnet18": ((3, 32, 32), 10), "squeezenet": ((3, 224, 224), 1000)}
@@ -28,16 +28,6 @@ HELP = "training time, memory and energy on GPUs/TPUs/CPUs: step breakdown, data
 
 class TrainUsageError(EdlError):
     """A bad argument of ``edl hw train``."""
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(t) for t in text.replace("x", ",").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a shape like 3,224,224, got {text!r}") from None
-    if not dims or any(d < 1 for d in dims):
-        raise argparse.ArgumentTypeError(f"expected a shape like 3,224,224, got {text!r}")
-    return dims
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -54,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keyword arguments of a MODULE:CALLABLE model, e.g. '{\"width\": 16}'")
     parser.add_argument("--trust-model-code", action="store_true",
                         help="import and run the model code a checkpoint names (a file never imports code on its own)")
-    parser.add_argument("--input-shape", type=_shape, help="one sample's shape, e.g. 3,224,224 (default per model)")
+    parser.add_argument("--input-shape", type=_input_shape, help="one sample's shape, e.g. 3,224,224 (default per model)")
     parser.add_argument("--num-classes", type=_positive_int, help="classes of a registry model (default per model)")
     parser.add_argument("--device", default="v100",
                         help="v100, v100-32gb, p100, a100, h100, h200, tpu-v2, knl, cpu, cpu-probe or FILE.yaml[:NAME]")
