@@ -48,22 +48,6 @@ def _bias(call: Call) -> torch.Tensor | None:
     return None if b is None else b.detach().to(call.x.dtype)
 
 
-def _linear_dense(call: Call) -> torch.Tensor:
-    return F.linear(call.x, call.weight.dense(call.x.dtype), _bias(call))
-
-
-def _product(call: Call, twin: bool) -> torch.Tensor:
-    """``x Wᵀ (+ b)`` for ``x`` of shape ``(n, in)`` by the packed kernels."""
-    w, x = call.weight, call.x
-    matrix, row_twin = w.matrix, (w.twin if twin else None)
-    if x.shape[0] == 1:
-        y = torch.from_numpy(cpu.matmul(matrix, x.reshape(-1).contiguous().numpy(), twin=row_twin)).unsqueeze(0)
-    else:
-        y = torch.from_numpy(cpu.matmul(matrix, x.t().contiguous().numpy(), twin=row_twin)).t()
-    b = _bias(call)
-    return (y + b) if b is not None else y.contiguous()
-
-
 def _bias_as(b: torch.Tensor | None, dtype: torch.dtype):
     """The bias in ``dtype`` and, for the numpy kernels, as an array (views, no copy for float32)."""
     if b is None:
@@ -85,7 +69,8 @@ def _prepare_dense(call: Call):
 
 
 def _prepare_sparse(call: Call, twin: bool):
-    """The packed product for inputs of ``call.x``'s exact shape, bound once (see :func:`_product`)."""
+    """``x Wᵀ (+ b)`` by the packed kernels for inputs of ``call``'s exact shape, bound once: at one
+    column the prepared matrix–vector product; above, the product with ``xᵀ`` laid out channel-major."""
     w = call.weight
     rows, cols = w.shape
     n = call.columns
@@ -123,14 +108,27 @@ def _prepare_sparse(call: Call, twin: bool):
     return g
 
 
-register_kernel(KernelRow("dense", "linear", lambda c: True, _linear_dense, decodes=True,
+def _run_prepared(prepare):
+    """``run`` of a linear row: its kernel prepared for this call's input, then applied to it."""
+    return lambda call: prepare(call)(call.args["input"], call.bias)
+
+
+def _prepare_sparse_rows(call: Call):
+    return _prepare_sparse(call, twin=True)
+
+
+def _prepare_sparse_columns(call: Call):
+    return _prepare_sparse(call, twin=False)
+
+
+register_kernel(KernelRow("dense", "linear", lambda c: True, _run_prepared(_prepare_dense), decodes=True,
                           description="F.linear on the decoded dense weight", prepare=_prepare_dense))
-register_kernel(KernelRow("sparse", "linear", lambda c: True, lambda c: _product(c, twin=True),
+register_kernel(KernelRow("sparse", "linear", lambda c: True, _run_prepared(_prepare_sparse_rows),
                           description="packed sparse kernels: column/row at n=1, sparse × dense (channel-major) above",
-                          prepare=lambda c: _prepare_sparse(c, twin=True)))
-register_kernel(KernelRow("sparse-columns", "linear", lambda c: c.columns > 1, lambda c: _product(c, twin=False),
+                          prepare=_prepare_sparse_rows))
+register_kernel(KernelRow("sparse-columns", "linear", lambda c: c.columns > 1, _run_prepared(_prepare_sparse_columns),
                           description="column kernel over all columns (skips zero activation rows)",
-                          prepare=lambda c: _prepare_sparse(c, twin=False)))
+                          prepare=_prepare_sparse_columns))
 
 
 # ---------------------------------------------------------------------------- kernels: conv2d
