@@ -44,6 +44,12 @@ def _pruning_methods() -> list[str]:
     return list(METHODS)
 
 
+def _allocations() -> list[str]:
+    from ..compress.pruning.post_training import ALLOCATIONS
+
+    return list(ALLOCATIONS)
+
+
 def _quantizers() -> list[str]:
     from ..compress.quantization import QUANTIZERS
 
@@ -69,6 +75,9 @@ def add_prune(p: argparse.ArgumentParser) -> None:
                    help="calibration samples of the training data, labels ignored (default 512 for obs/wanda/pattern)")
     g.add_argument("--sequential", action="store_true",
                    help="calibrate each layer on the already-pruned earlier layers (one pass per layer)")
+    g.add_argument("--allocation", choices=_allocations(), default="uniform",
+                   help="uniform (default): every layer at --sparsity; error: one network-wide --sparsity spread "
+                        "over the layers by their measured error curves")
     add_model_options(p)
     add_common_options(p)
     add_training_options(p, None, 0.01, epochs_help="retraining epochs (default 3; post-training: 0)")
@@ -92,6 +101,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.sequential and not post_training:
         raise RecipeError("prune: --sequential is a post-training setting: give --method obs or wanda, "
                           "or --calibration")
+    if args.allocation != "uniform":
+        if not post_training:
+            raise RecipeError("prune: --allocation is a post-training setting: give --method obs or wanda, "
+                              "or --calibration")
+        if args.pattern is not None or args.sequential or isinstance(args.sparsity, dict):
+            raise RecipeError("prune: --allocation error spreads one --sparsity (a number) over the layers: "
+                              "not with --pattern, --sequential or per-layer sparsities")
     if args.epochs is None:
         args.epochs = 0 if post_training else 3
     _seed(args)
@@ -106,7 +122,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         calibration = calibration_samples(ds.train, args.calibration or DEFAULT_CALIBRATION)
         model, report = compress.pruning.prune_post_training(
             model, calibration, sparsity=args.sparsity, pattern=args.pattern, method=args.method,
-            sequential=args.sequential)
+            sequential=args.sequential, allocation=args.allocation)
         if args.epochs:
             report.history = trainer.fit(model, description="prune fine-tune")
     else:

@@ -446,7 +446,8 @@ def run(
             _, report = prune_post_training(model, calibration, sparsity=section.get("sparsity"),
                                             pattern=section.get("pattern"),
                                             method=section.get("method", "magnitude"),
-                                            sequential=section.get("sequential", False))
+                                            sequential=section.get("sequential", False),
+                                            allocation=section.get("allocation", "uniform"))
             for name, w in _nonzero_weights(model).items():
                 snapshots[name]["pruned"] = w
             t = trainer(section, teacher if section.get("distill") else None, epochs=0, lr=0.01)

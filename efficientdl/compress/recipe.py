@@ -12,7 +12,7 @@ A recipe is a mapping with these keys (all optional except ``model``)::
                                  # after each compression stage; keep (default)
     fold_batchnorm: false        # the older spelling of bn: fold
     dense:    {epochs, lr, momentum, weight_decay, schedule, warmup_epochs, clip_grad_norm}
-    prune:    {sparsity | quality | pattern, method, calibration, sequential, bias_correction,
+    prune:    {sparsity | quality | pattern, method, calibration, sequential, allocation, bias_correction,
                steps, sparsity_schedule, epochs, lr, momentum, weight_decay,
                schedule, warmup_epochs, clip_grad_norm, distill}
     quantize: {bits, init, weighting, compensate, calibration, bias_correction, epochs, lr,
@@ -23,7 +23,9 @@ Post-training compression (a trained network, unlabeled samples, no retraining):
 Deep Compression), ``obs`` (SparseGPT-style reconstruction) or ``wanda``; ``pattern``
 (``"2:4"``, per layer) asks for N:M sparsity; ``calibration`` is the number of training
 samples whose inputs (labels ignored) calibrate the layers (default 512 where a method
-needs them); ``sequential`` calibrates each layer on the already-pruned earlier ones.
+needs them); ``sequential`` calibrates each layer on the already-pruned earlier ones; ``allocation: error``
+spreads one network-wide ``sparsity`` over the layers by their measured error curves
+(``uniform``, the default, prunes every layer alike).
 A post-training prune stage does not retrain unless ``epochs`` asks for it.
 ``quantize.weighting: hessian`` weights the k-means by the calibration inputs' ``diag H``
 and ``compensate`` adds GPTQ-style error compensation.  ``bias_correction`` shifts each
@@ -55,7 +57,7 @@ from ..errors import RecipeError
 from ..format.streams import CODINGS
 from ..train.options import TRAIN_OPTIONS
 from .pruning.criteria import parse_pattern
-from .pruning.post_training import METHODS
+from .pruning.post_training import ALLOCATIONS, METHODS
 from .pruning.prune import SPARSITY_SCHEDULES, check_targets
 from .quantization.registry import QUANTIZERS
 
@@ -147,7 +149,7 @@ SCHEMA: dict[str, Any] = {
     "prune": {**_TRAIN, "sparsity": _per_layer(_number(0, 1)), "quality": _per_layer(_number(0, 100)),
               "pattern": _per_layer(_pattern), "method": _choice(*METHODS),
               "calibration": _number(1, 1 << 20, integer=True), "sequential": _is(bool, "true or false"),
-              "bias_correction": _is(bool, "true or false"),
+              "allocation": _choice(*ALLOCATIONS), "bias_correction": _is(bool, "true or false"),
               "steps": _number(1, 1000, integer=True), "sparsity_schedule": _choice(*SPARSITY_SCHEDULES),
               "distill": _is(bool, "true or false")},
     "quantize": {**_TRAIN, **{name: _option(o) for name, o in QUANTIZERS.entry("kmeans").options.items()},
@@ -246,6 +248,16 @@ def validate(data: Any, path: str | None = None, lines: dict[tuple, int] | None 
         if prune.get("sequential") and not post_training_prune(prune):
             raise RecipeError(f"{recipe.where('prune', 'sequential')}: 'sequential' is a post-training setting: "
                               "give a 'method' (obs, wanda) or 'calibration' too")
+        if prune.get("allocation", "uniform") != "uniform":
+            if not post_training_prune(prune):
+                raise RecipeError(f"{recipe.where('prune', 'allocation')}: 'allocation' is a post-training setting: "
+                                  "give a 'method' (obs, wanda) or 'calibration' too")
+            if prune.get("pattern") is not None or prune.get("sequential"):
+                raise RecipeError(f"{recipe.where('prune', 'allocation')}: allocation 'error' spreads one sparsity "
+                                  "over the layers: not with 'pattern' or 'sequential'")
+            if isinstance(prune.get("sparsity"), dict):
+                raise RecipeError(f"{recipe.where('prune', 'allocation')}: allocation 'error' needs one "
+                                  "network-wide 'sparsity' (a number), not one per layer")
     if data.get("quantize") is not None and "bits" not in data["quantize"]:
         raise RecipeError(f"{recipe.where('quantize')}: quantize needs 'bits'")
     return recipe

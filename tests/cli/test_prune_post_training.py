@@ -44,6 +44,20 @@ def test_calibrated_method_prunes_without_retraining(checkpoint, tmp_path, metho
             assert float((module.weight == 0).float().mean()) >= 0.5 - 1e-3
 
 
+def test_error_allocation_spreads_one_sparsity_over_the_layers(checkpoint, tmp_path):
+    out = tmp_path / "p.pt"
+    code, stdout, stderr = run_quiet(["prune", checkpoint, "-o", out, "--method", "obs", "--sparsity", "0.6",
+                                      "--allocation", "error", "--calibration", "64", *DATA])
+    assert code == 0, stderr
+    settings = json.loads(stdout)["settings"]
+    assert settings["allocation"] == "error"
+    model = load_checkpoint(out)
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros == pytest.approx(0.6, abs=2e-3)
+    assert len({round(v, 3) for v in settings["sparsity"].values()}) > 1       # not the same in every layer
+
+
 def test_pattern_gives_exactly_n_of_m(checkpoint, tmp_path):
     out = tmp_path / "p.pt"
     code, _, stderr = run_quiet(["prune", checkpoint, "-o", out, "--pattern", "2:4", "--method", "magnitude", *DATA])
@@ -60,6 +74,10 @@ def test_pattern_gives_exactly_n_of_m(checkpoint, tmp_path):
     (["--method", "sparsegpt", "--sparsity", "0.5"], "invalid choice"),
     (["--quality", "1.0", "--method", "obs"], "not --quality"),
     (["--sparsity", "0.5", "--sequential"], "post-training"),
+    (["--sparsity", "0.5", "--allocation", "error"], "post-training"),
+    (["--sparsity", "fc1=0.5,fc2=0.7", "--method", "obs", "--allocation", "error"], "one --sparsity"),
+    (["--pattern", "2:4", "--method", "obs", "--allocation", "error"], "not with --pattern"),
+    (["--sparsity", "0.5", "--method", "obs", "--allocation", "global"], "invalid choice"),
     (["--sparsity", "0.5", "--calibration", "0"], "--calibration"),
 ])
 def test_bad_post_training_arguments_are_one_line(checkpoint, tmp_path, capsys, argv, fragment):

@@ -73,6 +73,11 @@ def test_recipe_keys_validate_and_need_calibration():
     assert calibration_samples(validate({**BASE, "bn": "reestimate"})) == DEFAULT_CALIBRATION
     for bad, match in [({"prune": {"quality": 1.0, "method": "obs"}}, "not 'quality'"),
                        ({"prune": {"sparsity": 0.5, "sequential": True}}, "post-training"),
+                       ({"prune": {"sparsity": 0.5, "allocation": "error"}}, "post-training"),
+                       ({"prune": {"sparsity": {"fc1": 0.5}, "method": "obs", "allocation": "error"}},
+                        "network-wide"),
+                       ({"prune": {"pattern": "2:4", "method": "obs", "allocation": "error"}}, "not with 'pattern'"),
+                       ({"prune": {"sparsity": 0.5, "method": "obs", "allocation": "global"}}, "expected one of"),
                        ({"prune": {"pattern": "2-4"}}, "N:M"),
                        ({"prune": {"sparsity": 0.5, "method": "sparsegpt"}}, "expected one of"),
                        ({"prune": {"sparsity": 0.5, "calibration": 0}}, "≥ 1"),
@@ -88,6 +93,16 @@ def test_unknown_pattern_layer_is_refused_before_anything_runs():
     with pytest.raises(RecipeError, match="nolayer"):
         pipeline.run(model, ds.train, ds.test, validate({**BASE, "prune": {"pattern": {"nolayer": "2:4"}}}),
                      progress=False, log=lambda *_: None)
+
+
+def test_recipe_error_allocation_reaches_the_network_wide_sparsity(dense):
+    ds, base = dense
+    recipe = {**BASE, "prune": {"sparsity": 0.6, "method": "obs", "allocation": "error", "calibration": SAMPLES}}
+    _, result = run(recipe, copy.deepcopy(base.model.state_dict()))
+    assert result.stages[1].settings["allocation"] == "error"
+    weights = [m.weight for m in result.model.modules() if isinstance(m, torch.nn.Linear)]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros == pytest.approx(0.6, abs=2e-3)
 
 
 @pytest.mark.parametrize("method", ["obs", "wanda", "magnitude"])

@@ -339,3 +339,87 @@ def test_given_statistics_give_the_same_result_as_collecting_them():
     assert stats["0"].gram is not None                     # the caller's statistics are kept
     with pytest.raises(RecipeError, match="sequential"):
         prune_post_training(copy.deepcopy(net), batches, sparsity=0.5, sequential=True, statistics=stats)
+
+
+# --------------------------------------------------------------------------- sparsity allocation
+def test_allocation_solver_equals_the_linear_programme_on_convex_curves():
+    """On convex error curves (linear between grid points) the greedy solver reaches the optimum
+    that scipy's LP solver finds for the same problem: per layer and grid segment, weights
+    pruned ``x ∈ [0, Δs·n]`` at the segment's slope, ``Σ x`` = the weights to remove."""
+    from scipy.optimize import linprog
+
+    from efficientdl.compress.pruning.post_training import allocate_sparsity
+
+    grid = [0.0, 0.2, 0.4, 0.6, 0.8]
+    rng = np.random.default_rng(0)
+    sizes = {"a": 100, "b": 300, "c": 200, "d": 50}
+    coefficients = {k: (float(rng.uniform(0.2, 3.0)), float(rng.uniform(0, 0.5))) for k in sizes}
+    curves = {k: {s: a * s ** 2 + b * s for s in grid} for k, (a, b) in coefficients.items()}
+
+    def cost(alloc):                              # the curves, linear between grid points
+        return sum(float(np.interp(alloc[k], grid, [curves[k][s] for s in grid])) for k in sizes)
+
+    total = sum(sizes.values())
+    slopes, bounds = [], []
+    for k in sizes:
+        for s0, s1 in zip(grid, grid[1:]):
+            slopes.append((curves[k][s1] - curves[k][s0]) / ((s1 - s0) * sizes[k]))
+            bounds.append((0, (s1 - s0) * sizes[k]))
+    for target in (0.3, 0.5, 0.7):
+        lp = linprog(slopes, A_eq=[np.ones(len(slopes))], b_eq=[target * total], bounds=bounds)
+        result = allocate_sparsity(curves, sizes, target)
+        assert sum(result[k] * sizes[k] for k in sizes) == pytest.approx(target * total)
+        assert cost(result) == pytest.approx(lp.fun + sum(curves[k][0.0] for k in sizes), rel=1e-9)
+
+
+def test_allocation_cuts_the_last_step_to_the_target():
+    from efficientdl.compress.pruning.post_training import allocate_sparsity
+
+    curves = {"big": {0.0: 0.0, 0.5: 0.1, 1.0: 5.0}, "small": {0.0: 0.0, 0.5: 1.0, 1.0: 9.0}}
+    result = allocate_sparsity(curves, {"big": 900, "small": 100}, 0.3)
+    assert result == pytest.approx({"big": 1 / 3, "small": 0.0})     # 300 weights, all from the cheap layer
+
+
+def test_error_allocation_prunes_the_redundant_layer_more_and_meets_the_total():
+    """Two layers, one on inputs of rank 4 (most of its weights removable at no error), one on
+    full-rank inputs: the error allocation gives the first more sparsity, removes 60% of all
+    their weights, and leaves a smaller summed output error than 60% in both."""
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.low = nn.Linear(32, 16)
+            self.full = nn.Linear(32, 16)
+
+        def forward(self, x):
+            return self.low(x[:, :32]) + self.full(x[:, 32:])
+
+    g = torch.Generator().manual_seed(0)
+    low_rank = torch.randn(512, 4, generator=g) @ torch.randn(4, 32, generator=g)
+    x = torch.cat([low_rank, torch.randn(512, 32, generator=g)], 1)
+    torch.manual_seed(0)
+    model = Two()
+    batches = list(x.split(128))
+    errors = {}
+    for allocation in ("uniform", "error"):
+        pruned, report = prune_post_training(copy.deepcopy(model), batches, sparsity=0.6, method="obs",
+                                             allocation=allocation)
+        s = report.settings["sparsity"]
+        assert (s["low"] + s["full"]) / 2 == pytest.approx(0.6, abs=1e-3)
+        assert report.settings["allocation"] == allocation
+        errors[allocation] = sum(report.settings["reconstruction_error"][k] ** 2 for k in s)
+        if allocation == "error":
+            assert s["low"] > 0.6 > s["full"]
+    assert errors["error"] < errors["uniform"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"allocation": "global"}, "allocation must be one of uniform, error"),
+    ({"allocation": "error", "pattern": "2:4", "sparsity": None}, "not with 'pattern' or 'sequential'"),
+    ({"allocation": "error", "sparsity": {"0": 0.5, "2": 0.7}}, "spreads one sparsity"),
+])
+def test_bad_allocation_settings_are_recipe_errors(kwargs, message):
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    settings = {"sparsity": 0.5, "method": "obs", **kwargs}
+    with pytest.raises(RecipeError, match=message):
+        prune_post_training(model, [torch.randn(16, 8)], **settings)

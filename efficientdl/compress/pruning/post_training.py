@@ -33,6 +33,64 @@ from .obs import obs_prune
 from .prune import apply_mask, pruning_targets, weight_mask
 
 METHODS = ("obs", "wanda", "magnitude")
+#: how a network-wide sparsity is spread over its layers: the same everywhere, or by the layers' error curves
+ALLOCATIONS = ("uniform", "error")
+#: the sparsities at which ``allocation="error"`` measures each layer's error curve
+ALLOCATION_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+def allocate_sparsity(curves: dict[str, dict[float, float]], sizes: dict[str, int], target: float) -> dict[str, float]:
+    """Per-layer sparsities that reach a network-wide sparsity at the least summed layer error.
+
+    Non-uniform layer-wise compression from a *compression database* (Frantar & Alistarh,
+    "Optimal Brain Compression", NeurIPS'22, §5: each layer pruned at a grid of levels,
+    its error recorded, then a solver picks one level per layer under the global budget).
+    Given, for every layer ``l`` with ``n_l`` weights, its squared relative reconstruction
+    error ``e_l(s)`` at the grid sparsities ``s``, choose ``s_l`` to
+
+        minimise  Σ_l e_l(s_l)   subject to   Σ_l n_l s_l = target · Σ_l n_l.
+
+    Greedy on the marginal cost: start every layer at its lowest grid sparsity, then
+    repeatedly move the layer whose next grid step costs the least added error per weight
+    pruned, ``(e_l(s') − e_l(s)) / ((s' − s) n_l)``, one step up; the last step is cut to
+    the weights still needed (a sparsity between two grid points).  For convex curves this
+    is the exact optimum of the grid problem (the exchange argument of the fractional
+    knapsack); the curves measured on real layers are close to convex.
+
+    Args:
+        curves: layer → ``{sparsity: squared relative error}``, the same grid for every
+            layer, its lowest point at or below ``target``.
+        sizes: layer → number of weights.
+        target: the network-wide fraction of weights to remove, in ``[0, 1)``.
+
+    Returns:
+        layer → sparsity; ``Σ n_l s_l`` equals ``target · Σ n_l`` (up to rounding) unless
+        every layer is at the top of the grid.
+    """
+    grid = sorted(next(iter(curves.values())))
+    level = {k: 0 for k in curves}
+    total = sum(sizes[k] for k in curves)
+    sparsity = {k: grid[0] for k in curves}
+    needed = target * total - grid[0] * total
+    while needed > 1e-9:
+        best = None
+        for k in curves:
+            i = level[k]
+            if i + 1 < len(grid):
+                step = (grid[i + 1] - grid[i]) * sizes[k]
+                cost = (curves[k][grid[i + 1]] - curves[k][grid[i]]) / step
+                if best is None or cost < best[0]:
+                    best = (cost, k, step)
+        if best is None:
+            break
+        _, k, step = best
+        level[k] += 1
+        if step >= needed:                      # the last step: only the weights still needed
+            sparsity[k] = grid[level[k] - 1] + needed / sizes[k]
+            break
+        sparsity[k] = grid[level[k]]
+        needed -= step
+    return sparsity
 
 
 def reconstruction_error(weight: torch.Tensor, new_weight: torch.Tensor, stats: Statistics) -> float:
@@ -83,6 +141,23 @@ def _prune_tensor(weight: torch.Tensor, stats: Statistics, kind: str, value: Any
     return weight.detach() * mask, mask
 
 
+def _allocated(covered: dict, stats: dict, target: float, method: str, block: int, damp: float) -> dict:
+    """``covered`` with each tensor's sparsity from its error curve (``allocation="error"``)."""
+    curves, sizes = {}, {}
+    for key, (t, kind, _) in covered.items():
+        w = t.value.detach()
+        curves[key] = {}
+        for s in ALLOCATION_GRID:
+            try:
+                new, _ = _prune_tensor(w, stats[key], kind, s, method, block, damp)
+            except ValueError as error:
+                raise RecipeError(f"prune: '{key}': {error}") from None
+            curves[key][s] = reconstruction_error(w, new, stats[key]) ** 2
+        sizes[key] = w.numel()
+    chosen = allocate_sparsity(curves, sizes, target)
+    return {key: (t, kind, chosen[key]) for key, (t, kind, _) in covered.items()}
+
+
 def _write(module: nn.Module, attr: str, value: torch.Tensor, mask: torch.Tensor) -> None:
     """Store ``value`` as the tensor and prune it to ``mask`` (intersected with an existing mask)."""
     old = weight_mask(module, attr)
@@ -106,6 +181,7 @@ def prune_post_training(
     damp: float = 0.01,
     max_batches: int | None = None,
     statistics: dict[str, Statistics] | None = None,
+    allocation: str = "uniform",
 ) -> tuple[nn.Module, StageReport]:
     """Prune a trained network in one shot from unlabeled calibration samples (no labels, no retraining).
 
@@ -161,13 +237,21 @@ def prune_post_training(
             matrices (:func:`~efficientdl.compress.calibration.collect_statistics`), to
             prune at several settings from one calibration pass; tensors they lack are
             collected.  Not with ``sequential``, which needs fresh statistics per layer.
+        allocation: ``"uniform"`` (every layer at its ``sparsity``) or ``"error"``: one
+            ``sparsity`` (a number, or the same number for every selected tensor) spread
+            over the covered tensors by their
+            measured error curves — each tensor pruned by ``method`` at every sparsity of
+            :data:`ALLOCATION_GRID`, then :func:`allocate_sparsity` (OBC's compression
+            database and solver); small, sensitive layers keep more weights, large ones
+            give more.  Costs ``len(ALLOCATION_GRID)`` extra prunings per tensor.  Not with
+            ``pattern`` or ``sequential``.
 
     Returns:
         ``(model, report)``: ``report.stage == "prune"``; ``report.settings`` holds
         ``sparsity`` (achieved, per tensor), ``reconstruction_error`` (per tensor,
         ``‖(W − Ŵ)X‖_F / ‖W X‖_F`` on the calibration inputs, see
         :func:`reconstruction_error`), ``samples`` (sample vectors per tensor),
-        ``method``, ``pattern``, ``sequential`` and ``not_covered``.
+        ``method``, ``pattern``, ``sequential``, ``allocation`` and ``not_covered``.
 
     Raises:
         RecipeError: an unknown method, bad settings, no calibration data, a layer that
@@ -187,6 +271,12 @@ def prune_post_training(
         raise RecipeError("prune: post-training pruning needs 'sparsity' or 'pattern' per layer")
     if statistics is not None and sequential:
         raise RecipeError("prune: sequential calibration collects its own statistics; do not pass 'statistics'")
+    if allocation not in ALLOCATIONS:
+        raise RecipeError(f"prune: allocation must be one of {', '.join(ALLOCATIONS)}, got {allocation!r}")
+    if allocation == "error":
+        if pattern is not None or sequential:
+            raise RecipeError("prune: allocation 'error' spreads one sparsity over the layers: "
+                              "not with 'pattern' or 'sequential'")
     targets = pruning_targets(model, sparsity, None, pattern)
     covered = {t.key: (t, kind, value) for t, kind, value in targets if is_covered(t, model)}
     not_covered = [t.key for t, _, _ in targets if t.key not in covered]
@@ -201,6 +291,12 @@ def prune_post_training(
         stats = collect_statistics(model, calibration, keys=missing, max_batches=max_batches,
                                    gram=not sequential) if missing else {}
         stats = {**given, **stats}         # without sequential each layer is pruned on its own inputs
+        if allocation == "error":
+            values = {value for _, _, value in covered.values()}
+            if len(values) != 1 or not 0 <= next(iter(values)) < 1:
+                raise RecipeError(f"prune: allocation 'error' spreads one sparsity in [0, 1) over the selected "
+                                  f"layers, got {sorted(values)}")
+            covered = _allocated(covered, stats, float(next(iter(values))), method, block, damp)
         for key in list(stats):
             if sequential:
                 stats[key] = collect_statistics(model, calibration, keys=[key], max_batches=max_batches)[key]
@@ -222,6 +318,7 @@ def prune_post_training(
         stage="prune",
         seconds=time.perf_counter() - start,
         settings={"method": method, "sparsity": achieved, "pattern": pattern, "sequential": sequential,
+                  "allocation": allocation,
                   "reconstruction_error": errors, "samples": samples, "not_covered": not_covered},
     )
     return model, report
