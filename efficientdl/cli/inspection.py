@@ -146,6 +146,12 @@ def _runtime_report(args: argparse.Namespace) -> tuple[dict, list]:
               (rows, ["tensor", "shape", "held as", "columns", "kernel", "measured µs (median)", "packed bytes",
                       "decoded bytes", "dense fp32 bytes"]),
               "", verdict, f"resident weight bytes: {d['resident_bytes']:,}"]
+    chains = d.get("chains") or {}
+    for c in chains.get("chains", []):
+        blocks.append("one compiled call at batch 1: " + " → ".join(
+            f"{layer} ({act})" if act != "identity" else layer for layer, act in zip(c["layers"], c["activations"])))
+    if chains.get("reason"):
+        blocks.append(f"no compiled chain: {chains['reason']}")
     for name, reasons in d["fallbacks"].items():
         blocks.append(f"{name}: decoded for {', '.join(f'{f} ({why})' for f, why in reasons.items())}")
     return d, blocks

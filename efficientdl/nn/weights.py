@@ -370,6 +370,8 @@ class RuntimeReport:
     prefer: str = "speed"
     settled: dict | None = None
     first_call_hook: Any = None
+    chains: Any = None                       # the nn.chain.ChainReport of the last settle
+
 
     def fallbacks(self) -> dict[str, dict[str, str]]:
         """Tensor → {function computed from the decoded dense weight → why} (only those that fell back)."""
@@ -415,7 +417,7 @@ class RuntimeReport:
         return {"prefer": self.prefer, "compressed": list(self.compressed),
                 "served_compressed": self.served_compressed(), "dense": dict(self.dense),
                 "fallbacks": self.fallbacks(), "layers": self.layers(), "resident_bytes": self.resident_bytes(),
-                "settled": self.settled}
+                "settled": self.settled, "chains": None if self.chains is None else self.chains.to_dict()}
 
     def hold(self, name: str, compressed: bool) -> None:
         """Hold tensor ``name`` as its compressed weight, or as a plain dense parameter."""
@@ -444,7 +446,9 @@ def settle(model: nn.Module, *example: Any, rounds: int = 15) -> dict:
        kernels for the shape classes it meets and keeps the fastest (per layer).
     2. ``prefer="speed"``: a weight whose every choice was the dense kernel becomes a
        plain dense parameter again, so it pays no dispatch at all.
-    3. The whole model, timed in interleaved rounds (median) against the same model with
+    3. Runs of two or more compressed linear layers (with their activations) are compiled
+       into one call each for batch-1 inputs (:mod:`efficientdl.nn.chain`).
+    4. The whole model, timed in interleaved rounds (median) against the same model with
        every weight dense: if the compressed form is not faster end to end, every weight
        is made dense and the report says so.  With ``prefer="memory"`` nothing is made
        dense and no decoded copy is kept (the dense rounds decode for the timing only):
@@ -453,10 +457,10 @@ def settle(model: nn.Module, *example: Any, rounds: int = 15) -> dict:
     Args:
         model: a model from :func:`to_runtime` (``format.load(..., runtime="compressed")``).
         example: the positional inputs of one forward pass (a representative batch).
-        rounds: interleaved timing rounds of step 3.
+        rounds: interleaved timing rounds of step 4.
 
     Returns:
-        ``{"compressed_us", "dense_us", "speedup", "decision", "made_dense"}`` (also
+        ``{"compressed_us", "dense_us", "speedup", "decision", "made_dense", "chains"}`` (also
         stored as ``model.edl_runtime.settled``).
     """
     report = getattr(model, "edl_runtime", None)
@@ -471,7 +475,8 @@ def settle(model: nn.Module, *example: Any, rounds: int = 15) -> dict:
 
 def _settle(model: nn.Module, report: "RuntimeReport", example: tuple, rounds: int) -> dict:
     names = [n for n in report.compressed if n in report.owners]
-    for n in names:                              # settle again from the compressed form
+    _chain.uninstall(model)                      # settle again from the compressed form, per layer
+    for n in names:
         report.hold(n, compressed=True)
         report.dense.pop(n, None)
     with torch.no_grad():                        # (not inference_mode: parameters are swapped below)
@@ -485,15 +490,20 @@ def _settle(model: nn.Module, report: "RuntimeReport", example: tuple, rounds: i
                     report.dense[n] = "dense was the fastest kernel for every input measured"
                     made_dense.append(n)
         served = [n for n in names if n not in made_dense]
+        chains = _chain.install(model) if served else _chain.ChainReport(reason="no layer is served compressed")
+        fused_forward = model.__dict__.get("forward")
         model(*example)                          # warm
         comp, dense = [], []
         for _ in range(rounds):                  # interleaved: the machine's drift hits both alike
             comp.append(_median_model_us(model, example, 3))
             for n in served:
                 report.hold(n, compressed=False)
+            model.__dict__.pop("forward", None)  # the dense rounds run the model's own forward
             dense.append(_median_model_us(model, example, 3))
             for n in served:
                 report.hold(n, compressed=True)
+            if fused_forward is not None:
+                model.forward = fused_forward
     import statistics
 
     comp_us, dense_us = statistics.median(comp), statistics.median(dense)
@@ -504,10 +514,13 @@ def _settle(model: nn.Module, report: "RuntimeReport", example: tuple, rounds: i
             report.dense[n] = f"the compressed model ran {comp_us / dense_us:.2f}× the dense time end to end"
         made_dense += served
         decision = "dense"
+        _chain.uninstall(model)
+        chains = _chain.ChainReport(reason="the model is dense (slower compressed end to end)")
     for n in made_dense:                         # their dense parameter replaces any decoded copy
         report.weights[n]._payload.dense.clear()
+    report.chains = chains
     result = {"compressed_us": comp_us, "dense_us": dense_us, "speedup": dense_us / comp_us, "decision": decision,
-              "made_dense": made_dense}
+              "made_dense": made_dense, "chains": chains.to_dict()}
     report.settled = result
     return result
 
@@ -569,3 +582,4 @@ def to_runtime(model: nn.Module, codebooks: dict[str, tuple[np.ndarray, np.ndarr
 
 
 from . import served as _served  # noqa: E402,F401  (registers the served functions and kernels)
+from . import chain as _chain  # noqa: E402  (settle compiles chains of compressed linear layers)

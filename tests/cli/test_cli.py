@@ -325,6 +325,11 @@ def test_eval_and_info_with_compressed_runtime(files, capsys):
     assert runtime["fc1.weight"]["decoded_bytes"] == 0                  # prefer=memory never keeps a decoded copy
     (choice,) = runtime["fc1.weight"]["choices"].values()                 # one batch: one shape class
     assert choice["kernel"] in ("sparse", "sparse-columns") and d["settled"]["decision"] == "compressed"
+    assert d["chains"]["chains"] == [{"layers": ["fc1.weight", "fc2.weight", "fc3.weight"],
+                                      "activations": ["relu", "relu", "identity"]}]
+    assert main(["info", str(files["edlz"]), "--runtime", "--prefer", "memory"]) == 0
+    assert ("one compiled call at batch 1: fc1.weight (relu) → fc2.weight (relu) → fc3.weight"
+            in capsys.readouterr().out)
     assert main(["info", str(files["edlz"]), "--runtime"]) == 0
     text = capsys.readouterr().out
     assert "fc1.weight" in text and "end to end on a random (1, 1, 28, 28) batch" in text
