@@ -31,6 +31,7 @@ class's own ``forward``.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -117,6 +118,12 @@ class LinearChain(nn.Module):
         self._kernel = cpu.chain_function(parts)
         self.fused_calls = 0
         self.unfused_calls = 0
+
+    def __deepcopy__(self, memo):
+        # a copy computes from the copied model's parameters (the compiled kernel holds views of them)
+        new = LinearChain(copy.deepcopy(self._layers, memo), copy.deepcopy(self._activations, memo))
+        memo[id(self)] = new
+        return new
 
     def _fusable(self, x: Any) -> bool:
         if type(x) is not torch.Tensor or x.dtype != torch.float32 or x.device.type != "cpu":
@@ -300,9 +307,23 @@ def install(model: nn.Module) -> ChainReport:
         report.chains.append(chain)
     gm.graph.eliminate_dead_code()
     gm.recompile()
-    model.forward = gm.forward
+    model.forward = _TracedForward(model, gm)
     model.__dict__["_edl_chains"] = report
     return report
+
+
+class _TracedForward:
+    """The traced module as ``model.forward`` while the model is in evaluation mode (as traced:
+    a branch on ``self.training`` is fixed in the trace); in training mode the class's own."""
+
+    def __init__(self, model: nn.Module, traced: fx.GraphModule) -> None:
+        self.model = model
+        self.traced = traced
+
+    def __call__(self, *args, **kwargs):
+        if self.model.training:
+            return type(self.model).forward(self.model, *args, **kwargs)
+        return self.traced(*args, **kwargs)
 
 
 def uninstall(model: nn.Module) -> None:

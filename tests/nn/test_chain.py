@@ -165,11 +165,23 @@ def test_uninstall_deepcopy_and_state_dict_stay_the_users():
     twin = copy.deepcopy(model)
     x = torch.randn(1, 16)
     with torch.no_grad():
+        model[1].bias += 1.0                      # the original changes: its copy computes from its own bias
         torch.testing.assert_close(twin(x), reference(x), rtol=1e-4, atol=1e-5)
+        reference[1].bias += 1.0
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-5)
+    assert installed_chain(twin).fused_calls == 1 and installed_chain(model).fused_calls == 1
+    model.train()                                 # training mode: the class's own forward, as written
+    assert model(x).shape == (1, 3) and installed_chain(model).fused_calls == 1
+    model.eval()
     chain.uninstall(model)
     assert chain.installed(model) is None and "forward" not in model.__dict__
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-5)
+
+
+def installed_chain(model):
+    (c,) = chain.installed(model).chains
+    return c
 
 
 def test_settle_compiles_chains_and_drops_them_when_dense_wins(monkeypatch):
