@@ -17,9 +17,17 @@ pretrained network would: ``--calibration`` training images (labels dropped), th
 (d) cost: OBS pruning of ResNet-50's 25.6 M parameters (its real layer shapes, the
     statistics from 32 noise images of 224×224) — seconds and peak memory.
 
-BatchNorm is folded into the layer before it first (the deployment form), so pruning
-and sharing see the weights a device runs.  Accuracy is on the full 10,000-image test
-set.  Every figure is measured here; the CPU is recorded with them.
+BatchNorm is treated as ``--bn`` says, the same for every method of a network: folded
+into the layer before it first (``fold``, the deployment form, so pruning and sharing see
+the weights a device runs), or kept and its running statistics re-estimated on the same
+unlabeled calibration images after each pruning and sharing step (``reestimate``,
+AdaBN; the default for the two CNNs).  ``--allocation error`` (the default for the two
+CNNs) spreads each sparsity over the layers by their measured error curves (OBC's
+compression database and solver) — for every method alike, so the data-free baselines
+then use the calibration data for that choice too; the others prune every layer alike.
+Accuracy is on the full 10,000-image test set.
+Every figure is measured here; the CPU is recorded with them.  ``--networks`` runs a
+subset and merges it into an existing ``--json``.
 
 Usage::
 
@@ -89,12 +97,13 @@ def prunable(name: str, model: torch.nn.Module) -> list[str]:
     return keys
 
 
-def target(value, keys: list[str], model: torch.nn.Module) -> dict:
-    """The prune settings of one grid point on ``keys``: a sparsity, or an N:M pattern on
-    every tensor whose rows split into groups of M (the others — e.g. a 7×7 patch
-    embedding of one channel, 49 weights a row — are left dense)."""
+def target(value, keys: list[str], model: torch.nn.Module, allocation: str = "uniform") -> dict:
+    """The prune settings of one grid point on ``keys``: a sparsity (the same on every
+    tensor, or with ``allocation="error"`` spread over them by their error curves), or an
+    N:M pattern on every tensor whose rows split into groups of M (the others — e.g. a 7×7
+    patch embedding of one channel, 49 weights a row — are left dense)."""
     if not isinstance(value, str):
-        return {"sparsity": {key: value for key in keys}}
+        return {"sparsity": {key: value for key in keys}, "allocation": allocation}
     m = int(value.split(":")[1])
     by_key = {t.key: t for t in compressible_tensors(model)}
     return {"pattern": {key: value for key in keys if by_key[key].value[0].numel() % m == 0}}
@@ -106,31 +115,60 @@ def weight_sparsity(model: torch.nn.Module) -> float:
     return sum(int((w == 0).sum()) for w in tensors) / sum(w.numel() for w in tensors)
 
 
+def allocation_mode(name: str, args: argparse.Namespace) -> str:
+    """``uniform`` or ``error`` (per-layer sparsities from the layers' error curves, for every
+    method alike): ``--allocation`` if given, else ``error`` on the two CNNs, whose small
+    early layers lose most at a uniform sparsity, and ``uniform`` elsewhere."""
+    if args.allocation:
+        return args.allocation
+    return "error" if NETWORKS[name][0] in ("mobilenetv2", "resnet18") else "uniform"
+
+
+def bn_mode(name: str, args: argparse.Namespace) -> str:
+    """``fold`` or ``reestimate``: ``--bn`` if given, else ``reestimate`` for the networks
+    with BatchNorm (MobileNetV2, ResNet-18) and ``fold`` (a no-op) for the others."""
+    if args.bn:
+        return args.bn
+    return "reestimate" if NETWORKS[name][0] in ("mobilenetv2", "resnet18") else "fold"
+
+
 def network_runs(name: str, ds, cal: list, args: argparse.Namespace) -> dict:
     """Every measurement of one network (sections a–c)."""
+    from efficientdl.compress.correction import reestimate_batchnorm
+
     dense, _ = pretrained(name, args.cache, log)
     dense.eval()
-    fold = fold_batchnorm(dense)
+    bn = bn_mode(name, args)
+    fold = fold_batchnorm(dense) if bn == "fold" else {"folded": []}
+
+    def after_compression(model: torch.nn.Module) -> None:
+        """The label-free BatchNorm step that follows every pruning and sharing step."""
+        if bn == "reestimate":
+            reestimate_batchnorm(model, cal)
     accuracy = train.evaluate(dense, ds.test)
     reference = collect_statistics(dense, cal)
     originals = {t.key: t.value.detach().clone() for t in compressible_tensors(dense)}
     log(f"{name}: dense {100 * accuracy:.2f}% ({sum(p.numel() for p in dense.parameters()):,} parameters, "
         f"{len(fold['folded'])} BatchNorm folded, {len(reference)} calibrated tensors)")
     retrain_data = data.load("fashion-mnist", fallback=False, train_subset=args.retrain_subset, seed=1)
-    keys = [k for k in prunable(name, dense) if k in reference]
-    out = {"dense_accuracy": accuracy, "folded_batchnorm": len(fold["folded"]), "prune": [], "pipeline": [],
+    allocation = allocation_mode(name, args)
+    keys = [k for k in (prunable(name, dense) if allocation == "uniform" else reference) if k in reference]
+    out = {"dense_accuracy": accuracy, "batchnorm": bn, "allocation": allocation, "folded_batchnorm": len(fold["folded"]),
+           "prune": [], "pipeline": [],
            "kmeans": [], "pruned_tensors": keys, "left_dense": [t.key for t in compressible_tensors(dense)
                                                                 if t.key not in keys]}
     settings = list(SPARSITIES) + ["2:4"]
     obs_models = {}
     for value in settings:
-        for method in METHODS + (("obs-sequential",) if value in args.sequential_at else ()):
+        sequential_too = value in args.sequential_at and (allocation == "uniform" or isinstance(value, str))
+        for method in METHODS + (("obs-sequential",) if sequential_too else ()):
             model = copy.deepcopy(dense)
             start = time.perf_counter()
             sequential = method.endswith("sequential")
             _, report = prune_post_training(model, cal, method=method.split("-")[0], sequential=sequential,
                                             statistics=None if sequential else reference,
-                                            **target(value, keys, dense))
+                                            **target(value, keys, dense, "uniform" if sequential else allocation))
+            after_compression(model)
             seconds = time.perf_counter() - start
             row = {"setting": value, "method": method, "accuracy": train.evaluate(model, ds.test),
                    "output_error": mean_output_error(model, reference, originals), "seconds": seconds,
@@ -152,9 +190,11 @@ def network_runs(name: str, ds, cal: list, args: argparse.Namespace) -> dict:
     for value in settings:                       # (b) OBS + 6-bit Hessian-weighted sharing + Huffman
         model = obs_models[value]
         share(model, bits=args.bits, weighting="hessian", statistics=reference)   # the dense layers' inputs
+        after_compression(model)
         size, ratio = file_ratio(model)
         row = {"setting": value, "bits": args.bits, "accuracy": train.evaluate(model, ds.test), "file_bytes": size,
-               "obs": "sequential" if value in args.sequential_at else "one pass",
+               "obs": "sequential" if value in args.sequential_at and "obs-sequential" in
+               {x["method"] for x in out["prune"] if x["setting"] == value} else "one pass",
                "ratio": ratio, "output_error": mean_output_error(model, reference, originals)}
         out["pipeline"].append(row)
         log(f"  {name} {value} obs + {args.bits}-bit + Huffman: {100 * row['accuracy']:.2f}%, {ratio:.1f}×")
@@ -162,6 +202,7 @@ def network_runs(name: str, ds, cal: list, args: argparse.Namespace) -> dict:
         for weighting in ("none", "hessian"):
             model = copy.deepcopy(dense)
             share(model, bits=bits, weighting=weighting, statistics=reference if weighting == "hessian" else None)
+            after_compression(model)
             row = {"bits": bits, "weighting": weighting, "accuracy": train.evaluate(model, ds.test),
                    "output_error": mean_output_error(model, reference, originals)}
             out["kmeans"].append(row)
@@ -230,7 +271,11 @@ def render(result: dict) -> str:
         base = r["dense_accuracy"]
         rows = [[str(x["setting"]), x["method"], 100 * x["accuracy"], 100 * (base - x["accuracy"]), x["output_error"],
                  None if x.get("weight_sparsity") is None else 100 * x["weight_sparsity"]] for x in r["prune"]]
-        text += f"\n\n### {name} (dense {100 * base:.2f}%): pruning without retraining\n\n"
+        treatment = {"fold": "BatchNorm folded", "reestimate": "BatchNorm kept and re-estimated after each step"}
+        spread = {"uniform": "the same sparsity in every pruned layer",
+                  "error": "sparsity spread over the layers by their error curves"}
+        text += (f"\n\n### {name} (dense {100 * base:.2f}%; {treatment[r.get('batchnorm', 'fold')]}; "
+                 f"{spread[r.get('allocation', 'uniform')]}): pruning without retraining\n\n")
         text += markdown_table(rows, ["setting", "method", "accuracy %", "drop (points)", "mean output error",
                                       "zeros % of all weights"])
         rows = [[str(x["setting"]), x["obs"], x["bits"], 100 * x["accuracy"], 100 * (base - x["accuracy"]),
@@ -267,6 +312,11 @@ def main() -> None:
     parser.add_argument("--cost-images", type=int, default=32, help="images for the ResNet-50 cost run (0: skip)")
     parser.add_argument("--sections", nargs="+", default=["prune", "corrections", "cost"],
                         choices=["prune", "corrections", "cost"])
+    parser.add_argument("--allocation", choices=["uniform", "error"], default=None,
+                        help="how a sparsity is spread over the layers, for every method (default: error on the "
+                             "CNNs, uniform elsewhere)")
+    parser.add_argument("--bn", choices=["fold", "reestimate"], default=None,
+                        help="BatchNorm treatment for every method (default: reestimate on the CNNs, fold elsewhere)")
     parser.add_argument("--cache", type=pathlib.Path, default=ROOT / "runs" / "bench")
     parser.add_argument("--json", type=pathlib.Path, default=ROOT / "runs" / "bench" / "post_training.json")
     args = parser.parse_args()
@@ -275,6 +325,13 @@ def main() -> None:
               "calibration_images": args.calibration, "sequential_at": args.sequential_at,
               "retrain_subset": args.retrain_subset, "networks": {}}
     result["cpu"].pop("flags")
+    if args.json.exists():                       # a run of some networks updates the others' earlier results
+        earlier = json.loads(args.json.read_text())
+        for section in ("networks", "corrections"):
+            result.setdefault(section, {})
+            result[section] = {**earlier.get(section, {}), **result[section]}
+        if earlier.get("resnet50_cost") and "cost" not in args.sections:
+            result["resnet50_cost"] = earlier["resnet50_cost"]
     for name in args.networks:
         subset = NETWORKS[name][2]
         ds = data.load("fashion-mnist", fallback=False, train_subset=subset, seed=0)
