@@ -133,7 +133,8 @@ class LinearChain(nn.Module):
         if x.requires_grad and torch.is_grad_enabled():
             return False
         for layer in self._layers:
-            if layer.owner._parameters.get(layer.weight_attr) is not layer.weight:
+            # the same compressed weight (settle and RuntimeReport.hold re-wrap it in a new Parameter)
+            if getattr(layer.owner._parameters.get(layer.weight_attr), "_payload", None) is not layer.weight._payload:
                 return False
             if layer.bias_attr is not None and layer.owner._parameters.get(layer.bias_attr) is not layer.bias:
                 return False

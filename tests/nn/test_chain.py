@@ -192,8 +192,10 @@ def test_settle_compiles_chains_and_drops_them_when_dense_wins(monkeypatch):
     assert result["chains"]["chains"][0]["layers"] == ["1.weight", "4.weight", "6.weight"]
     assert result["chains"]["chains"][0]["activations"] == ["relu", "relu6", "identity"]
     assert model.edl_runtime.to_dict()["chains"] == result["chains"]
-    with torch.no_grad():
+    fused = installed_chain(model).fused_calls
+    with torch.no_grad():                         # settle swapped the parameters back and forth: still fused
         torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-5)
+    assert installed_chain(model).fused_calls == fused + 1
     model, reference = compress(sequential_mlp(), prefer="speed")
     model.edl_runtime.force("sparse")             # every layer compressed, then dense wins end to end
     timings = iter([100.0, 50.0] * 100)
