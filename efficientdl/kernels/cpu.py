@@ -1131,17 +1131,49 @@ def _activate(y, code):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True)
-def _chain(layers, x, rows_above_density, serial_work):  # pragma: no cover - compiled
-    for layer in numba.literal_unroll(layers):
-        (row_start, colptr, entries, words, code_bits, codebook, rowptr, row_entries, row_code_bits, row_lookup,
-         bias, activation) = layer
-        y = _zeros_on_cache_lines((row_start[row_start.size - 1],), x)
-        _matvec_into(row_start, colptr, entries, words, code_bits, codebook, rowptr, row_entries, row_code_bits,
-                     row_lookup, x, y, rows_above_density, serial_work)
-        for i in range(bias.size):
-            y[i] += bias[i]
-        _activate(y, activation)
-        x = y
+def _chain_layer(row_start, colptr, entries, words, code_bits, codebook, rowptr, row_entries, row_code_bits,
+                 row_lookup, bias, activation, x, rows_above_density, serial_work):  # pragma: no cover - compiled
+    y = _zeros_on_cache_lines((row_start[row_start.size - 1],), x)
+    _matvec_into(row_start, colptr, entries, words, code_bits, codebook, rowptr, row_entries, row_code_bits,
+                 row_lookup, x, y, rows_above_density, serial_work)
+    for i in range(bias.size):
+        y[i] += bias[i]
+    _activate(y, activation)
+    return y
+
+
+@numba.njit(inline="always")
+def _chain_rows(meta, layer, entries, words, x, rows_above_density, serial_work):  # pragma: no cover - compiled
+    """One layer of :func:`_chain` with its column entries already viewed at their width: the
+    row twin's width chosen here (8, 16 or 32 bits)."""
+    row_start, colptr, _, _, codebook, rowptr, row_raw, bias = layer
+    code_bits, row_bits, row_code_bits, row_lookup, activation = meta[1], meta[2], meta[3], meta[4] != 0, meta[5]
+    if row_bits == 8:
+        return _chain_layer(row_start, colptr, entries, words, code_bits, codebook, rowptr, row_raw, row_code_bits,
+                            row_lookup, bias, activation, x, rows_above_density, serial_work)
+    if row_bits == 16:
+        return _chain_layer(row_start, colptr, entries, words, code_bits, codebook, rowptr, row_raw.view(np.uint16),
+                            row_code_bits, row_lookup, bias, activation, x, rows_above_density, serial_work)
+    return _chain_layer(row_start, colptr, entries, words, code_bits, codebook, rowptr, row_raw.view(np.uint32),
+                        row_code_bits, row_lookup, bias, activation, x, rows_above_density, serial_work)
+
+
+@numba.njit(cache=True)
+def _chain(layers, metas, x, rows_above_density, serial_work):  # pragma: no cover - compiled
+    # every layer's entries travel as raw bytes (one type for all layers: a homogeneous tuple the
+    # loop can iterate) and are viewed here at their width
+    for i in range(len(layers)):
+        layer = layers[i]
+        meta = metas[i]
+        raw, raw_words = layer[2], layer[3]
+        if meta[0] == 8:
+            x = _chain_rows(meta, layer, raw, raw_words.view(np.uint32), x, rows_above_density, serial_work)
+        elif meta[0] == 16:
+            x = _chain_rows(meta, layer, raw.view(np.uint16), raw_words.view(np.uint64), x, rows_above_density,
+                            serial_work)
+        else:
+            x = _chain_rows(meta, layer, raw.view(np.uint32), raw_words.view(np.uint32), x, rows_above_density,
+                            serial_work)
     return x
 
 
@@ -1174,7 +1206,7 @@ def chain_function(layers: list[tuple[PackedMatrix, PackedMatrix | None, np.ndar
     """
     if not layers:
         raise ValueError("a chain needs at least one layer")
-    packed = []
+    packed, metas = [], []
     for i, (m, twin, bias, activation) in enumerate(layers):
         if m.absolute:
             raise ValueError(f"layer {i}: m must be a column layout from pack(), not a lookup twin")
@@ -1191,10 +1223,16 @@ def chain_function(layers: list[tuple[PackedMatrix, PackedMatrix | None, np.ndar
         b = np.zeros(0, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32)
         if bias is not None and b.shape != (m.shape[0],):
             raise ValueError(f"layer {i}: bias of shape {b.shape}, expected ({m.shape[0]},)")
-        packed.append((m.row_start, m.colptr, m.entries, m.words, m.code_bits, m.codebook.astype(np.float32),
-                       rowptr, row_entries, row_code_bits, lookup, b, CHAIN_ACTIVATIONS[activation]))
+        if m.colptr.dtype != np.int32 or rowptr.dtype != np.int32:
+            raise ValueError(f"layer {i}: more than 2^31 entries, too large for a chain")
+        words = m.words if m.words.size else np.zeros(0, {8: np.uint32, 16: np.uint64}.get(m.entry_bits, np.uint32))
+        packed.append((m.row_start.astype(np.int64, copy=False), m.colptr, m.entries.view(np.uint8),
+                       words.view(np.uint8), m.codebook.astype(np.float32), rowptr, row_entries.view(np.uint8), b))
+        metas.append((m.entry_bits, m.code_bits, 8 * row_entries.itemsize, row_code_bits, int(lookup),
+                      CHAIN_ACTIVATIONS[activation]))
     packed = tuple(packed)
+    meta = np.array(metas, np.int64)
 
     def f(x: np.ndarray) -> np.ndarray:
-        return _chain(packed, x, ROWS_ABOVE_DENSITY, SERIAL_WORK)
+        return _chain(packed, meta, x, ROWS_ABOVE_DENSITY, SERIAL_WORK)
     return f

@@ -77,14 +77,6 @@ class _Activation:
     run: Callable[[torch.Tensor], torch.Tensor]
     module: nn.Module | None = None
 
-    def fusable(self) -> bool:
-        m = self.module
-        return m is None or not (m.training and isinstance(m, nn.Dropout)) and not _has_hooks(m)
-
-
-def _has_hooks(m: nn.Module) -> bool:
-    return bool(m._forward_hooks or m._forward_pre_hooks)
-
 
 class LinearChain(nn.Module):
     """Linear layers and activations computed in one compiled call for one sample.
@@ -116,8 +108,20 @@ class LinearChain(nn.Module):
         self._in_features = layers[0].weight.shape[1]
         self._out_features = layers[-1].weight.shape[0]
         self._kernel = cpu.chain_function(parts)
-        self.fused_calls = 0
-        self.unfused_calls = 0
+        self._checks = tuple((layer.owner._parameters, layer.weight_attr, layer.weight._payload,
+                              layer.bias_attr, layer.bias) for layer in layers)
+        self._hooked = tuple(m for m in [layer.module for layer in layers] +
+                             [a.module for acts in activations for a in acts] if m is not None)
+        self._dropouts = tuple(m for m in self._hooked if isinstance(m, nn.Dropout))
+        self._calls = [0, 0]                     # fused, unfused (a list: nn.Module.__setattr__ costs µs)
+
+    @property
+    def fused_calls(self) -> int:
+        return self._calls[0]
+
+    @property
+    def unfused_calls(self) -> int:
+        return self._calls[1]
 
     def __deepcopy__(self, memo):
         # a copy computes from the copied model's parameters (the compiled kernel holds views of them)
@@ -132,23 +136,27 @@ class LinearChain(nn.Module):
             return False
         if x.requires_grad and torch.is_grad_enabled():
             return False
-        for layer in self._layers:
+        for parameters, weight_attr, payload, bias_attr, bias in self._checks:
             # the same compressed weight (settle and RuntimeReport.hold re-wrap it in a new Parameter)
-            if getattr(layer.owner._parameters.get(layer.weight_attr), "_payload", None) is not layer.weight._payload:
+            if getattr(parameters.get(weight_attr), "_payload", None) is not payload:
                 return False
-            if layer.bias_attr is not None and layer.owner._parameters.get(layer.bias_attr) is not layer.bias:
+            if bias_attr is not None and parameters.get(bias_attr) is not bias:
                 return False
-            if layer.module is not None and _has_hooks(layer.module):
+        for m in self._hooked:
+            if m._forward_hooks or m._forward_pre_hooks:
                 return False
-        return all(a.fusable() for acts in self._activations for a in acts)
+        for m in self._dropouts:
+            if m.training:
+                return False
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._fusable(x):
-            self.fused_calls += 1
+            self._calls[0] += 1
             xn = x.detach().reshape(-1).numpy()
             y = self._kernel(xn if xn.flags.c_contiguous else xn.copy())
             return torch.from_numpy(y).reshape(*x.shape[:-1], self._out_features)
-        self.unfused_calls += 1
+        self._calls[1] += 1
         for layer, acts in zip(self._layers, self._activations):
             x = layer.unfused(x)
             for a in acts:
@@ -297,7 +305,11 @@ def install(model: nn.Module) -> ChainReport:
         return ChainReport(reason="no run of two or more compressed linear layers")
     report = ChainReport()
     for i, (nodes, layers, acts) in enumerate(chains):
-        chain = LinearChain(layers, acts)
+        try:
+            chain = LinearChain(layers, acts)
+        except ValueError as error:              # a layer the chain kernel cannot hold: per layer
+            report.reason = f"{' → '.join(layer.name for layer in layers)} left per layer: {error}"
+            continue
         name = f"edl_chain_{i}"
         gm.add_submodule(name, chain)
         with gm.graph.inserting_after(nodes[-1]):
@@ -306,6 +318,8 @@ def install(model: nn.Module) -> ChainReport:
         for n in reversed(nodes):
             gm.graph.erase_node(n)
         report.chains.append(chain)
+    if not report.chains:
+        return report
     gm.graph.eliminate_dead_code()
     gm.recompile()
     model.forward = _TracedForward(model, gm)

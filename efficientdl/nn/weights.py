@@ -473,6 +473,39 @@ def settle(model: nn.Module, *example: Any, rounds: int = 15) -> dict:
         return _settle(model, report, example, rounds)
 
 
+def _per_layer_or_chained(model: nn.Module, report: "RuntimeReport", example: tuple, names: list[str],
+                          dense_choices: list[str], rounds: int) -> list[str]:
+    """The weights to make dense: those whose every kernel choice was dense, unless keeping the
+    ones that join a compiled chain compressed (one call for the run instead of one per layer,
+    which the per-layer timing cannot see) is faster end to end — timed both ways, interleaved."""
+    trial = _chain.install(model)                # every weight still compressed here
+    chained = {n for c in trial.chains for n in c.layers}
+    _chain.uninstall(model)
+    candidates = [dense_choices]
+    if chained & set(dense_choices):
+        candidates.append([n for n in dense_choices if n not in chained])
+
+    def hold(dense: list[str]) -> None:
+        _chain.uninstall(model)
+        for n in names:
+            report.hold(n, compressed=n not in dense)
+        _chain.install(model)
+
+    if len(candidates) > 1:
+        times: list[list[float]] = [[] for _ in candidates]
+        for _ in range(max(3, rounds // 3)):
+            for i, dense in enumerate(candidates):
+                hold(dense)
+                times[i].append(_median_model_us(model, example, 3))
+        import statistics
+
+        candidates = [min(zip(candidates, times), key=lambda ct: statistics.median(ct[1]))[0]]
+    _chain.uninstall(model)
+    for n in names:
+        report.hold(n, compressed=n not in candidates[0])
+    return list(candidates[0])
+
+
 def _settle(model: nn.Module, report: "RuntimeReport", example: tuple, rounds: int) -> dict:
     names = [n for n in report.compressed if n in report.owners]
     _chain.uninstall(model)                      # settle again from the compressed form, per layer
@@ -483,12 +516,11 @@ def _settle(model: nn.Module, report: "RuntimeReport", example: tuple, rounds: i
         model(*example)
         made_dense = []
         if report.prefer == "speed":
-            for n in names:
-                w = report.weights[n]
-                if w.chosen and all(r.name == "dense" for r in w.chosen.values()) and not w.forced_kernel:
-                    report.hold(n, compressed=False)
-                    report.dense[n] = "dense was the fastest kernel for every input measured"
-                    made_dense.append(n)
+            dense_choices = [n for n in names if report.weights[n].chosen and not report.weights[n].forced_kernel
+                             and all(r.name == "dense" for r in report.weights[n].chosen.values())]
+            made_dense = _per_layer_or_chained(model, report, example, names, dense_choices, rounds)
+            for n in made_dense:
+                report.dense[n] = "dense was the fastest kernel for every input measured"
         served = [n for n in names if n not in made_dense]
         chains = _chain.install(model) if served else _chain.ChainReport(reason="no layer is served compressed")
         fused_forward = model.__dict__.get("forward")
