@@ -230,3 +230,26 @@ def to_runtime_mlp():
             books[name] = (codes, book)
     reference = copy.deepcopy(model).eval()
     return to_runtime(model, books, prefer="memory", cache=False), reference
+
+
+@pytest.mark.parametrize("chained_faster", [True, False])
+def test_speed_settle_keeps_a_chain_compressed_when_it_beats_the_per_layer_choice(monkeypatch, chained_faster):
+    """Every layer measured dense on its own: the chained candidate is timed against it end to end."""
+    torch.manual_seed(0)
+    model, reference = compress(sequential_mlp(), prefer="speed")
+    names = list(model.edl_runtime.compressed)
+
+    def timer(m, args, rounds):
+        fused = chain.installed(m) is not None and bool(chain.installed(m).chains)
+        return 10.0 if fused == chained_faster else 100.0
+
+    monkeypatch.setattr(weights, "_median_model_us", timer)
+    x = torch.randn(1, 16)
+    with torch.no_grad():
+        made_dense = weights._per_layer_or_chained(model, model.edl_runtime, (x,), names, names, 3)
+    assert made_dense == ([] if chained_faster else names)
+    assert chain.installed(model) is None                 # settle installs the winner's chains afterwards
+    held = [isinstance(model.get_submodule(n.rpartition(".")[0]).weight, CompressedWeight) for n in names]
+    assert held == [chained_faster] * 3
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-5)
