@@ -12,6 +12,8 @@ pretrained network would: ``--calibration`` training images (labels dropped), th
     ratio-vs-accuracy curve);
 (c) Hessian-weighted vs plain k-means at 4 and 5 bits on the dense network: accuracy
     and the mean layer output error;
+(a′) with ``--allocation error``, Wanda and magnitude also in their published form (the
+    same sparsity in every pruned layer; ``--sections baselines``);
 (e) 50% OBS with BatchNorm folded ± bias correction, and kept ± re-estimated
     (MobileNetV2, ResNet-18; ``--sections corrections``);
 (d) cost: OBS pruning of ResNet-50's 25.6 M parameters (its real layer shapes, the
@@ -211,6 +213,35 @@ def network_runs(name: str, ds, cal: list, args: argparse.Namespace) -> dict:
     return out
 
 
+def uniform_baseline_runs(name: str, ds, cal: list, args: argparse.Namespace) -> list[dict]:
+    """(a′) Wanda and magnitude in their published form — the same sparsity in every pruned layer
+    (:func:`prunable`'s tensors) — beside the error-allocated rows of a network run with
+    ``--allocation error``, with the network's BatchNorm treatment (``--sections baselines``)."""
+    from efficientdl.compress.correction import reestimate_batchnorm
+
+    dense, _ = pretrained(name, args.cache, log)
+    dense.eval()
+    bn = bn_mode(name, args)
+    if bn == "fold":
+        fold_batchnorm(dense)
+    reference = collect_statistics(dense, cal)
+    originals = {t.key: t.value.detach().clone() for t in compressible_tensors(dense)}
+    keys = [k for k in prunable(name, dense) if k in reference]
+    rows = []
+    for value in SPARSITIES:
+        for method in ("wanda", "magnitude"):
+            model = copy.deepcopy(dense)
+            prune_post_training(model, cal, method=method, statistics=reference, **target(value, keys, dense))
+            if bn == "reestimate":
+                reestimate_batchnorm(model, cal)
+            row = {"setting": value, "method": f"{method}, uniform", "accuracy": train.evaluate(model, ds.test),
+                   "output_error": mean_output_error(model, reference, originals),
+                   "weight_sparsity": weight_sparsity(model)}
+            rows.append(row)
+            log(f"  {name} {value} {method} (uniform): {100 * row['accuracy']:.2f}%")
+    return rows
+
+
 def correction_runs(name: str, ds, cal: list, args: argparse.Namespace) -> list[dict]:
     """(e) OBS at 50% followed by the label-free corrections, side by side on one network:
     BatchNorm folded then bias correction, and BatchNorm kept then re-estimated."""
@@ -269,8 +300,10 @@ def render(result: dict) -> str:
     text = ""
     for name, r in result.get("networks", {}).items():
         base = r["dense_accuracy"]
+        order = [str(v) for v in SPARSITIES] + ["2:4"]           # each setting's rows together
+        prune_rows = sorted(r["prune"], key=lambda x: order.index(str(x["setting"])))
         rows = [[str(x["setting"]), x["method"], 100 * x["accuracy"], 100 * (base - x["accuracy"]), x["output_error"],
-                 None if x.get("weight_sparsity") is None else 100 * x["weight_sparsity"]] for x in r["prune"]]
+                 None if x.get("weight_sparsity") is None else 100 * x["weight_sparsity"]] for x in prune_rows]
         treatment = {"fold": "BatchNorm folded", "reestimate": "BatchNorm kept and re-estimated after each step"}
         spread = {"uniform": "the same sparsity in every pruned layer",
                   "error": "sparsity spread over the layers by their error curves"}
@@ -310,8 +343,8 @@ def main() -> None:
                         help="labeled images of that one retraining epoch")
     parser.add_argument("--retrain-lr", type=float, default=1e-3)
     parser.add_argument("--cost-images", type=int, default=32, help="images for the ResNet-50 cost run (0: skip)")
-    parser.add_argument("--sections", nargs="+", default=["prune", "corrections", "cost"],
-                        choices=["prune", "corrections", "cost"])
+    parser.add_argument("--sections", nargs="+", default=["prune", "baselines", "corrections", "cost"],
+                        choices=["prune", "baselines", "corrections", "cost"])
     parser.add_argument("--allocation", choices=["uniform", "error"], default=None,
                         help="how a sparsity is spread over the layers, for every method (default: error on the "
                              "CNNs, uniform elsewhere)")
@@ -338,6 +371,9 @@ def main() -> None:
         cal = calibration_samples(ds.train, args.calibration)
         if "prune" in args.sections:
             result["networks"][name] = network_runs(name, ds, cal, args)
+        if "baselines" in args.sections and allocation_mode(name, args) == "error" and name in result["networks"]:
+            rows = [r for r in result["networks"][name]["prune"] if not r["method"].endswith(", uniform")]
+            result["networks"][name]["prune"] = rows + uniform_baseline_runs(name, ds, cal, args)
         if "corrections" in args.sections and NETWORKS[name][0] in ("mobilenetv2", "resnet18"):
             result.setdefault("corrections", {})[name] = correction_runs(name, ds, cal, args)
         args.json.parent.mkdir(parents=True, exist_ok=True)
