@@ -296,6 +296,17 @@ def obs_cost_resnet50(images: int) -> dict:
             "pruned_tensors": len(report.settings["sparsity"]), "calibration_images": images}
 
 
+def plot_curves(result: dict, path: pathlib.Path) -> None:
+    """The ratio-vs-accuracy curve of every network: OBS at 50–80% + 6-bit sharing + Huffman."""
+    from efficientdl.report import plots
+
+    points = {name: [(x["ratio"], x["accuracy"]) for x in r["pipeline"] if not isinstance(x["setting"], str)]
+              for name, r in result.get("networks", {}).items()}
+    plots.ratio_accuracy(points, path, {name: r["dense_accuracy"] for name, r in result.get("networks", {}).items()},
+                         title="post-training: OBS 50–80% + 6-bit + Huffman, 512 unlabeled images, no retraining\n"
+                               "(dashed: dense; dotted: dense − 0.5)")
+
+
 def render(result: dict) -> str:
     text = ""
     for name, r in result.get("networks", {}).items():
@@ -343,11 +354,14 @@ def main() -> None:
                         help="labeled images of that one retraining epoch")
     parser.add_argument("--retrain-lr", type=float, default=1e-3)
     parser.add_argument("--cost-images", type=int, default=32, help="images for the ResNet-50 cost run (0: skip)")
-    parser.add_argument("--sections", nargs="+", default=["prune", "baselines", "corrections", "cost"],
-                        choices=["prune", "baselines", "corrections", "cost"])
+    parser.add_argument("--sections", nargs="*", default=["prune", "baselines", "corrections", "cost"],
+                        choices=["prune", "baselines", "corrections", "cost"],
+                        help="what to measure (none: only render and plot the JSON)")
     parser.add_argument("--allocation", choices=["uniform", "error"], default=None,
                         help="how a sparsity is spread over the layers, for every method (default: error on the "
                              "CNNs, uniform elsewhere)")
+    parser.add_argument("--plot", type=pathlib.Path, default=None,
+                        help="write the ratio-vs-accuracy curves of every network in the JSON here (a .png)")
     parser.add_argument("--bn", choices=["fold", "reestimate"], default=None,
                         help="BatchNorm treatment for every method (default: reestimate on the CNNs, fold elsewhere)")
     parser.add_argument("--cache", type=pathlib.Path, default=ROOT / "runs" / "bench")
@@ -382,6 +396,9 @@ def main() -> None:
         result["resnet50_cost"] = obs_cost_resnet50(args.cost_images)
         log(f"resnet50 OBS: {result['resnet50_cost']}")
     args.json.write_text(json.dumps(result, indent=1))
+    if args.plot:
+        plot_curves(result, args.plot)
+        log(f"wrote {args.plot}")
     log(render(result))
     log(f"\nCPU: {result['cpu']['model']} ({', '.join(result['cpu']['simd'])}), {result['threads']} threads")
 

@@ -96,7 +96,8 @@ def sensitivity(curves_by_layer: Mapping[str, Sequence[tuple[float, float]]], pa
 
 
 def ratio_accuracy(points: Mapping[str, Sequence[tuple[float, float]]], path: str | os.PathLike,
-                   baselines: Mapping[str, float] | None = None) -> None:
+                   baselines: Mapping[str, float] | None = None,
+                   title: str = "Deep Compression trade-off (dashed: dense; dotted: dense − 0.5)") -> None:
     """Compression ratio vs accuracy for several settings, one series per network."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -109,7 +110,7 @@ def ratio_accuracy(points: Mapping[str, Sequence[tuple[float, float]]], path: st
             ax.axhline(100 * baselines[name] - 0.5, color=color, ls=":", lw=0.8)
     ax.set_xlabel("compression ratio (fp32 bytes / file bytes)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Deep Compression trade-off (dashed: dense; dotted: dense − 0.5)")
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
