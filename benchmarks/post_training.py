@@ -303,7 +303,7 @@ def plot_curves(result: dict, path: pathlib.Path) -> None:
     points = {name: [(x["ratio"], x["accuracy"]) for x in r["pipeline"] if not isinstance(x["setting"], str)]
               for name, r in result.get("networks", {}).items()}
     plots.ratio_accuracy(points, path, {name: r["dense_accuracy"] for name, r in result.get("networks", {}).items()},
-                         title="post-training: OBS 50–80% + 6-bit + Huffman, 512 unlabeled images, no retraining\n"
+                         title="post-training OBS 50–80% + 6-bit + Huffman (512 images, no retraining)\n"
                                "(dashed: dense; dotted: dense − 0.5)")
 
 
@@ -318,7 +318,9 @@ def render(result: dict) -> str:
         treatment = {"fold": "BatchNorm folded", "reestimate": "BatchNorm kept and re-estimated after each step"}
         spread = {"uniform": "the same sparsity in every pruned layer",
                   "error": "sparsity spread over the layers by their error curves"}
-        text += (f"\n\n### {name} (dense {100 * base:.2f}%; {treatment[r.get('batchnorm', 'fold')]}; "
+        how = treatment[r.get("batchnorm", "fold")] if r.get("batchnorm") == "reestimate" or r.get(
+            "folded_batchnorm") else "no BatchNorm"
+        text += (f"\n\n### {name} (dense {100 * base:.2f}%; {how}; "
                  f"{spread[r.get('allocation', 'uniform')]}): pruning without retraining\n\n")
         text += markdown_table(rows, ["setting", "method", "accuracy %", "drop (points)", "mean output error",
                                       "zeros % of all weights"])
