@@ -54,8 +54,9 @@ def allocate_sparsity(curves: dict[str, dict[float, float]], sizes: dict[str, in
     repeatedly move the layer whose next grid step costs the least added error per weight
     pruned, ``(e_l(s') − e_l(s)) / ((s' − s) n_l)``, one step up; the last step is cut to
     the weights still needed (a sparsity between two grid points).  For convex curves this
-    is the exact optimum of the grid problem (the exchange argument of the fractional
-    knapsack); the curves measured on real layers are close to convex.
+    is the exact optimum of the problem with each curve linear between its grid points (a
+    fractional knapsack: the cheapest error per weight first); the curves measured on real
+    layers are close to convex.
 
     Args:
         curves: layer → ``{sparsity: squared relative error}``, the same grid for every
@@ -239,12 +240,12 @@ def prune_post_training(
             collected.  Not with ``sequential``, which needs fresh statistics per layer.
         allocation: ``"uniform"`` (every layer at its ``sparsity``) or ``"error"``: one
             ``sparsity`` (a number, or the same number for every selected tensor) spread
-            over the covered tensors by their
-            measured error curves — each tensor pruned by ``method`` at every sparsity of
-            :data:`ALLOCATION_GRID`, then :func:`allocate_sparsity` (OBC's compression
-            database and solver); small, sensitive layers keep more weights, large ones
-            give more.  Costs ``len(ALLOCATION_GRID)`` extra prunings per tensor.  Not with
-            ``pattern`` or ``sequential``.
+            over the covered tensors by their measured error curves — each tensor pruned
+            by ``method`` at every sparsity of :data:`ALLOCATION_GRID`, then
+            :func:`allocate_sparsity` (OBC's compression database and solver); small,
+            sensitive layers keep more weights, large ones give more.  Costs
+            ``len(ALLOCATION_GRID)`` extra prunings per tensor.  Not with ``pattern`` or
+            ``sequential``.
 
     Returns:
         ``(model, report)``: ``report.stage == "prune"``; ``report.settings`` holds
