@@ -372,7 +372,6 @@ class RuntimeReport:
     first_call_hook: Any = None
     chains: Any = None                       # the nn.chain.ChainReport of the last settle
 
-
     def fallbacks(self) -> dict[str, dict[str, str]]:
         """Tensor → {function computed from the decoded dense weight → why} (only those that fell back)."""
         return {name: dict(w.fallbacks) for name, w in self.weights.items() if w.fallbacks}
