@@ -1160,7 +1160,7 @@ def _chain_rows(meta, layer, entries, words, x, rows_above_density, serial_work)
 
 @numba.njit(cache=True)
 def _chain(layers, metas, x, rows_above_density, serial_work):  # pragma: no cover - compiled
-    # every layer's entries travel as raw bytes (one type for all layers: a homogeneous tuple the
+    # every layer's entries travel as raw bytes (one type for all layers: a homogeneous list the
     # loop can iterate) and are viewed here at their width
     for i in range(len(layers)):
         layer = layers[i]
@@ -1230,7 +1230,9 @@ def chain_function(layers: list[tuple[PackedMatrix, PackedMatrix | None, np.ndar
                        words.view(np.uint8), m.codebook.astype(np.float32), rowptr, row_entries.view(np.uint8), b))
         metas.append((m.entry_bits, m.code_bits, 8 * row_entries.itemsize, row_code_bits, int(lookup),
                       CHAIN_ACTIVATIONS[activation]))
-    packed = tuple(packed)
+    # a typed list, not a tuple: one compiled signature for chains of every length (a tuple's
+    # type includes its length, and each new length would compile the kernel again)
+    packed = numba.typed.List(packed)
     meta = np.array(metas, np.int64)
 
     def f(x: np.ndarray) -> np.ndarray:
