@@ -1186,9 +1186,9 @@ def chain_function(layers: list[tuple[PackedMatrix, PackedMatrix | None, np.ndar
     At batch 1 a small network's time is mostly the interpreter's, not the products': on
     LeNet-300-100 at 90% sparsity one call per layer (through ``torch.nn.functional``,
     the dispatch and the kernel's own entry) cost several times the products themselves.
-    Fusing the layers into one call leaves one entry into compiled code per sample (the
-    layer-chain compilation of issue-free inference engines such as ONNX Runtime's fused
-    graphs, here for sparse, weight-shared layers).
+    Fusing the layers into one call leaves one entry into compiled code per sample (what
+    graph-compiling inference engines such as ONNX Runtime do for dense layers, here for
+    sparse, weight-shared ones).
 
     Args:
         layers: per layer, in order: the column layout (:func:`pack`) of ``W_l`` of shape
