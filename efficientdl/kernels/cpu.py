@@ -878,6 +878,16 @@ _NO_ROWPTR = np.zeros(1, np.int32)           # stand-ins for a missing twin
 _NO_ENTRIES = np.zeros(0, np.uint8)
 
 
+def _twin_arguments(m: PackedMatrix, twin: PackedMatrix | None) -> tuple:
+    """``(rowptr, row_entries, row_code_bits, lookup)`` of the batch-1 kernel choice for ``m``'s
+    row-major twin (stand-ins without one); ValueError for a twin of the wrong shape."""
+    if twin is None:
+        return _NO_ROWPTR, _NO_ENTRIES, m.code_bits, False
+    if twin.shape != m.shape[::-1]:
+        raise ValueError(f"twin must be the row-major twin of shape {m.shape[::-1]}, got {twin.shape}")
+    return twin.colptr[0], twin.entries, twin.code_bits, twin.absolute
+
+
 def matmul(m: PackedMatrix, x: np.ndarray, out: np.ndarray | None = None,
            twin: PackedMatrix | None = None) -> np.ndarray:
     """``y = W x`` for a packed ``W`` of shape ``(R, C)``.
@@ -916,10 +926,7 @@ def matmul(m: PackedMatrix, x: np.ndarray, out: np.ndarray | None = None,
     if m.absolute:
         raise ValueError("m must be a column layout from pack(), not a lookup twin")
     if x.ndim == 1:                              # the latency-bound case: one compiled call
-        if twin is None:
-            rowptr, row_entries, row_code_bits, lookup = _NO_ROWPTR, _NO_ENTRIES, m.code_bits, False
-        else:
-            rowptr, row_entries, row_code_bits, lookup = twin.colptr[0], twin.entries, twin.code_bits, twin.absolute
+        rowptr, row_entries, row_code_bits, lookup = _twin_arguments(m, twin)
         if out is None:
             return _matvec(m.row_start, m.colptr, m.entries, m.words, m.code_bits, m.codebook, rowptr, row_entries,
                            row_code_bits, lookup, x, ROWS_ABOVE_DENSITY, SERIAL_WORK)
@@ -993,12 +1000,7 @@ def matvec_function(m: PackedMatrix, twin: PackedMatrix | None = None):
     """
     if m.absolute:
         raise ValueError("m must be a column layout from pack(), not a lookup twin")
-    if twin is None:
-        rowptr, row_entries, row_code_bits, lookup = _NO_ROWPTR, _NO_ENTRIES, m.code_bits, False
-    else:
-        if twin.shape != m.shape[::-1]:
-            raise ValueError(f"twin must be the row-major twin of shape {m.shape[::-1]}, got {twin.shape}")
-        rowptr, row_entries, row_code_bits, lookup = twin.colptr[0], twin.entries, twin.code_bits, twin.absolute
+    rowptr, row_entries, row_code_bits, lookup = _twin_arguments(m, twin)
     args = (m.row_start, m.colptr, m.entries, m.words, m.code_bits, m.codebook, rowptr, row_entries, row_code_bits,
             lookup)
 
@@ -1214,12 +1216,10 @@ def chain_function(layers: list[tuple[PackedMatrix, PackedMatrix | None, np.ndar
             raise ValueError(f"layer {i}: {m.shape[1]} inputs after {layers[i - 1][0].shape[0]} outputs")
         if activation not in CHAIN_ACTIVATIONS:
             raise ValueError(f"layer {i}: activation {activation!r} (expected one of {', '.join(CHAIN_ACTIVATIONS)})")
-        if twin is None:
-            rowptr, row_entries, row_code_bits, lookup = _NO_ROWPTR, _NO_ENTRIES, m.code_bits, False
-        else:
-            if twin.shape != m.shape[::-1]:
-                raise ValueError(f"layer {i}: twin of shape {twin.shape}, expected {m.shape[::-1]}")
-            rowptr, row_entries, row_code_bits, lookup = twin.colptr[0], twin.entries, twin.code_bits, twin.absolute
+        try:
+            rowptr, row_entries, row_code_bits, lookup = _twin_arguments(m, twin)
+        except ValueError as error:
+            raise ValueError(f"layer {i}: {error}") from None
         b = np.zeros(0, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32)
         if bias is not None and b.shape != (m.shape[0],):
             raise ValueError(f"layer {i}: bias of shape {b.shape}, expected ({m.shape[0]},)")
