@@ -21,9 +21,18 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=names(RUNTIMES), default="dense",
                    help="dense: decode to plain layers (default); compressed: compute from the sparse, "
                         "weight-shared form")
+    _add_precision(p)
     add_model_options(p)
     add_common_options(p)
     p.set_defaults(func=cmd_eval)
+
+
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    from ..nn.dispatch import PRECISIONS
+
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="compressed runtime: fp32 (exact products, default) or int8 (linear layers may run on "
+                        "int8 activations and weights where measured faster; the error is reported)")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -34,8 +43,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     src = _input_file(args.file)
     recorded = None
+    if args.precision != "fp32" and args.runtime != "compressed":
+        raise UsageError(f"--precision {args.precision} needs --runtime compressed")
     if _is_container(src):
-        model = _load_model(src, args, runtime=args.runtime)
+        model = _load_model(src, args, runtime=args.runtime, **({"precision": args.precision}
+                                                                 if args.runtime == "compressed" else {}))
         meta = fmt.info(src).get("meta")
         recorded = meta.get("data") if isinstance(meta, dict) else None
     elif args.runtime != "dense":
@@ -52,7 +64,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ds = _load_data(args)
     acc = evaluate(model, ds.test)
     result = {"file": str(src), "data": ds.name, "accuracy": acc, "test_size": ds.test.dataset_size,
-              "runtime": args.runtime}
+              "runtime": args.runtime, "precision": args.precision}
     text = f"{src}: accuracy {100 * acc:.2f}% on {ds.name} ({ds.test.dataset_size} test images, {args.runtime} runtime)"
     if args.runtime == "compressed":
         report = model.edl_runtime
@@ -79,6 +91,7 @@ def add_info(p: argparse.ArgumentParser) -> None:
                    help="one sample's shape for the runtime measurement (default: the file's record)")
     p.add_argument("--prefer", choices=["speed", "memory"], default="speed",
                    help="runtime: speed (dense kernels where they win) or memory (never keep a decoded weight)")
+    _add_precision(p)
     add_model_options(p)
     add_common_options(p, data=False)
     p.set_defaults(func=cmd_info)
@@ -120,7 +133,7 @@ def _runtime_report(args: argparse.Namespace) -> tuple[dict, list]:
     from ..nn import settle
 
     src = _input_file(args.file)
-    model = _load_model(src, args, runtime="compressed", prefer=args.prefer)
+    model = _load_model(src, args, runtime="compressed", prefer=args.prefer, precision=args.precision)
     shape = example_input_shape(model, fmt.read(src).header, args.input_shape)
     if shape is None:
         raise UsageError(f"{src}: the file records no input shape; pass --input-shape C,H,W")
@@ -137,14 +150,16 @@ def _runtime_report(args: argparse.Namespace) -> tuple[dict, list]:
         for key, choice in layer["choices"].items():
             times = ", ".join(f"{k} {v:.0f}" for k, v in sorted(choice["times_us"].items(), key=lambda kv: kv[1])
                               if not math.isnan(v))          # NaN: the only candidate, not timed
+            error = choice.get("errors", {}).get(choice["kernel"])
             rows.append([layer["name"], "×".join(map(str, layer["shape"])), layer["held"], key.split("|")[1],
-                         choice["kernel"], times or "–", layer["packed_bytes"], layer["decoded_bytes"],
-                         layer["dense_bytes"]])
+                         choice["kernel"], times or "–", "–" if error is None else f"{100 * error:.2f}%",
+                         layer["packed_bytes"], layer["decoded_bytes"], layer["dense_bytes"]])
     verdict = (f"end to end on a random {tuple(example.shape)} batch: compressed {settled['compressed_us']:.0f} µs, "
                f"dense {settled['dense_us']:.0f} µs ({settled['speedup']:.2f}×) → {settled['decision']}")
-    blocks = ["", f"compressed runtime (prefer={report.prefer}), kernels measured on this machine:", "",
-              (rows, ["tensor", "shape", "held as", "columns", "kernel", "measured µs (median)", "packed bytes",
-                      "decoded bytes", "dense fp32 bytes"]),
+    blocks = ["", f"compressed runtime (prefer={report.prefer}, precision={report.precision}), kernels measured "
+                  "on this machine:", "",
+              (rows, ["tensor", "shape", "held as", "columns", "kernel", "measured µs (median)",
+                      "error vs exact (max, relative)", "packed bytes", "decoded bytes", "dense fp32 bytes"]),
               "", verdict, f"resident weight bytes: {d['resident_bytes']:,}"]
     chains = d.get("chains") or {}
     for c in chains.get("chains", []):

@@ -297,7 +297,7 @@ RUNTIMES = ("dense", "compressed")
 
 def load(path: str | os.PathLike | Container, model: Any = None, runtime: str = "dense",
          partitions: int = 0, trust_model_code: bool = False, model_kwargs: dict | None = None,
-         prefer: str = "speed", cache: Any = None) -> nn.Module:
+         prefer: str = "speed", cache: Any = None, precision: str = "fp32") -> nn.Module:
     """Rebuild an ``nn.Module`` from a compressed file.
 
     Args:
@@ -321,6 +321,9 @@ def load(path: str | os.PathLike | Container, model: Any = None, runtime: str = 
             win, their decoded weights kept) or ``"memory"`` (never keep a decoded weight).
         cache: for the compressed runtime, the per-machine file of measured kernel choices
             (``None``: the default, ``False``: none).
+        precision: for the compressed runtime, ``"fp32"`` (exact products) or ``"int8"``
+            (linear products may run on int8 activations and weights where faster; the
+            error per layer is reported, see :func:`efficientdl.nn.to_runtime`).
         trust_model_code: the file names user code (``{"import": ...}``): import it.
             Without this or ``model``, such a file raises
             :class:`~efficientdl.models.user.ModelCodeNeeded` (loading never imports code
@@ -352,7 +355,7 @@ def load(path: str | os.PathLike | Container, model: Any = None, runtime: str = 
     if runtime == "compressed":
         from ..nn import to_runtime
 
-        model = to_runtime(model, c.codebooks, partitions, prefer=prefer, cache=cache)
+        model = to_runtime(model, c.codebooks, partitions, prefer=prefer, cache=cache, precision=precision)
     return model.eval()
 
 

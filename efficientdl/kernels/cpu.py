@@ -933,7 +933,14 @@ def matmul(m: PackedMatrix, x: np.ndarray, out: np.ndarray | None = None,
         _matvec_out(m.row_start, m.colptr, m.entries, m.words, m.code_bits, m.codebook, rowptr, row_entries,
                     row_code_bits, lookup, x, out, ROWS_ABOVE_DENSITY, SERIAL_WORK)
         return out
-    codebook = m.codebook.astype(x.dtype, copy=False)
+    return _matmul_columns(m, x, twin, m.codebook.astype(x.dtype, copy=False), out)
+
+
+def _matmul_columns(m: PackedMatrix, x: np.ndarray, twin: PackedMatrix | None, codebook: np.ndarray,
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """The several-right-hand-sides branch of :func:`matmul` (inputs checked): ``x`` ``(C, N)`` of
+    the codebook's dtype — float, or int32 for the int8 path (:func:`matmul_int8`)."""
+    shape = (m.shape[0], x.shape[1])
     if out is None:
         out = _zeros_on_cache_lines(shape, x)
     else:
@@ -1238,3 +1245,163 @@ def chain_function(layers: list[tuple[PackedMatrix, PackedMatrix | None, np.ndar
     def f(x: np.ndarray) -> np.ndarray:
         return _chain(packed, meta, x, ROWS_ABOVE_DENSITY, SERIAL_WORK)
     return f
+
+
+# ------------------------------------------------------------------------------ the int8 path
+#: symmetric int8: values in [−127, 127] (−128 left out, so ``−q`` is always representable)
+INT8_MAX = 127
+
+#: an int32 accumulator holds any row of at most this many int8 × int8 products
+INT8_MAX_COLUMNS = (2 ** 31 - 1) // (INT8_MAX * INT8_MAX)
+
+
+def quantize_codebook(codebook: np.ndarray) -> tuple[np.ndarray, float]:
+    """The codebook as symmetric per-tensor int8: ``c ≈ s · q``.
+
+    Dynamic quantization (Jacob et al., CVPR'18, symmetric variant; as fbgemm's and ONNX
+    Runtime's dynamic linear layers): ``s = max|c| / 127`` and ``q = rint(c / s)`` in
+    ``[−127, 127]``; the zero weight stays exactly 0.
+
+    Args:
+        codebook: float ``(K,)`` shared values.
+
+    Returns:
+        ``(q, s)``: ``q`` int32 ``(K,)`` (int8 values, held wide for the kernels' arithmetic)
+        and the float scale ``s`` (1.0 for an all-zero codebook).
+    """
+    c = np.asarray(codebook, np.float64)
+    top = float(np.abs(c).max()) if c.size else 0.0
+    scale = top / INT8_MAX if top > 0 else 1.0
+    return np.clip(np.rint(c / scale), -INT8_MAX, INT8_MAX).astype(np.int32), scale
+
+
+@numba.njit(cache=True)
+def _quantize_vector(x):  # pragma: no cover - compiled
+    """``(q, s)`` with ``x ≈ s · q``: one symmetric scale for the whole vector, ``q`` int32 in [−127, 127]."""
+    top = 0.0
+    for i in range(x.size):
+        top = max(top, abs(np.float64(x[i])))
+    scale = top / INT8_MAX if top > 0 else 1.0
+    inv = 1.0 / scale
+    q = np.empty(x.size, np.int32)
+    for i in range(x.size):
+        q[i] = np.int32(np.rint(np.float64(x[i]) * inv))
+    return q, scale
+
+
+@numba.njit(cache=True)
+def _quantize_columns(x):  # pragma: no cover - compiled
+    """``(q, s)`` with ``x[:, b] ≈ s[b] · q[:, b]``: a symmetric scale per column (per sample)."""
+    cols, n = x.shape
+    top = np.zeros(n, np.float64)
+    for c in range(cols):
+        for b in range(n):
+            top[b] = max(top[b], abs(np.float64(x[c, b])))
+    scale = np.empty(n, np.float64)
+    for b in range(n):
+        scale[b] = top[b] / INT8_MAX if top[b] > 0 else 1.0
+        top[b] = 1.0 / scale[b]
+    q = np.empty((cols, n), np.int32)
+    for c in range(cols):
+        for b in range(n):
+            q[c, b] = np.int32(np.rint(np.float64(x[c, b]) * top[b]))
+    return q, scale
+
+
+@numba.njit(cache=True)
+def _matvec_int8(row_start, colptr, entries, words, code_bits, codebook_q, scale_w, rowptr, row_entries,
+                 row_code_bits, row_lookup, x, rows_above_density, serial_work):  # pragma: no cover - compiled
+    xq, scale_x = _quantize_vector(x)
+    acc = _zeros_on_cache_lines((row_start[row_start.size - 1],), xq)       # int32
+    _matvec_into(row_start, colptr, entries, words, code_bits, codebook_q, rowptr, row_entries, row_code_bits,
+                 row_lookup, xq, acc, rows_above_density, serial_work)
+    y = _zeros_on_cache_lines((acc.size,), x)
+    s = scale_x * scale_w
+    for i in range(acc.size):
+        y[i] = acc[i] * s
+    return y
+
+
+@numba.njit(cache=True)
+def _rescale_columns(acc, scale_w, scale_x, y):  # pragma: no cover - compiled
+    rows, n = acc.shape
+    for r in range(rows):
+        for b in range(n):
+            y[r, b] = acc[r, b] * (scale_w * scale_x[b])
+
+
+def _check_int8(m: PackedMatrix) -> None:
+    if m.absolute:
+        raise ValueError("m must be a column layout from pack(), not a lookup twin")
+    if m.shape[1] > INT8_MAX_COLUMNS:
+        raise ValueError(f"the int8 path sums at most {INT8_MAX_COLUMNS} products per row in int32, "
+                         f"the matrix has {m.shape[1]} columns")
+
+
+def matvec_int8_function(m: PackedMatrix, twin: PackedMatrix | None = None):
+    """A prepared ``x ↦ W x`` on int8 activations and an int8 codebook, int32 accumulation.
+
+    The quantized-activation path of Deep Compression's inference (EIE computes with 16-bit
+    fixed-point activations; here int8, as dynamic int8 inference engines do): per call the
+    activations are quantized with one symmetric scale, ``x ≈ s_x · q_x``
+    (:func:`_quantize_vector`); the codebook is quantized once, ``c ≈ s_w · q_w``
+    (:func:`quantize_codebook`); the same batch-1 kernels as :func:`matmul` (column kernel
+    skipping zero activations, row or lookup kernel) then sum ``q_w · q_x`` in integers and
+
+        y_r = s_w · s_x · Σ_j q_w[code(W_rj)] · q_x[j]
+
+    is exact for the quantized operands; against the float product the error is that of
+    the two roundings (at most ``s_x/2`` per activation and ``s_w/2`` per weight).
+
+    Args:
+        m: the column layout (at most :data:`INT8_MAX_COLUMNS` columns).
+        twin: optional row-major twin.
+
+    Returns:
+        ``f(x) -> y``: ``x`` a C-contiguous float32/float64 vector of ``m.shape[1]`` values,
+        ``y`` a new ``(rows,)`` array of its dtype.
+
+    Raises:
+        ValueError: a lookup twin as ``m``, too many columns, a twin of the wrong shape.
+    """
+    _check_int8(m)
+    codebook_q, scale_w = quantize_codebook(m.codebook)
+    rowptr, row_entries, row_code_bits, lookup = _twin_arguments(m, twin)
+    args = (m.row_start, m.colptr, m.entries, m.words, m.code_bits, codebook_q, scale_w, rowptr, row_entries,
+            row_code_bits, lookup)
+
+    def f(x: np.ndarray) -> np.ndarray:
+        return _matvec_int8(*args, x, ROWS_ABOVE_DENSITY, SERIAL_WORK)
+    return f
+
+
+def matmul_int8(m: PackedMatrix, x: np.ndarray, twin: PackedMatrix | None = None) -> np.ndarray:
+    """``y = W x`` for ``x`` of shape ``(C, N)`` on int8 activations, one scale per column.
+
+    As :func:`matvec_int8_function`, with ``x[:, b] ≈ s_b · q[:, b]`` (per-sample dynamic
+    scales, so one large sample does not coarsen the others) and
+    ``y[r, b] = s_w · s_b · Σ_j q_w[code(W_rj)] · q[j, b]`` summed in integers by
+    :func:`matmul`'s kernels (the row-major twin when given, else the column kernel).
+
+    Args:
+        m: the column layout (at most :data:`INT8_MAX_COLUMNS` columns).
+        x: float32/float64, C-contiguous, ``(C,)`` or ``(C, N)``.
+        twin: optional row-major twin.
+
+    Returns:
+        ``(R,)`` or ``(R, N)`` of ``x``'s dtype.
+    """
+    _check_int8(m)
+    rows, cols = m.shape
+    if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
+        raise ValueError("x must be a C-contiguous float32 or float64 numpy array")
+    if x.ndim not in (1, 2) or x.shape[0] != cols:
+        raise ValueError(f"x must have shape ({cols},) or ({cols}, N), got {x.shape}")
+    if x.ndim == 1:
+        return matvec_int8_function(m, twin)(x)
+    codebook_q, scale_w = quantize_codebook(m.codebook)
+    xq, scale_x = _quantize_columns(x)
+    acc = _matmul_columns(m, xq, twin, codebook_q)
+    y = np.empty(acc.shape, x.dtype)
+    _rescale_columns(acc, scale_w, scale_x, y)
+    return y

@@ -194,6 +194,12 @@ def _tensor_names(model: nn.Module) -> dict[int, str]:
     return {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
 
 
+def _int8_chosen(w: CompressedWeight) -> bool:
+    """The dispatcher chose an int8 kernel for ``w`` (``precision="int8"``): the layer keeps it
+    rather than join a chain, whose products are exact."""
+    return any(r.approximate for r in w.chosen.values())
+
+
 def _linear_of(node: fx.Node, modules: dict[str, nn.Module], gm_root: nn.Module, names: dict[int, str]):
     """The :class:`_Layer` of a node that is a linear product with a compressed weight, else ``None``."""
     if node.op == "call_module":
@@ -201,7 +207,7 @@ def _linear_of(node: fx.Node, modules: dict[str, nn.Module], gm_root: nn.Module,
         if type(m) is not nn.Linear or len(node.args) != 1 or node.kwargs:
             return None
         w = m._parameters.get("weight")
-        if not isinstance(w, CompressedWeight):
+        if not isinstance(w, CompressedWeight) or _int8_chosen(w):
             return None
         b = m._parameters.get("bias")
         return _Layer(m, "weight", None if b is None else "bias", w, b, m, names.get(id(w), node.target + ".weight"))
@@ -215,7 +221,7 @@ def _linear_of(node: fx.Node, modules: dict[str, nn.Module], gm_root: nn.Module,
         owner_name, _, attr = w_node.target.rpartition(".")
         owner = gm_root.get_submodule(owner_name)
         w = owner._parameters.get(attr)
-        if not isinstance(w, CompressedWeight):
+        if not isinstance(w, CompressedWeight) or _int8_chosen(w):
             return None
         bias_owner, bias_attr, b = None, None, None
         if b_node is not None:

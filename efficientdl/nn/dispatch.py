@@ -21,7 +21,12 @@ of autotuners such as FFTW's planner ("measure") and cuDNN's ``benchmark`` mode:
   (``$EDL_CACHE_DIR`` or ``~/.cache/efficientdl``, keyed by
   :func:`efficientdl.core.machine.machine_key`), so it is deterministic from then on;
 * ``prefer="memory"`` drops the rows that decode; a forced kernel (:meth:`force`)
-  overrides the measurement.
+  overrides the measurement;
+* ``precision="int8"`` admits the rows marked ``approximate`` (int8 activations and
+  weights, :data:`PRECISIONS`) beside the exact ones; the measurement still picks the
+  fastest, so an exact kernel is kept where int8 does not pay.  For every approximate
+  candidate the error against an exact kernel's output on the measured call is recorded
+  (``weight.errors``) and reported.
 
 Since the dense product (``decodes=True``) is itself a row, the chosen kernel is never
 slower than dense torch on the measured class, up to the timing noise.
@@ -47,6 +52,9 @@ MEASURE_REPEATS = 5
 MAX_PREPARED = 64
 #: a candidate whose first run took longer than this (µs) is timed once more only
 MEASURE_LONG_US = 20_000.0
+#: ``"fp32"``: exact kernels only (the products in the input's precision); ``"int8"``: also
+#: the approximate rows, which compute on int8 activations and int8 weights
+PRECISIONS = ("fp32", "int8")
 
 
 @dataclass
@@ -86,6 +94,7 @@ class KernelRow:
             this exact input shape (its checks, layouts and buffers settled), which later
             calls of that shape use directly — per-call interpreter work costs as much as a
             small layer's product.
+        approximate: it rounds its operands (int8): a candidate only with ``precision="int8"``.
     """
 
     name: str
@@ -95,6 +104,7 @@ class KernelRow:
     decodes: bool = False
     description: str = ""
     prepare: Callable[[Call], Callable] | None = None
+    approximate: bool = False
 
 
 #: the dispatch table; rows are tried in order, the measurement picks among those that apply
@@ -159,19 +169,25 @@ class Dispatcher:
             ``"memory"`` (never decode the dense weight).
         cache: a JSON file of earlier measurements on this machine, ``None`` for the
             default location, ``False`` to measure afresh and store nothing.
+        precision: ``"fp32"`` (exact kernels) or ``"int8"`` (int8 kernels admitted too).
     """
 
-    def __init__(self, prefer: str = "speed", cache: str | Path | bool | None = None) -> None:
+    def __init__(self, prefer: str = "speed", cache: str | Path | bool | None = None,
+                 precision: str = "fp32") -> None:
         if prefer not in ("speed", "memory"):
             raise ModelError(f"prefer must be 'speed' or 'memory', got {prefer!r}")
+        if precision not in PRECISIONS:
+            raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.prefer = prefer
+        self.precision = precision
         self.path = default_cache_path() if cache is None or cache is True else (Path(cache) if cache else None)
         self._cache: dict[str, dict] = _read_cache(self.path) if self.path else {}
 
     def candidates(self, call: Call) -> list[KernelRow]:
         """The rows of :data:`KERNELS` that can compute ``call`` under this preference."""
         return [r for r in KERNELS if r.op == call.op and r.condition(call)
-                and not (r.decodes and self.prefer == "memory")]
+                and not (r.decodes and self.prefer == "memory")
+                and not (r.approximate and self.precision != "int8")]
 
     def run(self, call: Call, exact_key: Any = None) -> torch.Tensor:
         """Compute ``call`` with the weight's kernel for its shape class (measuring it the first time).
@@ -202,7 +218,7 @@ class Dispatcher:
         if not rows:
             raise ModelError(f"{w.name or 'weight'}: no kernel serves {key} with prefer={self.prefer!r}")
         times: dict[str, float] = {}
-        signature = f"{w.signature()}|{key}|{self.prefer}"
+        signature = f"{w.signature()}|{key}|{self.prefer}|{self.precision}"
         cached = self._cache.get(signature)
         names = [r.name for r in rows]
         if forced is None and cached and cached.get("choice") in names:
@@ -218,9 +234,24 @@ class Dispatcher:
         row = rows[names.index(choice)]
         w.chosen[key] = row
         w.times_us[key] = times
+        if any(r.approximate for r in rows):
+            w.errors[key] = _errors(rows, self.candidates(call), call)
         if not any(r.decodes for r in w.chosen.values()) and not w.fallbacks:
             w.release_dense()                    # decoded only to be timed: not kept
         return row
+
+
+def _errors(rows: list[KernelRow], candidates: list[KernelRow], call: Call) -> dict[str, float]:
+    """``{approximate kernel among rows: max |y − y_exact| / max |y_exact|}`` on ``call``, ``y_exact``
+    from an exact candidate (every op has one: the sparse product at least), one that keeps no
+    decoded weight where there is one."""
+    exact = sorted((r for r in candidates if not r.approximate), key=lambda r: r.decodes)
+    exact = exact[0] if exact else None
+    if exact is None:
+        return {}
+    reference = exact.run(call).double()
+    top = float(reference.abs().max()) or 1.0
+    return {r.name: float((r.run(call).double() - reference).abs().max()) / top for r in rows if r.approximate}
 
 
 def _timed(row: KernelRow, call: Call) -> Callable[[Call], torch.Tensor]:

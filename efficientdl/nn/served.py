@@ -14,7 +14,10 @@ measured fastest for its shape class.  The kernels (rows of
   product of the twin with ``xᵀ`` laid out channel-major, vectorised over the ``n``
   columns (Elsen et al., CVPR'20 "Fast Sparse ConvNets");
 * ``sparse-columns``: the column kernel over all ``n`` columns (zero activation rows
-  skipped: ReLU outputs of a batch).
+  skipped: ReLU outputs of a batch);
+* with ``precision="int8"`` also ``int8-sparse`` (the packed kernels on int8 activations,
+  quantized per call with one scale per sample, and the int8 codebook, int32 sums) and
+  ``int8-dense`` (torch's dynamic int8 linear on the decoded int8 weight).
 
 ``conv2d`` (``F.conv1d`` joins as a height-1 ``conv2d``):
 
@@ -129,6 +132,90 @@ register_kernel(KernelRow("sparse", "linear", lambda c: True, _run_prepared(_pre
 register_kernel(KernelRow("sparse-columns", "linear", lambda c: c.columns > 1, _run_prepared(_prepare_sparse_columns),
                           description="column kernel over all columns (skips zero activation rows)",
                           prepare=_prepare_sparse_columns))
+
+
+# ------------------------------------------------------------------------ kernels: linear, int8
+def _int8_applies(call: Call) -> bool:
+    """The int8 rows serve float32 products whose rows fit an int32 sum (the dispatcher admits
+    them only with ``precision="int8"``)."""
+    return call.x.dtype == torch.float32 and call.weight.shape[1] <= cpu.INT8_MAX_COLUMNS
+
+
+def _prepare_int8_sparse(call: Call):
+    """``x Wᵀ (+ b)`` on int8 activations (one symmetric scale per sample, per call) and the int8
+    codebook, summed in int32 by the packed kernels (:func:`efficientdl.kernels.cpu.matmul_int8`)."""
+    w = call.weight
+    rows, cols = w.shape
+    n = call.columns
+    matrix, twin = w.matrix, w.twin
+    if n == 1:
+        matvec = cpu.matvec_int8_function(matrix, twin)
+        out_shape = tuple(call.args["input_shape"][:-1]) + (rows,)
+
+        def f(x, b):
+            xn = x.detach().numpy().reshape(-1)
+            y = matvec(xn if xn.flags.c_contiguous else np.ascontiguousarray(xn))
+            if b is not None:
+                y += _bias_as(b, torch.float32)[1]
+            return torch.from_numpy(y.reshape(out_shape))
+        return f
+
+    def g(x, b):
+        xt = x.detach().reshape(n, cols).t().contiguous().numpy()
+        y = torch.from_numpy(cpu.matmul_int8(matrix, xt, twin=twin)).t()
+        y = y + _bias_as(b, torch.float32)[0] if b is not None else y.contiguous()
+        return y.view(*x.shape[:-1], rows)
+    return g
+
+
+def _quantized_linear_available() -> bool:
+    """torch's int8 linear (fbgemm / x86 / onednn engines) is in this build."""
+    ops = getattr(torch.ops, "quantized", None)
+    return (ops is not None and hasattr(ops, "linear_dynamic") and hasattr(ops, "linear_prepack")
+            and any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm", "onednn")))
+
+
+def _int8_dense_weight(w: CompressedWeight):
+    """The weight as torch's prepacked int8 linear weight: the int8 codebook values
+    ``q_w[code]`` with their one scale ``s_w`` (the same int8 weights as the sparse int8
+    kernel), packed once and kept on the weight (counted as decoded bytes)."""
+    held = w._payload.int8.get("dense")
+    if held is None:
+        import warnings
+
+        codebook_q, scale_w = cpu.quantize_codebook(w.matrix.codebook)
+        values = torch.from_numpy((codebook_q[cpu.unpack(w.matrix)] * scale_w).astype(np.float32))
+        with warnings.catch_warnings():          # torch marks its quantized tensors as deprecated
+            warnings.simplefilter("ignore")
+            qweight = torch.quantize_per_tensor(values, float(scale_w), 0, torch.qint8)
+            packed = torch.ops.quantized.linear_prepack(qweight, None)
+        held = w._payload.int8["dense"] = (packed, int(np.prod(w.matrix.shape)))
+    return held[0]
+
+
+def _prepare_int8_dense(call: Call):
+    """``x Wᵀ (+ b)`` by torch's dynamic int8 linear (fbgemm: activations quantized per call to
+    uint8 with 7-bit range, int8 weights, int32 sums) on the decoded int8 weight — the dense
+    int8 path for layers where sparsity does not pay."""
+    packed = _int8_dense_weight(call.weight)
+    rows, cols = call.weight.shape
+    linear = torch.ops.quantized.linear_dynamic
+
+    def f(x, b):
+        y = linear(x.detach().reshape(-1, cols), packed, True)
+        if b is not None:
+            y += b.detach().to(torch.float32)
+        return y.view(*x.shape[:-1], rows)
+    return f
+
+
+register_kernel(KernelRow("int8-sparse", "linear", _int8_applies, _run_prepared(_prepare_int8_sparse),
+                          description="packed sparse kernels on int8 activations and codebook, int32 sums",
+                          prepare=_prepare_int8_sparse, approximate=True))
+register_kernel(KernelRow("int8-dense", "linear", lambda c: _int8_applies(c) and _quantized_linear_available(),
+                          _run_prepared(_prepare_int8_dense), decodes=True,
+                          description="torch's dynamic int8 linear (fbgemm) on the decoded int8 weight",
+                          prepare=_prepare_int8_dense, approximate=True))
 
 
 # ---------------------------------------------------------------------------- kernels: conv2d

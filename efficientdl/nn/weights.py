@@ -74,6 +74,8 @@ class _Payload:
     times_us: dict = field(default_factory=dict)         # shape class → {kernel: median µs}
     fallbacks: dict = field(default_factory=dict)        # function → reason
     forced_kernel: str | None = None
+    errors: dict = field(default_factory=dict)           # shape class → {int8 kernel: relative error}
+    int8: dict = field(default_factory=dict)             # kernel-held int8 forms: name → (object, bytes)
     row_blocks: dict = field(default_factory=dict)       # (start, stop) → CompressedWeight of those rows
     prepared: dict = field(default_factory=dict)         # exact input key → f(x, bias) (served fast path)
 
@@ -138,6 +140,12 @@ class CompressedWeight(torch.Tensor):
         return self._payload.times_us
 
     @property
+    def errors(self) -> dict:
+        """Shape class → ``{int8 kernel: max relative error against an exact kernel}`` measured
+        when it was chosen (only with ``precision="int8"``)."""
+        return self._payload.errors
+
+    @property
     def fallbacks(self) -> dict[str, str]:
         """Functions computed from the decoded dense weight → why."""
         return self._payload.fallbacks
@@ -157,6 +165,7 @@ class CompressedWeight(torch.Tensor):
         self._payload.forced_kernel = kernel
         self._payload.chosen.clear()
         self._payload.times_us.clear()
+        self._payload.errors.clear()
         self._payload.prepared.clear()
 
     @property
@@ -188,8 +197,10 @@ class CompressedWeight(torch.Tensor):
         return self._payload.matrix.nbytes + self._payload.twin.nbytes
 
     def decoded_bytes(self) -> int:
-        """Bytes of dense copies decoded and kept for the kernels that need them (0 if none)."""
-        return sum(t.numel() * t.element_size() for t in self._payload.dense.values())
+        """Bytes of dense copies decoded and kept for the kernels that need them (0 if none): fp32
+        weights and the int8 dense weight of the int8 path."""
+        return (sum(t.numel() * t.element_size() for t in self._payload.dense.values())
+                + sum(nbytes for _, nbytes in self._payload.int8.values()))
 
     def dense_bytes(self) -> int:
         """Bytes of the same weight as a dense fp32 tensor."""
@@ -218,6 +229,7 @@ class CompressedWeight(torch.Tensor):
     def release_dense(self) -> None:
         """Drop the decoded dense copies (a kernel that needs one decodes it again)."""
         self._payload.dense.clear()
+        self._payload.int8.clear()
 
     def rows(self, start: int, stop: int) -> "CompressedWeight":
         """The rows ``start … stop − 1`` as a compressed weight of their own (packed once, kept),
@@ -360,6 +372,7 @@ class RuntimeReport:
         weights: tensor name → its :class:`CompressedWeight` (also for those :func:`settle` made dense).
         owners: tensor name → ``(module, attribute)`` holding it.
         prefer: ``"speed"`` or ``"memory"``.
+        precision: ``"fp32"`` or ``"int8"`` (see :func:`to_runtime`).
         settled: what :func:`settle` measured (``None`` until it ran).
     """
 
@@ -368,6 +381,7 @@ class RuntimeReport:
     weights: dict[str, CompressedWeight]
     owners: dict[str, tuple[nn.Module, str]] = field(default_factory=dict)
     prefer: str = "speed"
+    precision: str = "fp32"
     settled: dict | None = None
     first_call_hook: Any = None
     chains: Any = None                       # the nn.chain.ChainReport of the last settle
@@ -403,7 +417,8 @@ class RuntimeReport:
                         "packed_bytes": w.packed_bytes() if held else 0,
                         "decoded_bytes": w.decoded_bytes() if held else w.dense_bytes(),
                         "dense_bytes": w.dense_bytes(), "forced": w.forced_kernel,
-                        "choices": {k: {"kernel": r.name, "times_us": w.times_us.get(k, {})}
+                        "choices": {k: {"kernel": r.name, "times_us": w.times_us.get(k, {}),
+                                        **({"errors": w.errors[k]} if k in w.errors else {})}
                                     for k, r in w.chosen.items()},
                         "fallbacks": dict(w.fallbacks)})
         return out
@@ -413,7 +428,7 @@ class RuntimeReport:
         return sum(r["packed_bytes"] + r["decoded_bytes"] for r in self.layers())
 
     def to_dict(self) -> dict:
-        return {"prefer": self.prefer, "compressed": list(self.compressed),
+        return {"prefer": self.prefer, "precision": self.precision, "compressed": list(self.compressed),
                 "served_compressed": self.served_compressed(), "dense": dict(self.dense),
                 "fallbacks": self.fallbacks(), "layers": self.layers(), "resident_bytes": self.resident_bytes(),
                 "settled": self.settled, "chains": None if self.chains is None else self.chains.to_dict()}
@@ -557,7 +572,8 @@ def _settle(model: nn.Module, report: "RuntimeReport", example: tuple, rounds: i
 
 
 def to_runtime(model: nn.Module, codebooks: dict[str, tuple[np.ndarray, np.ndarray]], partitions: int = 0,
-               prefer: str = "speed", cache: Any = None, settle_on_first_call: bool = True) -> nn.Module:
+               prefer: str = "speed", cache: Any = None, settle_on_first_call: bool = True,
+               precision: str = "fp32") -> nn.Module:
     """Hold the weight-shared tensors of a decoded model as :class:`CompressedWeight` in place.
 
     The modules are left as they are (the user's classes, their ``forward``); every
@@ -573,6 +589,11 @@ def to_runtime(model: nn.Module, codebooks: dict[str, tuple[np.ndarray, np.ndarr
         prefer: ``"speed"`` (each layer's fastest kernel, dense included) or
             ``"memory"`` (never keep a decoded dense weight).
         cache: the per-machine choice cache (see :class:`~efficientdl.nn.dispatch.Dispatcher`).
+        precision: ``"fp32"`` — every product exact (in the input's precision); ``"int8"`` —
+            linear products may also run on int8 activations (quantized per call, one
+            symmetric scale per sample) and int8 weights with int32 sums, sparse or dense
+            (torch's quantized linear), where measured faster; each layer's error against
+            the exact product is reported (``model.edl_runtime.layers()``, ``errors``).
         settle_on_first_call: with ``prefer="speed"``, the model's first forward call first
             runs :func:`settle` on its input (the user's own batch), so the model is never
             slower than dense without another step; that call takes longer (it measures).
@@ -580,7 +601,7 @@ def to_runtime(model: nn.Module, codebooks: dict[str, tuple[np.ndarray, np.ndarr
     Returns:
         The model in eval mode, with ``model.edl_runtime`` a :class:`RuntimeReport`.
     """
-    dispatcher = Dispatcher(prefer, cache)
+    dispatcher = Dispatcher(prefer, cache, precision)
     modules = dict(model.named_modules())
     compressed, dense, weights, owners = [], {}, {}, {}
     for tensor_name, (codes, codebook) in codebooks.items():
@@ -600,7 +621,7 @@ def to_runtime(model: nn.Module, codebooks: dict[str, tuple[np.ndarray, np.ndarr
         compressed.append(tensor_name)
         weights[tensor_name] = w
         owners[tensor_name] = (module, attr)
-    model.edl_runtime = report = RuntimeReport(compressed, dense, weights, owners, prefer)
+    model.edl_runtime = report = RuntimeReport(compressed, dense, weights, owners, prefer, precision)
     if settle_on_first_call and prefer == "speed" and compressed:
         def first_call(module, args, kwargs):
             if not kwargs and args:              # settle on the user's own first batch, then step aside

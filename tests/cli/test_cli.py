@@ -339,6 +339,26 @@ def test_eval_and_info_with_compressed_runtime(files, capsys):
     assert "needs a compressed file" in assert_one_line_error(capsys, code, "eval")
 
 
+def test_int8_precision_of_the_compressed_runtime(files, capsys):
+    argv = ["eval", str(files["edlz"]), "--test-subset", "120", "--json", "--runtime", "compressed"]
+    assert main(argv) == 0
+    exact = json.loads(capsys.readouterr().out)
+    assert main(argv + ["--precision", "int8"]) == 0
+    int8 = json.loads(capsys.readouterr().out)
+    assert int8["precision"] == "int8" and int8["layers"]["precision"] == "int8"
+    assert abs(int8["accuracy"] - exact["accuracy"]) <= 0.05      # 120 images: at most 6 predictions change
+    assert main(["info", str(files["edlz"]), "--runtime", "--precision", "int8", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)["runtime"]
+    for layer in d["layers"]:
+        for choice in layer["choices"].values():
+            assert set(choice["errors"]) >= {"int8-sparse"} and max(choice["errors"].values()) < 0.05
+    assert main(["info", str(files["edlz"]), "--runtime", "--precision", "int8"]) == 0
+    text = capsys.readouterr().out
+    assert "precision=int8" in text and "error vs exact" in text
+    code = main(["eval", str(files["edlz"]), "--precision", "int8"])
+    assert "--precision int8 needs --runtime compressed" in assert_one_line_error(capsys, code, "eval")
+
+
 def test_hw_formats(capsys):
     assert main(["hw", "formats", "--fixed", "Q1.2", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
