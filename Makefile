@@ -50,7 +50,8 @@ bench: install data
 	$(PY) benchmarks/eie_layers.py --json runs/bench/eie_layers.json \
 		--models runs/bench/lenet300-s96-b3.edlz runs/bench/lenet5-s95-b5_4.edlz
 
-# the compressed runtime end to end against dense torch, ONNX Runtime and DeepSparse: the peers'
+# the compressed runtime end to end and on the EIE layers (fp32 and int8) against dense torch,
+# ONNX Runtime and DeepSparse: the peers'
 # pins (DeepSparse 1.8 needs onnx < 1.15) get an environment of their own
 BENCH_VENV ?= .venv-bench
 bench-peers: data
@@ -58,6 +59,7 @@ bench-peers: data
 	$(BENCH_VENV)/bin/python -c "import torch" 2>/dev/null || $(BENCH_VENV)/bin/pip install "torch==2.13.0"
 	$(BENCH_VENV)/bin/pip install -e ".[bench]"
 	NM_DISABLE_ANALYTICS=1 $(BENCH_VENV)/bin/python benchmarks/runtime_e2e.py --out runs/bench/runtime_e2e.json
+	NM_DISABLE_ANALYTICS=1 $(BENCH_VENV)/bin/python benchmarks/eie_peers.py --json runs/bench/eie_peers.json
 
 # on a CUDA machine: the EIE layers on the GPU kernel, and ResNet-18 mixed-precision training
 bench-gpu: install data

@@ -16,7 +16,7 @@ of autotuners such as FFTW's planner ("measure") and cuDNN's ``benchmark`` mode:
   trailing shape — batch 1, small batches and token sequences, patch matrices fall in
   different classes;
 * the first call of a class runs every applicable kernel (one warm-up, then
-  :data:`MEASURE_REPEATS` timed runs each, median) and keeps the fastest; the choice is
+  :data:`MEASURE_REPEATS` rounds timing each once in turn, median) and keeps the fastest; the choice is
   stored on the weight and in a per-machine JSON cache
   (``$EDL_CACHE_DIR`` or ``~/.cache/efficientdl``, keyed by
   :func:`efficientdl.core.machine.machine_key`), so it is deterministic from then on;
@@ -46,7 +46,7 @@ import torch
 
 from ..errors import ModelError
 
-#: timed runs per candidate kernel when a shape class is first seen (after one warm-up)
+#: timing rounds (one call of every candidate each) when a shape class is first seen, after one warm-up
 MEASURE_REPEATS = 5
 #: prepared kernels kept per weight (one per exact input shape)
 MAX_PREPARED = 64
@@ -149,16 +149,27 @@ def shape_class(call: Call) -> str:
     return f"{call.op}|n={label}|{trailing}{extra}|{str(call.x.dtype).removeprefix('torch.')}"
 
 
-def _median_us(run: Callable[[Call], torch.Tensor], call: Call) -> float:
-    run(call)                                   # warm-up (compiles, faults pages in)
-    times = []
-    for _ in range(MEASURE_REPEATS):
-        start = time.perf_counter_ns()
+def _median_us_interleaved(rows: list["KernelRow"], call: Call) -> dict[str, float]:
+    """``{kernel: median µs}`` of the candidates timed in turn, one call each per round.
+
+    Each runs once untimed first (compiles, faults pages in).  Then :data:`MEASURE_REPEATS`
+    rounds time one call of every candidate, so a drift of the machine's speed, and the
+    thread pool one library leaves spinning after its call (numba's, torch's), reach all
+    candidates alike instead of whichever happens to follow.  A candidate slower than
+    :data:`MEASURE_LONG_US` stops after two timed calls.
+    """
+    runs = {r.name: _timed(r, call) for r in rows}
+    for run in runs.values():
         run(call)
-        times.append((time.perf_counter_ns() - start) / 1e3)
-        if times[-1] > MEASURE_LONG_US and len(times) >= 2:
-            break
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(MEASURE_REPEATS):
+        for name, run in runs.items():
+            if len(times[name]) >= 2 and times[name][-1] > MEASURE_LONG_US:
+                continue
+            start = time.perf_counter_ns()
+            run(call)
+            times[name].append((time.perf_counter_ns() - start) / 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 class Dispatcher:
@@ -225,8 +236,7 @@ class Dispatcher:
             choice = cached["choice"]
             times = {k: float(v) for k, v in cached.get("times_us", {}).items()}
         else:
-            for r in rows:
-                times[r.name] = _median_us(_timed(r, call), call) if len(rows) > 1 else float("nan")
+            times = _median_us_interleaved(rows, call) if len(rows) > 1 else {rows[0].name: float("nan")}
             choice = forced or min(times, key=times.get)
             if forced is None and self.path is not None:
                 self._cache[signature] = {"choice": choice, "times_us": times}

@@ -315,7 +315,7 @@ def test_choice_is_cached_per_machine_and_then_deterministic(tmp_path, monkeypat
 
     def no_measuring(*a, **k):
         raise AssertionError("measured again")
-    monkeypatch.setattr(dispatch, "_median_us", no_measuring)
+    monkeypatch.setattr(dispatch, "_median_us_interleaved", no_measuring)
     for _ in range(3):                                                    # a new process: read, not measured
         again = CompressedWeight(codes, codebook, dispatcher=dispatch.Dispatcher(cache=path))
         torch.testing.assert_close(F.linear(x, again), x @ dense.t())
