@@ -166,8 +166,12 @@ def bench(name: str, batch: int, repeat: int, threads: int, rng, directory: path
         "torch int8 dense": lambda: torch.ops.quantized.linear_dynamic(x_t, int8_dense, True),
         "compressed int8 (dispatched)": lambda: runtime(x_t),
     }
-    paths = onnx_graphs(w, w_q, scale_w, float(np.abs(x).max()) / 127, directory, f"{name}-{batch}")
-    methods |= peer_methods(paths, x, threads)
+    try:
+        paths = onnx_graphs(w, w_q, scale_w, float(np.abs(x).max()) / 127, directory, f"{name}-{batch}")
+    except ImportError:                          # no onnx (the bench extra without DeepSparse): no peers
+        paths = None
+    if paths is not None:
+        methods |= peer_methods(paths, x, threads)
     errors = {}
     with torch.no_grad():
         for m, f in methods.items():

@@ -27,9 +27,11 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_eval)
 
 
-def _add_precision(p: argparse.ArgumentParser) -> None:
-    from ..nn.dispatch import PRECISIONS
+#: efficientdl.nn.dispatch.PRECISIONS, spelled out: ``edl info`` must not import torch to build its options
+PRECISIONS = ("fp32", "int8")
 
+
+def _add_precision(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="compressed runtime: fp32 (exact products, default) or int8 (linear layers may run on "
                         "int8 activations and weights where measured faster; the error is reported)")

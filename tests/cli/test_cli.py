@@ -340,6 +340,10 @@ def test_eval_and_info_with_compressed_runtime(files, capsys):
 
 
 def test_int8_precision_of_the_compressed_runtime(files, capsys):
+    from efficientdl.cli.inspection import PRECISIONS
+    from efficientdl.nn.dispatch import PRECISIONS as RUNTIME_PRECISIONS
+
+    assert PRECISIONS == RUNTIME_PRECISIONS
     argv = ["eval", str(files["edlz"]), "--test-subset", "120", "--json", "--runtime", "compressed"]
     assert main(argv) == 0
     exact = json.loads(capsys.readouterr().out)
