@@ -7,7 +7,8 @@ on the same input, warm cache:
 
 exact (fp32)
 * ``dense torch``: ``F.linear`` on the dense weight — the baseline of every speedup;
-* ``compressed``: the packed kernel (:func:`efficientdl.kernels.cpu.matmul`, both layouts);
+* ``compressed``: the packed kernel (:func:`efficientdl.kernels.cpu.matmul`, both layouts; at
+  batch 64 on layers wider than 512 inputs also the column-blocked twin, :func:`~efficientdl.kernels.cpu.pack_row_blocks`);
 * ``ONNX Runtime fp32``: the dense layer as an ONNX ``MatMul``;
 * ``DeepSparse fp32``: the same ONNX model with its zeros (DeepSparse finds the sparsity itself);
 
@@ -144,6 +145,7 @@ def bench(name: str, batch: int, repeat: int, threads: int, rng, directory: path
     exact = x.astype(np.float64) @ w.T.astype(np.float64)
     top = float(np.abs(exact).max()) or 1.0
     packed, twin = cpu.pack(codes, codebook), cpu.pack_rows(codes, codebook)
+    blocks = cpu.pack_row_blocks(codes, codebook) if batch > 1 and cols > cpu.BLOCK_COLUMNS else None
     codebook_q, scale_w = cpu.quantize_codebook(codebook)
     w_q = codebook_q[codes]
     x_cols = x[0].copy() if batch == 1 else np.ascontiguousarray(x.T)
@@ -161,7 +163,7 @@ def bench(name: str, batch: int, repeat: int, threads: int, rng, directory: path
     int8_dense = _int8_dense_weight(weight)
     methods = {
         "dense torch": lambda: torch.nn.functional.linear(x_t, w_t),
-        "compressed": lambda: cpu.matmul(packed, x_cols, twin=twin),
+        "compressed": lambda: cpu.matmul(packed, x_cols, twin=twin, blocks=blocks),
         "compressed int8-sparse": lambda: cpu.matmul_int8(packed, x_cols, twin=twin),
         "torch int8 dense": lambda: torch.ops.quantized.linear_dynamic(x_t, int8_dense, True),
         "compressed int8 (dispatched)": lambda: runtime(x_t),

@@ -246,8 +246,8 @@ class Dispatcher:
         w.times_us[key] = times
         if any(r.approximate for r in rows):
             w.errors[key] = _errors(rows, self.candidates(call), call)
-        if not any(r.decodes for r in w.chosen.values()) and not w.fallbacks:
-            w.release_dense()                    # decoded only to be timed: not kept
+        if not w.fallbacks:                      # forms made only to be timed are not kept: the chosen
+            w.release_dense()                    # kernels make again (once) what they need
         return row
 
 

@@ -15,6 +15,9 @@ measured fastest for its shape class.  The kernels (rows of
   columns (Elsen et al., CVPR'20 "Fast Sparse ConvNets");
 * ``sparse-columns``: the column kernel over all ``n`` columns (zero activation rows
   skipped: ReLU outputs of a batch);
+* ``sparse-blocked``: for ``n > 1`` and more than :data:`~efficientdl.kernels.cpu.BLOCK_COLUMNS`
+  inputs, the sparse × dense product on a column-blocked copy of the twin (cache blocking;
+  kept in memory, so ``prefer="memory"`` excludes it);
 * with ``precision="int8"`` also ``int8-sparse`` (the packed kernels on int8 activations,
   quantized per call with one scale per sample, and the int8 codebook, int32 sums) and
   ``int8-dense`` (torch's dynamic int8 linear on the decoded int8 weight).
@@ -111,6 +114,32 @@ def _prepare_sparse(call: Call, twin: bool):
     return g
 
 
+def _row_blocks(w: CompressedWeight) -> cpu.RowBlocks:
+    """The weight's column-blocked twin (:func:`efficientdl.kernels.cpu.pack_row_blocks`), packed
+    once and kept (its bytes counted with the decoded ones: a copy held for one kernel)."""
+    held = w._payload.derived.get("blocks")
+    if held is None:
+        blocks = cpu.pack_row_blocks(w.codes().reshape(w.matrix.shape), w.matrix.codebook, cpu.BLOCK_COLUMNS)
+        held = w._payload.derived["blocks"] = (blocks, blocks.nbytes)
+    return held[0]
+
+
+def _prepare_sparse_blocked(call: Call):
+    """``x Wᵀ (+ b)`` for ``n > 1`` rows of ``x``: the sparse × dense product block of columns by
+    block of columns, so each block's rows of ``xᵀ`` stay in the core's caches."""
+    w = call.weight
+    rows, cols = w.shape
+    n = call.columns
+    matrix, blocks = w.matrix, _row_blocks(w)
+
+    def g(x, b):
+        xt = x.detach().reshape(n, cols).t().contiguous().numpy()
+        y = torch.from_numpy(cpu.matmul(matrix, xt, blocks=blocks)).t()
+        y = y + _bias_as(b, x.dtype)[0] if b is not None else y.contiguous()
+        return y.view(*x.shape[:-1], rows)
+    return g
+
+
 def _run_prepared(prepare):
     """``run`` of a linear row: its kernel prepared for this call's input, then applied to it."""
     return lambda call: prepare(call)(call.args["input"], call.bias)
@@ -132,6 +161,11 @@ register_kernel(KernelRow("sparse", "linear", lambda c: True, _run_prepared(_pre
 register_kernel(KernelRow("sparse-columns", "linear", lambda c: c.columns > 1, _run_prepared(_prepare_sparse_columns),
                           description="column kernel over all columns (skips zero activation rows)",
                           prepare=_prepare_sparse_columns))
+register_kernel(KernelRow("sparse-blocked", "linear",
+                          lambda c: c.columns > 1 and c.weight.shape[1] > cpu.BLOCK_COLUMNS,
+                          _run_prepared(_prepare_sparse_blocked), decodes=True,
+                          description="sparse × dense block of columns by block (a second, blocked copy of the entries)",
+                          prepare=_prepare_sparse_blocked))
 
 
 # ------------------------------------------------------------------------ kernels: linear, int8
@@ -179,7 +213,7 @@ def _int8_dense_weight(w: CompressedWeight):
     """The weight as torch's prepacked int8 linear weight: the int8 codebook values
     ``q_w[code]`` with their one scale ``s_w`` (the same int8 weights as the sparse int8
     kernel), packed once and kept on the weight (counted as decoded bytes)."""
-    held = w._payload.int8.get("dense")
+    held = w._payload.derived.get("int8-dense")
     if held is None:
         import warnings
 
@@ -189,7 +223,7 @@ def _int8_dense_weight(w: CompressedWeight):
             warnings.simplefilter("ignore")
             qweight = torch.quantize_per_tensor(values, float(scale_w), 0, torch.qint8)
             packed = torch.ops.quantized.linear_prepack(qweight, None)
-        held = w._payload.int8["dense"] = (packed, int(np.prod(w.matrix.shape)))
+        held = w._payload.derived["int8-dense"] = (packed, int(np.prod(w.matrix.shape)))
     return held[0]
 
 

@@ -75,7 +75,7 @@ class _Payload:
     fallbacks: dict = field(default_factory=dict)        # function → reason
     forced_kernel: str | None = None
     errors: dict = field(default_factory=dict)           # shape class → {int8 kernel: relative error}
-    int8: dict = field(default_factory=dict)             # kernel-held int8 forms: name → (object, bytes)
+    derived: dict = field(default_factory=dict)          # kernel-held forms (int8 weight, column blocks): name → (object, bytes)
     row_blocks: dict = field(default_factory=dict)       # (start, stop) → CompressedWeight of those rows
     prepared: dict = field(default_factory=dict)         # exact input key → f(x, bias) (served fast path)
 
@@ -197,10 +197,10 @@ class CompressedWeight(torch.Tensor):
         return self._payload.matrix.nbytes + self._payload.twin.nbytes
 
     def decoded_bytes(self) -> int:
-        """Bytes of dense copies decoded and kept for the kernels that need them (0 if none): fp32
-        weights and the int8 dense weight of the int8 path."""
+        """Bytes of the extra forms kept for the kernels that need them (0 if none): decoded fp32
+        weights, the int8 dense weight of the int8 path, the column-blocked twin."""
         return (sum(t.numel() * t.element_size() for t in self._payload.dense.values())
-                + sum(nbytes for _, nbytes in self._payload.int8.values()))
+                + sum(nbytes for _, nbytes in self._payload.derived.values()))
 
     def dense_bytes(self) -> int:
         """Bytes of the same weight as a dense fp32 tensor."""
@@ -229,7 +229,7 @@ class CompressedWeight(torch.Tensor):
     def release_dense(self) -> None:
         """Drop the decoded dense copies (a kernel that needs one decodes it again)."""
         self._payload.dense.clear()
-        self._payload.int8.clear()
+        self._payload.derived.clear()
 
     def rows(self, start: int, stop: int) -> "CompressedWeight":
         """The rows ``start … stop − 1`` as a compressed weight of their own (packed once, kept),

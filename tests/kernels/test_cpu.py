@@ -247,3 +247,25 @@ def test_twin_format_follows_the_table_size():
     with pytest.raises(ValueError, match="lookup twin"):
         twin = cpu.pack_rows(sparse(5, 20), codebook, lookup=True)
         cpu.matmul(twin, np.ones(5, np.float32))
+
+
+@pytest.mark.parametrize("rows,cols,block_columns", [(33, 17, 5), (64, 300, 64), (5, 1000, 512), (40, 1025, 512),
+                                                     (7, 8, 100)])
+@pytest.mark.parametrize("n", [2, 9, 64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_column_blocks_match_dense_math(rows, cols, block_columns, n, dtype):
+    codes, codebook, x = random_case(rows, cols, 0.2, 0.6, n=n, seed=cols)
+    blocks = cpu.pack_row_blocks(codes, codebook, block_columns)
+    assert blocks.bounds.tolist() == list(range(0, cols, block_columns)) + [cols]
+    assert sum(b.shape[0] for b in blocks.blocks) == cols          # every column in exactly one block
+    y = cpu.matmul(cpu.pack(codes, codebook), x.astype(dtype), blocks=blocks)
+    assert y.dtype == dtype
+    np.testing.assert_allclose(y, dense_reference(codes, codebook, x.astype(dtype)), rtol=1e-5, atol=1e-5)
+
+
+def test_column_blocks_of_another_matrix_are_refused():
+    codes, codebook, x = random_case(10, 20, 0.3, 1.0, n=3)
+    with pytest.raises(ValueError, match="column-blocked twin of shape"):
+        cpu.matmul(cpu.pack(codes, codebook), x, blocks=cpu.pack_row_blocks(codes[:, :10], codebook))
+    with pytest.raises(ValueError, match="block_columns"):
+        cpu.pack_row_blocks(codes, codebook, 0)

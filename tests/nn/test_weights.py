@@ -71,14 +71,21 @@ def test_linear_equals_dense(dtype, batch):
     torch.testing.assert_close(F.linear(x3, w, b), F.linear(x3, dense.to(dtype), b))
 
 
-@pytest.mark.parametrize("kernel", ["dense", "sparse", "sparse-columns"])
-def test_every_linear_kernel_is_exact(kernel):
+@pytest.mark.parametrize("kernel", ["dense", "sparse", "sparse-columns", "sparse-blocked"])
+def test_every_linear_kernel_is_exact(kernel, monkeypatch):
+    monkeypatch.setattr(cpu, "BLOCK_COLUMNS", 7)                 # three blocks of the 24 inputs
     codes, codebook, dense = shared((16, 24), density=0.3)
     w = CompressedWeight(codes, codebook)
     w.force(kernel)
     x = torch.relu(torch.randn(9, 24))
     torch.testing.assert_close(F.linear(x, w), x @ dense.t())
     assert {r.name for r in w.chosen.values()} == {kernel}
+    if kernel == "sparse-blocked":
+        blocks, nbytes = w._payload.derived["blocks"]
+        assert blocks.bounds.tolist() == [0, 7, 14, 21, 24] and w.decoded_bytes() == nbytes
+        memory = CompressedWeight(codes, codebook, dispatcher=dispatch.Dispatcher("memory", cache=False))
+        assert "sparse-blocked" not in [r.name for r in memory.dispatcher.candidates(
+            dispatch.Call("linear", memory, x, columns=9))]
 
 
 @pytest.mark.parametrize("case", [
