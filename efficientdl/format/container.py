@@ -336,6 +336,8 @@ def load(path: str | os.PathLike | Container, model: Any = None, runtime: str = 
     """
     if runtime not in RUNTIMES:
         raise ModelError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if precision != "fp32" and runtime != "compressed":
+        raise ModelError(f"precision={precision!r} needs runtime='compressed' (the dense runtime computes in fp32)")
     c = path if isinstance(path, Container) else read(path)
     where = path.source if isinstance(path, Container) else str(path)
     if model is None or isinstance(model, str):

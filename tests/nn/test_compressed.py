@@ -165,3 +165,18 @@ def test_module_conversions_keep_the_layer_working():
     torch.testing.assert_close(layer(x.double()), expected.double(), rtol=1e-5, atol=1e-5)
     state = layer.state_dict()
     assert set(state) == {"row_start", "colptr", "entries", "codebook", "rowptr", "row_entries", "bias"}
+
+
+def test_int8_precision_from_a_file_and_its_misuse(tmp_path):
+    path = compressed_net(tmp_path)
+    dense = fmt.load(path, model=Net())
+    int8 = fmt.load(path, model=Net(), runtime="compressed", cache=False, precision="int8")
+    assert int8.edl_runtime.precision == "int8"
+    x = torch.relu(torch.randn(3, 1, 12, 12))
+    with torch.no_grad():
+        y, exact = int8(x), dense(x)
+    assert float((y - exact).abs().max() / exact.abs().max()) < 0.05
+    with pytest.raises(ModelError, match="precision='int8' needs runtime='compressed'"):
+        fmt.load(path, model=Net(), precision="int8")
+    with pytest.raises(ModelError, match="precision must be one of fp32, int8"):
+        fmt.load(path, model=Net(), runtime="compressed", cache=False, precision="fp16")
