@@ -16,7 +16,8 @@ of autotuners such as FFTW's planner ("measure") and cuDNN's ``benchmark`` mode:
   trailing shape — batch 1, small batches and token sequences, patch matrices fall in
   different classes;
 * the first call of a class runs every applicable kernel (one warm-up, then
-  :data:`MEASURE_REPEATS` rounds timing each once in turn, median) and keeps the fastest; the choice is
+  :data:`MEASURE_REPEATS` rounds timing each once in turn, after an untimed call of its own;
+  median) and keeps the fastest; the choice is
   stored on the weight and in a per-machine JSON cache
   (``$EDL_CACHE_DIR`` or ``~/.cache/efficientdl``, keyed by
   :func:`efficientdl.core.machine.machine_key`), so it is deterministic from then on;
@@ -153,10 +154,14 @@ def _median_us_interleaved(rows: list["KernelRow"], call: Call) -> dict[str, flo
     """``{kernel: median µs}`` of the candidates timed in turn, one call each per round.
 
     Each runs once untimed first (compiles, faults pages in).  Then :data:`MEASURE_REPEATS`
-    rounds time one call of every candidate, so a drift of the machine's speed, and the
-    thread pool one library leaves spinning after its call (numba's, torch's), reach all
-    candidates alike instead of whichever happens to follow.  A candidate slower than
-    :data:`MEASURE_LONG_US` stops after two timed calls.
+    rounds time one call of every candidate, so a drift of the machine's speed reaches all
+    candidates alike.  Within a round each timed call follows an untimed call of the same
+    kernel: that one absorbs the thread pool the previous library left spinning (numba's,
+    torch's) and brings the kernel's own data back into the cache, as when a layer runs
+    repeatedly — timed straight after another candidate, torch's int8 linear took 2.7–3.5×
+    and the sparse kernels up to 1.5× the time they take called again and again (EIE layers,
+    batch 1).  A candidate slower than :data:`MEASURE_LONG_US` stops after two
+    timed calls.
     """
     runs = {r.name: _timed(r, call) for r in rows}
     for run in runs.values():
@@ -166,6 +171,7 @@ def _median_us_interleaved(rows: list["KernelRow"], call: Call) -> dict[str, flo
         for name, run in runs.items():
             if len(times[name]) >= 2 and times[name][-1] > MEASURE_LONG_US:
                 continue
+            run(call)
             start = time.perf_counter_ns()
             run(call)
             times[name].append((time.perf_counter_ns() - start) / 1e3)
