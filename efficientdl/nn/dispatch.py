@@ -51,7 +51,7 @@ from ..errors import ModelError
 MEASURE_REPEATS = 5
 #: prepared kernels kept per weight (one per exact input shape)
 MAX_PREPARED = 64
-#: a candidate whose first run took longer than this (µs) is timed once more only
+#: a candidate whose timed calls take longer than this (µs) is timed twice only
 MEASURE_LONG_US = 20_000.0
 #: ``"fp32"``: exact kernels only (the products in the input's precision); ``"int8"``: also
 #: the approximate rows, which compute on int8 activations and int8 weights
