@@ -59,7 +59,7 @@ from efficientdl.kernels import cpu  # noqa: E402
 from efficientdl.nn import to_runtime  # noqa: E402
 from efficientdl.report import markdown_table  # noqa: E402
 
-from _machine import cpu_info  # noqa: E402
+from _machine import set_threads  # noqa: E402
 from eie_layers import LAYERS, geomean, make_input, make_layer, median_us  # noqa: E402
 
 EXACT = ("dense torch", "compressed", "ONNX Runtime fp32", "DeepSparse fp32")
@@ -225,13 +225,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=pathlib.Path, default=ROOT / "runs" / "bench" / "eie_peers.json")
     args = ap.parse_args()
-    import numba
-
-    torch.set_num_threads(args.threads)
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
-    info = cpu_info()
-    print(f"CPU: {info['model']}, {info['cores']} cores, SIMD: {' '.join(info['simd'])}; torch {torch.__version__}, "
-          f"{args.threads} threads", flush=True)
+    info = set_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -49,7 +49,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from efficientdl import models  # noqa: E402
 from efficientdl.nn import settle, to_runtime  # noqa: E402
 
-from _machine import cpu_info  # noqa: E402
+from _machine import set_threads  # noqa: E402
 
 os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
 
@@ -175,13 +175,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/bench/runtime_e2e.json")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    import numba
-
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
-    info = cpu_info()
-    print(f"CPU: {info['model']}, {info['cores']} cores, SIMD: {' '.join(info['simd'])}; torch {torch.__version__}, "
-          f"{args.threads} threads", flush=True)
+    info = set_threads(args.threads)
     print("random masks and codebooks (timing only); median over interleaved rounds", flush=True)
     results = []
     header = None

@@ -291,7 +291,7 @@ def pack_rows(codes: np.ndarray, codebook: np.ndarray, entry_bits: int = 0, pad_
 
 #: columns per block of :func:`pack_row_blocks`: at 64 right-hand sides in float32 a block's
 #: rows of ``x`` take 128 KiB (well inside a core's L2), at 8 of them 16 KiB (L1).  Measured on
-#: the EIE layers (Zen 3): blocks of 512 columns made the 64-column product 1.2–2.2× faster
+#: the EIE layers (Zen 3): blocks of 512 columns made the 64-column product 1.3–2.3× faster
 #: than whole rows on the layers with 4,096 or more columns, and 256 or 1,024 were no better
 BLOCK_COLUMNS = 512
 

@@ -101,17 +101,26 @@ def _prepare_sparse(call: Call, twin: bool):
             return torch.from_numpy(y.reshape(out_shape))
         return f
     matrix, row_twin = w.matrix, (w.twin if twin else None)
+    return _channel_major(lambda xt: cpu.matmul(matrix, xt, twin=row_twin), n, cols, rows, dtype)
 
-    def g(x, b):
+
+def _channel_major(product, n: int, cols: int, rows: int, dtype: torch.dtype):
+    """``f(x, b)`` for ``n > 1`` rows of ``x``: ``product`` of the channel-major ``xᵀ`` (a
+    ``(cols, n)`` numpy array → ``(rows, n)``), back to ``x``'s layout, plus the bias (converted
+    once per bias tensor)."""
+    cached = [None, None]                         # bias tensor → it in dtype
+
+    def f(x, b):
         xt = x.detach().reshape(n, cols).t().contiguous().numpy()
-        y = torch.from_numpy(cpu.matmul(matrix, xt, twin=row_twin)).t()
+        y = torch.from_numpy(product(xt)).t()
         if b is not None:
-            bias_numpy(b)
+            if cached[0] is not b:
+                cached[0], cached[1] = b, _bias_as(b, dtype)[0]
             y = y + cached[1]
         else:
             y = y.contiguous()
         return y.view(*x.shape[:-1], rows)
-    return g
+    return f
 
 
 def _row_blocks(w: CompressedWeight) -> cpu.RowBlocks:
@@ -131,13 +140,7 @@ def _prepare_sparse_blocked(call: Call):
     rows, cols = w.shape
     n = call.columns
     matrix, blocks = w.matrix, _row_blocks(w)
-
-    def g(x, b):
-        xt = x.detach().reshape(n, cols).t().contiguous().numpy()
-        y = torch.from_numpy(cpu.matmul(matrix, xt, blocks=blocks)).t()
-        y = y + _bias_as(b, x.dtype)[0] if b is not None else y.contiguous()
-        return y.view(*x.shape[:-1], rows)
-    return g
+    return _channel_major(lambda xt: cpu.matmul(matrix, xt, blocks=blocks), n, cols, rows, call.x.dtype)
 
 
 def _run_prepared(prepare):
@@ -193,13 +196,7 @@ def _prepare_int8_sparse(call: Call):
                 y += _bias_as(b, torch.float32)[1]
             return torch.from_numpy(y.reshape(out_shape))
         return f
-
-    def g(x, b):
-        xt = x.detach().reshape(n, cols).t().contiguous().numpy()
-        y = torch.from_numpy(cpu.matmul_int8(matrix, xt, twin=twin)).t()
-        y = y + _bias_as(b, torch.float32)[0] if b is not None else y.contiguous()
-        return y.view(*x.shape[:-1], rows)
-    return g
+    return _channel_major(lambda xt: cpu.matmul_int8(matrix, xt, twin=twin), n, cols, rows, torch.float32)
 
 
 def _quantized_linear_available() -> bool:
