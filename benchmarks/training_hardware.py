@@ -59,6 +59,10 @@ PUBLISHED = {
     ("a100", "tf32"): (938, 7248), ("a100", "fp16"): (2470, 16621),
 }
 SYSTEMS = {"v100": ("DGX-1, 8× V100 16 GB", "dgx1", "fp32"), "a100": ("DGX A100, 8× A100 80 GB", "dgx-a100", "tf32")}
+#: the activation layout of each published run, as the recipe sets it (DeepLearningExamples,
+#: PyTorch/Classification/ConvNets/configs.yml: ``memory_format: nhwc`` for AMP only; FP32 and TF32 keep
+#: PyTorch's default NCHW, so TF32's tensor-core convolutions run with cuDNN's layout transposes)
+MEMORY_FORMAT = {"fp32": "nchw", "tf32": "nchw", "fp16": "nhwc"}
 
 
 # --------------------------------------------------------------------------- (a) and (b)
@@ -70,26 +74,30 @@ def published(plots: pathlib.Path | None) -> dict:
         topo = get_topology(topo_name)
         fit_batch = min(256, largest_batch(w, dev, base))
         one, _ = PUBLISHED[(dev_name, base)]
-        f = calibrate_fraction(w, dev, fit_batch, one, base)
-        out["factors"][dev_name] = {"precision": base, "batch": fit_batch, "achieved_fraction": f}
+        f = calibrate_fraction(w, dev, fit_batch, one, base, memory_format=MEMORY_FORMAT[base])
+        out["factors"][dev_name] = {"precision": base, "batch": fit_batch, "achieved_fraction": f,
+                                    "memory_format": MEMORY_FORMAT[base]}
         for prec in (base, "fp16"):
             batch = min(256, largest_batch(w, dev, prec))
             fp = carry_fraction(dev, f, base, prec)
-            step = training_step(w, dev, batch, prec, "sgd", fp, f"fit on {base} 1-GPU")
+            step = training_step(w, dev, batch, prec, "sgd", fp, f"fit on {base} 1-GPU",
+                                 memory_format=MEMORY_FORMAT[prec])
             dp = data_parallel_step(step, 8, topo)
             pub1, pub8 = PUBLISHED[(dev_name, prec)]
             label = "mixed" if prec == "fp16" else prec
             for what, model_v, pub_v in (("1 GPU", step.samples_per_s, pub1), ("8 GPUs", dp.samples_per_s, pub8)):
                 fitted = prec == base and what == "1 GPU"
                 err = model_v / pub_v - 1
-                rows.append([system, label, batch, what, pub_v, model_v, "fitted" if fitted else f"{100 * err:+.1f}%",
+                rows.append([system, label, MEMORY_FORMAT[prec], batch, what, pub_v, model_v,
+                             "fitted" if fitted else f"{100 * err:+.1f}%",
                              "—" if fitted else ("yes" if abs(err) <= 0.20 else "MISS")])
                 out["rows"].append({"system": system, "precision": label, "batch": batch, "figure": what,
                                     "published": pub_v, "model": model_v, "fitted": fitted, "error": err,
-                                    "achieved_fraction": fp})
+                                    "achieved_fraction": fp, "memory_format": MEMORY_FORMAT[prec],
+                                    "layout_s": step.layout_s, "step_time_s": step.step_time_s})
             eff_pub = pub8 / (8 * pub1)
             miss = abs(dp.scaling_efficiency - eff_pub)
-            rows.append([system, label, batch, "8-GPU scaling efficiency", f"{eff_pub:.3f}",
+            rows.append([system, label, MEMORY_FORMAT[prec], batch, "8-GPU scaling efficiency", f"{eff_pub:.3f}",
                          f"{dp.scaling_efficiency:.3f}", f"{dp.scaling_efficiency - eff_pub:+.3f}",
                          "yes" if miss <= 0.05 else "MISS"])
             out["rows"].append({"system": system, "precision": label, "batch": batch, "figure": "efficiency",
@@ -98,8 +106,8 @@ def published(plots: pathlib.Path | None) -> dict:
                                 "exposed_communication_s": dp.exposed_communication_s, "step_time_s": dp.step_time_s})
             if plots and prec == "fp16" and dev_name == "v100":
                 _plots(w, step, topo, plots)
-    out["table"] = markdown_table(rows, ["system", "precision", "batch / GPU", "figure", "published", "model",
-                                         "error", "within target"])
+    out["table"] = markdown_table(rows, ["system", "precision", "layout", "batch / GPU", "figure", "published",
+                                         "model", "error", "within target"])
     # (b) V100 vs P100, the lecture's 2.4×: P100 at the V100 fp32 factor (same CUDA-core kind of unit)
     f = out["factors"]["v100"]["achieved_fraction"]
     p100, v100 = get_training_device("p100"), get_training_device("v100")
@@ -107,8 +115,8 @@ def published(plots: pathlib.Path | None) -> dict:
     for label, pv, pp in (("fp32 vs fp32", "fp32", "fp32"), ("mixed (tensor cores) vs fp16", "fp16", "fp16"),
                           ("mixed (tensor cores) vs fp32", "fp16", "fp32")):
         bv, bp = min(256, largest_batch(w, v100, pv)), min(256, largest_batch(w, p100, pp))
-        sv = training_step(w, v100, bv, pv, "sgd", carry_fraction(v100, f, "fp32", pv))
-        sp = training_step(w, p100, bp, pp, "sgd", carry_fraction(p100, f, "fp32", pp))
+        sv = training_step(w, v100, bv, pv, "sgd", carry_fraction(v100, f, "fp32", pv), memory_format=MEMORY_FORMAT[pv])
+        sp = training_step(w, p100, bp, pp, "sgd", carry_fraction(p100, f, "fp32", pp), memory_format=MEMORY_FORMAT[pp])
         ratios[label] = {"v100": sv.samples_per_s, "p100": sp.samples_per_s, "ratio": sv.samples_per_s / sp.samples_per_s}
     out["v100_vs_p100"] = {"lecture": 2.4, "model": ratios}
     return out

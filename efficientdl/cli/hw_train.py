@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "fp16", "bf16", "mixed", "int8"],
                         help="fp32, tf32, fp16/bf16 mixed (fp32 master weights; mixed = fp16), int8")
     parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="sgd (momentum) or adam")
+    parser.add_argument("--memory-format", default="nchw", choices=["nchw", "nhwc"],
+                        help="activation layout: nchw (PyTorch's default; convolutions on tensor cores pay "
+                             "layout transposes) or nhwc (torch.channels_last)")
     parser.add_argument("--checkpointing", action="store_true",
                         help="activation checkpointing in sqrt(layers) segments (one extra forward)")
     g = parser.add_mutually_exclusive_group()
@@ -169,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     result = analyse_training(workload, device, args.batch, args.precision, args.optimizer, args.devices, topology,
                               args.allreduce, args.bucket_mb * (1 << 20), not args.no_overlap, args.servers,
                               args.checkpointing, args.achieved_fraction, args.calibrate, args.max_devices,
-                              args.epochs, args.dataset_size, args.compare_devices)
+                              args.epochs, args.dataset_size, args.compare_devices, args.memory_format)
     if not args.no_plots:
         result["plots"] = _plots(result, out)
         from ..report import html

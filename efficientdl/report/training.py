@@ -123,8 +123,8 @@ def report_blocks(result: dict, max_layers: int = 40) -> list:
     s, m, dp = result["step"], result["memory"], result["parallel"]
     gb = 1e9
     lines = [f"{result['workload']['name']} on {result['device']['name']}: batch {s['batch']} per device, "
-             f"{s['precision']}, {s['optimizer']}; achieved fraction {result['achieved_fraction']:.3f} "
-             f"({result['fraction_source']})", ""]
+             f"{s['precision']}, {s['optimizer']}, {s.get('memory_format', 'nchw')}; achieved fraction "
+             f"{result['achieved_fraction']:.3f} ({result['fraction_source']})", ""]
     layers = s["layers"]
     shown = layers if len(layers) <= max_layers else sorted(layers, key=lambda x: -x["time_s"])[:max_layers]
     rows = [[x["name"], x["kind"], x["forward"]["flops"] / 1e9, (x["backward_data"]["flops"] +
@@ -135,6 +135,7 @@ def report_blocks(result: dict, max_layers: int = 40) -> list:
     lines.append("")
     lines.append(("table",
         [["forward", 1e3 * s["forward_s"]], ["backward (data + weight)", 1e3 * (s["backward_s"] - s["recompute_s"])],
+         ["  layout transposes in both (NCHW on tensor cores)", 1e3 * s.get("layout_s", 0.0)],
          ["recompute (checkpointing)", 1e3 * s["recompute_s"]], ["optimizer step", 1e3 * s["optimizer_s"]],
          ["step, 1 device", 1e3 * s["step_time_s"]],
          [f"step, {dp['devices']} devices ({dp['algorithm']}, {result['topology']['name']})", 1e3 * dp["step_time_s"]],

@@ -55,6 +55,40 @@ def test_conv_macs_and_training_flops_by_hand():
     assert l1.flops == 3 * 2 * 2_048 * 2            # backward = 2 × forward for a non-first layer
 
 
+def test_nchw_convolution_on_tensor_cores_pays_layout_transposes_by_hand():
+    # conv 8→4, 1×1 on 8×8 (the second layer: all three phases), fp16 on DEV's tensor cores, batch 2:
+    # I = 2·8·64 = 1,024, O = 2·4·64 = 512 elements of 2 bytes, 32 weights of 2 bytes (gradients 2 bytes)
+    # transposes per phase: 2·(1,536·2 + 32·2) = 6,272 bytes = 62.72 ns at 100 GB/s
+    model = nn.Sequential(nn.Conv2d(3, 8, 1, bias=False), nn.Conv2d(8, 4, 1, bias=False))
+    w = training_workload(model, (3, 8, 8))
+    nchw = training_step(w, DEV, 2, "fp16", achieved_fraction=1.0)
+    nhwc = training_step(w, DEV, 2, "fp16", achieved_fraction=1.0, memory_format="nhwc")
+    a, b = nchw.layers[1], nhwc.layers[1]
+    for pa, pb in zip(a.phases, b.phases):
+        assert pa.layout_bytes == 6_272 and pb.layout_bytes == 0
+        assert pa.bytes == pb.bytes + 6_272
+        assert pa.time_s == pytest.approx(pb.time_s + 62.72e-9)
+        assert pa.bound == "memory"
+    assert nchw.layout_s == pytest.approx(62.72e-9 * 3 + 2 * 2 * (2 * 3 * 64 * 2 + 2 * 8 * 64 * 2 + 24 * 2) / 100e9)
+    assert nchw.step_time_s == pytest.approx(nhwc.step_time_s + nchw.layout_s)
+    # fp32 runs on DEV's CUDA-core-like units (not its tensor precisions): NCHW is native, no transposes
+    assert training_step(w, DEV, 2, "fp32", achieved_fraction=1.0).layout_s == 0
+    with pytest.raises(HardwareError, match="unknown memory format"):
+        training_step(w, DEV, 2, "fp16", memory_format="chwn")
+
+
+def test_nchw_fit_predicts_a_faster_channels_last_run():
+    # a fit on an NCHW tensor-core run explains part of the time by the transposes, so the same
+    # factor predicts channels-last faster, and the fit reproduces its own figure
+    w = training_workload(nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1)),
+                          (3, 32, 32))
+    truth = training_step(w, DEV, 16, "fp16", achieved_fraction=0.3)
+    f = calibrate_fraction(w, DEV, 16, truth.samples_per_s, "fp16", memory_format="nchw")
+    assert f == pytest.approx(0.3, rel=1e-6)
+    assert training_step(w, DEV, 16, "fp16", achieved_fraction=f, memory_format="nhwc").samples_per_s \
+        > truth.samples_per_s
+
+
 def test_linear_bytes_by_hand():
     # fc 100→10 with bias, batch 4, fp32: params 1,010; fwd bytes = 1010·4 + 4·(100+10)·4 = 5,800
     w = training_workload(nn.Sequential(nn.Linear(100, 10)), (100,))
@@ -283,6 +317,23 @@ def test_cli_json_and_plots(capsys, tmp_path):
     assert d["fraction_source"].startswith("default")
     assert all((tmp_path / "o" / f).stat().st_size > 0 for f in ("step_breakdown.png", "scaling.png",
                                                                   "training_roofline.png"))
+
+
+def test_cli_memory_format(capsys, tmp_path):
+    times = {}
+    for fmt in ("nchw", "nhwc"):
+        rc, out, _ = _run(["lenet5", "--device", "v100", "--precision", "mixed", "--batch", "64", "--memory-format",
+                           fmt, "--json", "--no-plots", "--compare-devices", ""], capsys)
+        assert rc == 0
+        d = json.loads(out)["step"]
+        assert d["memory_format"] == fmt
+        times[fmt] = (d["step_time_s"], d["layout_s"])
+    assert times["nhwc"][1] == 0 < times["nchw"][1]
+    assert times["nchw"][0] == pytest.approx(times["nhwc"][0] + times["nchw"][1])
+    with pytest.raises(SystemExit) as exit_:
+        _run(["lenet5", "--memory-format", "chwn", "--no-plots"], capsys)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "invalid choice" in err and err.count("\n") == 1
 
 
 def test_cli_add_arguments_on_a_subparser():

@@ -38,6 +38,7 @@ from .parallel import (
 )
 from .step import (
                       DEFAULT_ACHIEVED_FRACTION,
+                      MEMORY_FORMATS,
                       TENSOR_CORE_RATIO,
                       MemoryFootprint,
                       StepBreakdown,
@@ -49,7 +50,7 @@ from .step import (
                       training_step,
 )
 
-__all__ = ["DEFAULT_ACHIEVED_FRACTION", "TENSOR_CORE_RATIO", "TRAINING_DEVICES", "TRAINING_LINKS",
+__all__ = ["DEFAULT_ACHIEVED_FRACTION", "MEMORY_FORMATS", "TENSOR_CORE_RATIO", "TRAINING_DEVICES", "TRAINING_LINKS",
            "TRAINING_TOPOLOGIES", "DataParallelStep", "Link", "MemoryFootprint", "StepBreakdown", "Topology",
            "TrainingCost", "TrainingDevice", "allreduce_time_s", "calibrate_fraction", "carry_fraction", "check_fits",
            "crossover", "data_parallel_step", "get_link", "get_topology", "get_training_device", "largest_batch",

@@ -64,12 +64,12 @@ def analyse_training(workload: TrainingWorkload, device: TrainingDevice, batch: 
                      servers: int = 1, checkpointing: bool = False, achieved_fraction: float | None = None,
                      calibrate_samples_per_s: float | None = None, max_devices: int | None = None,
                      epochs: float = 90, dataset_samples: int = 1_281_167,
-                     compare_devices: tuple[str, ...] = ()) -> dict:
+                     compare_devices: tuple[str, ...] = (), memory_format: str = "nchw") -> dict:
     """Everything ``edl hw train`` reports, as data.
 
     Args:
         workload: the network; device: the device; batch: samples per device.
-        precision, optimizer, checkpointing: as :func:`~.step.training_step`.
+        precision, optimizer, checkpointing, memory_format: as :func:`~.step.training_step`.
         devices: data-parallel devices of the configuration; max_devices: the scaling
             sweep's end (default ``max(devices, 64)``).
         topology: the cluster (default :func:`default_topology`); algorithm, bucket_bytes,
@@ -90,13 +90,14 @@ def analyse_training(workload: TrainingWorkload, device: TrainingDevice, batch: 
     fp = check_fits(workload, device, batch, p, optimizer, checkpointing)
     if calibrate_samples_per_s is not None:
         achieved_fraction = calibrate_fraction(workload, device, batch, calibrate_samples_per_s, p, optimizer,
-                                               checkpointing)
+                                               checkpointing, memory_format)
         source = f"calibrated on {calibrate_samples_per_s:g} samples/s measured (1 device, batch {batch}, {p})"
     elif achieved_fraction is not None:
         source = "given (--achieved-fraction)"
     else:
         achieved_fraction, source = default_fraction(device, p)
-    step = training_step(workload, device, batch, p, optimizer, achieved_fraction, source, checkpointing)
+    step = training_step(workload, device, batch, p, optimizer, achieved_fraction, source, checkpointing,
+                         memory_format)
     topology = topology or default_topology(device)
     dp = data_parallel_step(step, devices, topology, algorithm, bucket_bytes, overlap, servers)
     top = max(devices, max_devices or 64)
@@ -117,7 +118,7 @@ def analyse_training(workload: TrainingWorkload, device: TrainingDevice, batch: 
         if b < 1:
             costs.append({"device": other.name, "error": "does not fit"})
             continue
-        s = training_step(workload, other, b, prec, optimizer, checkpointing=checkpointing)
+        s = training_step(workload, other, b, prec, optimizer, checkpointing=checkpointing, memory_format=memory_format)
         d = data_parallel_step(s, devices, default_topology(other), algorithm, bucket_bytes, overlap, servers)
         costs.append(time_to_train(s, other, epochs, dataset_samples, d).to_dict()
                      | {"batch": b, "precision": prec, "achieved_fraction": s.achieved_fraction})

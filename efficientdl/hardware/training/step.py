@@ -24,9 +24,16 @@ per phase (``a``, ``w``, ``g`` bytes per activation, weight, gradient of the pre
 Each phase sits under the device roofline for its precision (Williams, Waterman,
 Patterson, CACM 2009)::
 
-    time = max(FLOPs / (peak · achieved_fraction), bytes / bandwidth)
+    time = max(FLOPs / (peak · achieved_fraction), bytes / bandwidth) + layout_bytes / bandwidth
 
-and names its bound.  The optimizer step is one more memory-bound phase: SGD with
+and names its bound.  ``layout_bytes`` is the memory layout's cost: tensor cores compute
+convolutions on channels-last (NHWC) tensors, so a convolution on tensor cores whose
+tensors are in PyTorch's default NCHW layout is run by cuDNN with transposes around it
+(NVIDIA Deep Learning Performance documentation, "Convolutional Layers User's Guide",
+tensor layouts in memory; what ``torch.channels_last`` removes): each phase reads and writes its two operands and its result once more,
+``2·(b·(I + O)·a + W·w)`` bytes, as separate memory-bound kernels.  With
+``memory_format="nhwc"`` (``torch.channels_last``), and on CUDA cores or CPUs (which
+compute NCHW natively), there are none.  The optimizer step is one more memory-bound phase: SGD with
 momentum reads the gradient, reads and writes the (master) weights and one state; Adam
 two states; mixed precision also writes the 16-bit copy of the weights.  The step time is
 the sum of all phases (one device, nothing overlaps).
@@ -63,6 +70,8 @@ DEFAULT_ACHIEVED_FRACTION = 0.5
 TENSOR_CORE_RATIO = 9 * 10.6 / 125
 #: the share of device memory a training process can use (runtime context, workspaces, fragmentation: 5%)
 USABLE_MEMORY_FRACTION = 0.95
+#: activation memory layouts: PyTorch's default (channels first) and ``torch.channels_last``
+MEMORY_FORMATS = ("nchw", "nhwc")
 
 
 @dataclass(frozen=True)
@@ -175,19 +184,41 @@ class PhaseCost:
     bytes: float
     time_s: float
     bound: str
+    layout_bytes: float = 0.0
+    layout_s: float = 0.0
 
     def to_dict(self) -> dict:
-        return {"flops": self.flops, "bytes": self.bytes, "time_s": self.time_s, "bound": self.bound}
+        return {"flops": self.flops, "bytes": self.bytes, "time_s": self.time_s, "bound": self.bound,
+                "layout_bytes": self.layout_bytes, "layout_s": self.layout_s}
 
 
 def phase_cost(flops: float, size_bytes: float, peak_flops_per_s: float, fraction: float,
-               bandwidth_bytes_per_s: float) -> PhaseCost:
-    """Roofline time of one phase: ``max(flops / (peak · fraction), bytes / bandwidth)``."""
+               bandwidth_bytes_per_s: float, layout_bytes: float = 0.0) -> PhaseCost:
+    """Roofline time of one phase.
+
+    ``time = max(flops / (peak · fraction), bytes / bandwidth) + layout_bytes / bandwidth``:
+    the layout transposes (see the module docstring) are kernels of their own, after the
+    product's, so their time adds.  The bound is the one most of the time is spent under:
+    ``compute`` when the compute time exceeds the memory time, transposes included.
+
+    Args:
+        flops: operations; size_bytes: bytes the phase's own kernel moves.
+        peak_flops_per_s, fraction: the device's peak for the precision, and its achieved fraction.
+        bandwidth_bytes_per_s: the device's memory bandwidth.
+        layout_bytes: bytes the layout transposes read and write (0: none).
+
+    Returns:
+        The :class:`PhaseCost`; ``bytes`` and ``time_s`` count the transposes too
+        (``layout_bytes``, ``layout_s``).
+    """
     if flops <= 0 and size_bytes <= 0:
         return PhaseCost(0.0, 0.0, 0.0, "none")
     compute = flops / (peak_flops_per_s * fraction)
     memory = size_bytes / bandwidth_bytes_per_s
-    return PhaseCost(float(flops), float(size_bytes), max(compute, memory), "compute" if compute >= memory else "memory")
+    layout = layout_bytes / bandwidth_bytes_per_s
+    bound = "compute" if compute >= memory + layout else "memory"
+    return PhaseCost(float(flops), float(size_bytes + layout_bytes), max(compute, memory) + layout, bound,
+                     float(layout_bytes), layout)
 
 
 @dataclass(frozen=True)
@@ -251,19 +282,34 @@ _ELEMENTWISE_ACCESSES = {          # kind: (forward reads of the input, forward 
 _ELEMENTWISE_FLOPS = {"norm": (5, 8), "act": (1, 1), "add": (1, 1), "pool": (1, 1), "other": (1, 1)}
 
 
+def layout_transposes(layer: TrainingLayer, device: TrainingDevice, precision: Precision,
+                      memory_format: str) -> bool:
+    """Whether ``layer`` pays layout transposes: a convolution on the device's tensor cores
+    (matrix units) with NCHW tensors (see the module docstring)."""
+    if memory_format not in MEMORY_FORMATS:
+        raise HardwareError(f"unknown memory format {memory_format!r} (known: {', '.join(MEMORY_FORMATS)})")
+    return memory_format == "nchw" and layer.kind == "conv" and _on_matrix_units(device, precision.compute)
+
+
 def layer_cost(layer: TrainingLayer, batch: int, device: TrainingDevice, precision: Precision,
-               fraction: float) -> LayerCost:
-    """The three phases of ``layer`` at ``batch`` samples (see the module docstring)."""
+               fraction: float, memory_format: str = "nchw") -> LayerCost:
+    """The three phases of ``layer`` at ``batch`` samples (see the module docstring);
+    ``memory_format`` (``nchw`` or ``nhwc``) decides the layout transposes of convolutions
+    on tensor cores."""
     a, w, g = precision.activation_bytes, precision.weight_bytes, precision.gradient_bytes
     bw = device.memory_bandwidth_bytes_per_s
     i, o = layer.input_elements * batch, layer.output_elements * batch
     if layer.weighted:
         peak = device.peak(precision.compute)
         f = 2.0 * layer.macs * batch
-        fwd = phase_cost(f, layer.params * w + (i + o) * a, peak, fraction, bw)
-        bwd_d = phase_cost(f, layer.params * w + (o + i) * a, peak, fraction, bw) if layer.needs_input_grad \
+        # each phase's two operands and its result, read and written once more (weights: w, or g for dW)
+        t = layout_transposes(layer, device, precision, memory_format)
+        t_w = 2.0 * ((i + o) * a + layer.params * w) if t else 0.0
+        t_g = 2.0 * ((i + o) * a + layer.params * g) if t else 0.0
+        fwd = phase_cost(f, layer.params * w + (i + o) * a, peak, fraction, bw, t_w)
+        bwd_d = phase_cost(f, layer.params * w + (o + i) * a, peak, fraction, bw, t_w) if layer.needs_input_grad \
             else PhaseCost(0.0, 0.0, 0.0, "none")
-        bwd_w = phase_cost(f, (o + i) * a + layer.params * g, peak, fraction, bw)
+        bwd_w = phase_cost(f, (o + i) * a + layer.params * g, peak, fraction, bw, t_g)
     else:
         peak = device.vector_peak_flops
         reads, writes, back = _ELEMENTWISE_ACCESSES.get(layer.kind, _ELEMENTWISE_ACCESSES["other"])
@@ -307,6 +353,7 @@ class StepBreakdown:
         recompute_s: the extra forward pass of activation checkpointing (0 without).
         checkpointing: whether activations are checkpointed.
         gradient_bytes: bytes of all weight gradients (what data parallelism all-reduces).
+        memory_format: ``nchw`` or ``nhwc``, the activations' layout.
     """
 
     workload: str
@@ -322,6 +369,7 @@ class StepBreakdown:
     checkpointing: bool
     gradient_bytes: float
     gradient_bytes_per_param: int = field(default=4)
+    memory_format: str = "nchw"
 
     @property
     def forward_s(self) -> float:
@@ -339,6 +387,11 @@ class StepBreakdown:
     @property
     def samples_per_s(self) -> float:
         return self.batch / self.step_time_s
+
+    @property
+    def layout_s(self) -> float:
+        """Time of the layout transposes (NCHW convolutions on tensor cores), part of the step."""
+        return sum(p.layout_s for layer in self.layers for p in layer.phases)
 
     @property
     def flops(self) -> float:
@@ -365,6 +418,7 @@ class StepBreakdown:
         return {"workload": self.workload, "device": self.device, "precision": self.precision,
                 "optimizer": self.optimizer, "batch": self.batch, "achieved_fraction": self.achieved_fraction,
                 "fraction_source": self.fraction_source, "checkpointing": self.checkpointing,
+                "memory_format": self.memory_format, "layout_s": self.layout_s,
                 "forward_s": self.forward_s, "backward_s": self.backward_s,
                 "optimizer_s": self.optimizer_step.time_s, "recompute_s": self.recompute_s,
                 "step_time_s": self.step_time_s, "samples_per_s": self.samples_per_s, "flops": self.flops,
@@ -380,7 +434,8 @@ def _check_workload(workload: TrainingWorkload) -> None:
 
 def training_step(workload: TrainingWorkload, device: TrainingDevice, batch: int, precision: str = "fp32",
                   optimizer: str = "sgd", achieved_fraction: float | None = None,
-                  fraction_source: str | None = None, checkpointing: bool = False) -> StepBreakdown:
+                  fraction_source: str | None = None, checkpointing: bool = False,
+                  memory_format: str = "nchw") -> StepBreakdown:
     """Time one training step of ``workload`` on one ``device`` (see the module docstring).
 
     Args:
@@ -392,17 +447,21 @@ def training_step(workload: TrainingWorkload, device: TrainingDevice, batch: int
         achieved_fraction: factor on the peak FLOP/s (default: :func:`default_fraction`).
         fraction_source: where the factor comes from (for the report).
         checkpointing: recompute activations (one extra forward pass; Chen et al. 2016).
+        memory_format: ``nchw`` (PyTorch's default) or ``nhwc`` (``torch.channels_last``):
+            with ``nchw`` convolutions on tensor cores pay layout transposes.
 
     Returns:
         The :class:`StepBreakdown`.
 
     Raises:
         HardwareError: a batch < 1, a precision the device lacks, a fraction outside
-            (0, 1], or a model without weighted layers.
+            (0, 1], an unknown memory format, or a model without weighted layers.
     """
     _check_workload(workload)
     if batch < 1:
         raise HardwareError(f"batch must be ≥ 1, got {batch}")
+    if memory_format not in MEMORY_FORMATS:
+        raise HardwareError(f"unknown memory format {memory_format!r} (known: {', '.join(MEMORY_FORMATS)})")
     p, opt = get_precision(precision), get_optimizer(optimizer)
     device.peak(p.compute)
     if achieved_fraction is None:
@@ -410,16 +469,17 @@ def training_step(workload: TrainingWorkload, device: TrainingDevice, batch: int
         fraction_source = fraction_source or source
     if not 0 < achieved_fraction <= 1:
         raise HardwareError(f"achieved fraction must be in (0, 1], got {achieved_fraction}")
-    layers = tuple(layer_cost(layer, batch, device, p, achieved_fraction) for layer in workload.layers)
+    layers = tuple(layer_cost(layer, batch, device, p, achieved_fraction, memory_format) for layer in workload.layers)
     opt_cost = optimizer_cost(workload.params, device, p, opt, achieved_fraction)
     recompute = sum(c.forward.time_s for c in layers) if checkpointing else 0.0
     return StepBreakdown(workload.name, device.name, p.name, opt.name, batch, achieved_fraction,
                          fraction_source or "given", layers, opt_cost, recompute, checkpointing,
-                         float(workload.params * p.gradient_bytes), p.gradient_bytes)
+                         float(workload.params * p.gradient_bytes), p.gradient_bytes, memory_format)
 
 
 def calibrate_fraction(workload: TrainingWorkload, device: TrainingDevice, batch: int, measured_samples_per_s: float,
-                       precision: str = "fp32", optimizer: str = "sgd", checkpointing: bool = False) -> float:
+                       precision: str = "fp32", optimizer: str = "sgd", checkpointing: bool = False,
+                       memory_format: str = "nchw") -> float:
     """The achieved fraction at which :func:`training_step` reproduces a measured throughput.
 
     The predicted throughput rises monotonically with the fraction; bisection (60 halvings)
@@ -427,6 +487,7 @@ def calibrate_fraction(workload: TrainingWorkload, device: TrainingDevice, batch
 
     Args:
         measured_samples_per_s: one measured figure on one device at this batch and precision.
+        memory_format: the layout the measured run used (see :func:`training_step`).
 
     Returns:
         The fraction.
@@ -439,7 +500,8 @@ def calibrate_fraction(workload: TrainingWorkload, device: TrainingDevice, batch
         raise HardwareError(f"measured throughput must be positive, got {measured_samples_per_s}")
 
     def rate(f: float) -> float:
-        return training_step(workload, device, batch, precision, optimizer, f, "fit", checkpointing).samples_per_s
+        return training_step(workload, device, batch, precision, optimizer, f, "fit", checkpointing,
+                             memory_format).samples_per_s
 
     best = rate(1.0)
     if measured_samples_per_s > best * (1 + 1e-9):
