@@ -107,6 +107,7 @@ class LinearChain(nn.Module):
             parts.append((w.matrix, w.twin, None if bias is None else bias.numpy(), kind))
         self._in_features = layers[0].weight.shape[1]
         self._out_features = layers[-1].weight.shape[0]
+        self._out_shape = (self._out_features,)
         self._kernel = cpu.chain_function(parts)
         self._checks = tuple((layer.owner._parameters, layer.weight_attr, layer.weight._payload,
                               layer.bias_attr, layer.bias) for layer in layers)
@@ -130,9 +131,10 @@ class LinearChain(nn.Module):
         return new
 
     def _fusable(self, x: Any) -> bool:
-        if type(x) is not torch.Tensor or x.dtype != torch.float32 or x.device.type != "cpu":
+        # the cheapest tests first: this runs on every call, and at batch 1 its microseconds count
+        if type(x) is not torch.Tensor or x.dtype != torch.float32 or not x.is_cpu:
             return False
-        if x.numel() != self._in_features or x.shape[-1] != self._in_features:
+        if x.numel() != self._in_features or x.shape[-1] != self._in_features or not x.is_contiguous():
             return False
         if x.requires_grad and torch.is_grad_enabled():
             return False
@@ -153,9 +155,9 @@ class LinearChain(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._fusable(x):
             self._calls[0] += 1
-            xn = x.detach().reshape(-1).numpy()
-            y = self._kernel(xn if xn.flags.c_contiguous else xn.copy())
-            return torch.from_numpy(y).reshape(*x.shape[:-1], self._out_features)
+            y = self._kernel((x.detach() if x.requires_grad else x).numpy().reshape(-1))
+            # one sample: the output's shape is the input's with the last size changed
+            return torch.from_numpy(y.reshape(x.shape[:-1] + self._out_shape))
         self._calls[1] += 1
         for layer, acts in zip(self._layers, self._activations):
             x = layer.unfused(x)
@@ -319,7 +321,11 @@ def install(model: nn.Module) -> ChainReport:
         name = f"edl_chain_{i}"
         gm.add_submodule(name, chain)
         with gm.graph.inserting_after(nodes[-1]):
-            new = gm.graph.call_module(name, (nodes[0].args[0],))
+            # the chain's forward called as a method: a module call's machinery (hook lookups)
+            # would cost microseconds per sample on an internal module that holds no hooks
+            held = gm.graph.get_attr(name)
+        with gm.graph.inserting_after(held):
+            new = gm.graph.call_method("forward", (held, nodes[0].args[0]))
         nodes[-1].replace_all_uses_with(new)
         for n in reversed(nodes):
             gm.graph.erase_node(n)
@@ -344,7 +350,9 @@ class _TracedForward:
     def __call__(self, *args, **kwargs):
         if self.model.training:
             return type(self.model).forward(self.model, *args, **kwargs)
-        return self.traced(*args, **kwargs)
+        # the traced module's own forward, not its __call__: it is ours (no user hooks can be on
+        # it), and the user's model already went through nn.Module.__call__ with its hooks
+        return self.traced.forward(*args, **kwargs)
 
 
 def uninstall(model: nn.Module) -> None:
