@@ -20,8 +20,9 @@ runtime does it for the compressed layers it serves:
    biases and activations in one compiled call, each product by the batch-1 kernel
    choice (the column kernel skipping zero activations, or the row kernel);
 4. any call the fused path does not cover — more than one sample, float64, a gradient,
-   a weight :func:`~efficientdl.nn.weights.settle` or the user made dense again, a hook
-   on one of the layers, dropout in training mode — runs the chain's original steps,
+   a weight :func:`~efficientdl.nn.weights.settle` or the user made dense again, a kernel
+   forced on one of the weights, a hook on one of the layers, dropout in training mode —
+   runs the chain's original steps,
    module by module, exactly as the traced model would.
 
 The traced module replaces only the model's ``forward`` (an instance attribute): the
@@ -139,8 +140,9 @@ class LinearChain(nn.Module):
         if x.requires_grad and torch.is_grad_enabled():
             return False
         for parameters, weight_attr, payload, bias_attr, bias in self._checks:
-            # the same compressed weight (settle and RuntimeReport.hold re-wrap it in a new Parameter)
-            if getattr(parameters.get(weight_attr), "_payload", None) is not payload:
+            # the same compressed weight (settle and RuntimeReport.hold re-wrap it in a new Parameter),
+            # with no kernel forced on it since (a forced kernel is honoured, layer by layer)
+            if getattr(parameters.get(weight_attr), "_payload", None) is not payload or payload.forced_kernel:
                 return False
             if bias_attr is not None and parameters.get(bias_attr) is not bias:
                 return False
@@ -196,10 +198,10 @@ def _tensor_names(model: nn.Module) -> dict[int, str]:
     return {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
 
 
-def _int8_chosen(w: CompressedWeight) -> bool:
-    """The dispatcher chose an int8 kernel for ``w`` (``precision="int8"``): the layer keeps it
-    rather than join a chain, whose products are exact."""
-    return any(r.approximate for r in w.chosen.values())
+def _keeps_own_kernel(w: CompressedWeight) -> bool:
+    """``w`` stays out of chains: the dispatcher chose an int8 kernel for it (``precision="int8"``;
+    a chain's products are exact), or a kernel is forced on it (the chain would not run that one)."""
+    return w.forced_kernel is not None or any(r.approximate for r in w.chosen.values())
 
 
 def _linear_of(node: fx.Node, modules: dict[str, nn.Module], gm_root: nn.Module, names: dict[int, str]):
@@ -209,7 +211,7 @@ def _linear_of(node: fx.Node, modules: dict[str, nn.Module], gm_root: nn.Module,
         if type(m) is not nn.Linear or len(node.args) != 1 or node.kwargs:
             return None
         w = m._parameters.get("weight")
-        if not isinstance(w, CompressedWeight) or _int8_chosen(w):
+        if not isinstance(w, CompressedWeight) or _keeps_own_kernel(w):
             return None
         b = m._parameters.get("bias")
         return _Layer(m, "weight", None if b is None else "bias", w, b, m, names.get(id(w), node.target + ".weight"))
@@ -223,7 +225,7 @@ def _linear_of(node: fx.Node, modules: dict[str, nn.Module], gm_root: nn.Module,
         owner_name, _, attr = w_node.target.rpartition(".")
         owner = gm_root.get_submodule(owner_name)
         w = owner._parameters.get(attr)
-        if not isinstance(w, CompressedWeight) or _int8_chosen(w):
+        if not isinstance(w, CompressedWeight) or _keeps_own_kernel(w):
             return None
         bias_owner, bias_attr, b = None, None, None
         if b_node is not None:

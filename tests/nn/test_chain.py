@@ -253,3 +253,22 @@ def test_speed_settle_keeps_a_chain_compressed_when_it_beats_the_per_layer_choic
     assert held == [chained_faster] * 3
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-5)
+
+
+
+def test_a_forced_kernel_is_honoured_not_fused():
+    torch.manual_seed(0)
+    model, reference = compress(sequential_mlp(), prefer="memory")
+    c = chain.install(model).chains[0]
+    x = torch.randn(1, 16)
+    name = c.layers[1]
+    model.edl_runtime.force({name: "sparse"})
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-5)
+    assert c.fused_calls == 0 and c.unfused_calls == 1
+    chosen = model.edl_runtime.weights[name].chosen
+    assert chosen and all(r.name == "sparse" for r in chosen.values())   # the forced kernel ran
+    assert chain.install(model).reason == "no run of two or more compressed linear layers" or \
+        all(name not in ch.layers for ch in chain.installed(model).chains)
+    model.edl_runtime.force({name: None})         # measured again: it may chain again
+    assert [ch.layers for ch in chain.install(model).chains] == [c.layers]
