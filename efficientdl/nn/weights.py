@@ -575,6 +575,13 @@ def _settle(model: nn.Module, report: "RuntimeReport", example: tuple, rounds: i
         chains = _chain.ChainReport(reason="the model is dense (slower compressed end to end)")
     for n in made_dense:                         # their dense parameter replaces any decoded copy
         report.weights[n]._payload.dense.clear()
+    for c in chains.chains:
+        # a chained layer measured only one sample at a time is computed by its chain from the
+        # packed form: a decoded copy its batch-1 choice made would be held for nothing
+        for n in c.layers:
+            w = report.weights[n]
+            if all("|n=1|" in key for key in w.chosen):
+                w.release_dense()
     report.chains = chains
     result = {"compressed_us": comp_us, "dense_us": dense_us, "speedup": dense_us / comp_us,
               "paired_ratio": ratio, "decision": decision,

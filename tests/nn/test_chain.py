@@ -12,7 +12,7 @@ from torch import nn
 
 from efficientdl.kernels import cpu
 from efficientdl.nn import CompressedWeight, chain, settle, to_runtime
-from efficientdl.nn import weights
+from efficientdl.nn import dispatch, weights
 
 from test_weights import compress
 
@@ -272,3 +272,27 @@ def test_a_forced_kernel_is_honoured_not_fused():
         all(name not in ch.layers for ch in chain.installed(model).chains)
     model.edl_runtime.force({name: None})         # measured again: it may chain again
     assert [ch.layers for ch in chain.install(model).chains] == [c.layers]
+
+
+
+def test_settle_keeps_no_decoded_copy_a_chain_computes_for_it(monkeypatch):
+    torch.manual_seed(0)
+    model, reference = compress(sequential_mlp())                # prefer="speed"
+    x = torch.randn(1, 16)
+    dense_row = next(r for r in dispatch.KERNELS if r.op == "linear" and r.name == "dense")
+    for w in model.edl_runtime.weights.values():                 # batch-1 choices that decode
+        w._payload.chosen[dispatch.shape_class(dispatch.Call("linear", w, torch.randn(1, w.shape[1]),
+                                                             columns=1))] = dense_row
+    with torch.no_grad():
+        model(x)
+    assert all(w.decoded_bytes() > 0 for w in model.edl_runtime.weights.values())
+    # timed with chains installed (the traced forward), the model is always the faster
+    monkeypatch.setattr(weights, "_median_model_us", lambda m, *a: 50.0 if "forward" in m.__dict__ else 100.0)
+    result = settle(model, x)
+    assert result["decision"] == "compressed" and result["chains"]["chains"]
+    chained = result["chains"]["chains"][0]["layers"]
+    assert len(chained) == 3
+    for n in chained:                            # computed by the chain from the packed form
+        assert model.edl_runtime.weights[n].decoded_bytes() == 0
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-5)
