@@ -92,9 +92,20 @@ def _tanh_range(a, first, last, fast):  # pragma: no cover - compiled
 
 
 def tanh_float32(x: np.ndarray) -> np.ndarray:
-    """The float32 tanh the recurrent kernel uses (for tests): a new array."""
-    out = np.ascontiguousarray(x, np.float32).copy()
-    _tanh_range_compiled(out)
+    """The float32 tanh of the recurrent kernel's gates, for tests and inspection.
+
+    ``tanh(x) ≈ x·P(x²) / Q(x²)`` with ``P`` of degree 6 and ``Q`` of degree 3 in ``x²``
+    (the rational minimax fit of Eigen's float tanh), ``x`` clamped to ±7.905 (where
+    ``tanh`` rounds to ±1 in float32); NaN stays NaN.  Within 4e-7 of float64 ``tanh``.
+
+    Args:
+        x: any array; converted to float32.
+
+    Returns:
+        A new float32 array of ``x``'s shape.
+    """
+    out = np.array(x, np.float32, order="C")        # a copy
+    _tanh_range_compiled(out.reshape(-1))
     return out
 
 

@@ -26,17 +26,19 @@ Patterson, CACM 2009)::
 
     time = max(FLOPs / (peak · achieved_fraction), bytes / bandwidth) + layout_bytes / bandwidth
 
-and names its bound.  ``layout_bytes`` is the memory layout's cost: tensor cores compute
-convolutions on channels-last (NHWC) tensors, so a convolution on tensor cores whose
-tensors are in PyTorch's default NCHW layout is run by cuDNN with transposes around it
-(NVIDIA Deep Learning Performance documentation, "Convolutional Layers User's Guide",
-tensor layouts in memory; what ``torch.channels_last`` removes): each phase reads and writes its two operands and its result once more,
-``2·(b·(I + O)·a + W·w)`` bytes, as separate memory-bound kernels.  With
-``memory_format="nhwc"`` (``torch.channels_last``), and on CUDA cores or CPUs (which
-compute NCHW natively), there are none.  The optimizer step is one more memory-bound phase: SGD with
-momentum reads the gradient, reads and writes the (master) weights and one state; Adam
-two states; mixed precision also writes the 16-bit copy of the weights.  The step time is
-the sum of all phases (one device, nothing overlaps).
+and names its bound.  ``layout_bytes`` is the memory layout's cost.  Tensor cores compute
+convolutions on channels-last (NHWC) tensors, so cuDNN runs a tensor-core convolution on
+PyTorch's default NCHW tensors with transposes around it (NVIDIA Deep Learning
+Performance documentation, "Convolutional Layers User's Guide", tensor layouts in
+memory; what ``torch.channels_last`` removes).  Each phase then reads and writes its two
+operands and its result once more, ``2·(b·(I + O)·a + W·w)`` bytes, in memory-bound
+kernels of their own.  With ``memory_format="nhwc"``, and on CUDA cores or CPUs (which
+compute NCHW natively), there are none.
+
+The optimizer step is one more memory-bound phase: SGD with momentum reads the gradient,
+reads and writes the (master) weights and one state; Adam two states; mixed precision
+also writes the 16-bit copy of the weights.  The step time is the sum of all phases (one
+device, nothing overlaps).
 
 Precisions (activations / weights used in compute / fp32 master / gradients, bytes):
 fp32 4/4/–/4, tf32 4/4/–/4 (tensor-core math on fp32 storage), fp16 and bf16 mixed
