@@ -198,7 +198,9 @@ def run_sequence(mode: str, xp: np.ndarray, h: np.ndarray, c: np.ndarray | None,
 
     Args:
         mode: ``"lstm"``, ``"gru"``, ``"rnn_tanh"`` or ``"rnn_relu"``.
-        xp: ``(T, B, G·H)`` input terms ``x_t W_ihᵀ + b_ih`` (G = 4, 3, 1), float32 or float64.
+        xp: ``(T, B, G·H)`` input terms ``x_t W_ihᵀ + b_ih`` (G = 4, 3, 1), float32 or float64,
+            in any memory layout (read where it lies: a channel-major product's transposed
+            result needs no copy).
         h: ``(B, H)`` initial hidden state, updated in place to the last one.
         c: ``(B, H)`` initial LSTM cell state (updated in place), ``None`` otherwise.
         w_hh: the row-major twin of the compressed ``W_hh`` (shape ``(H, G·H)``).
@@ -215,6 +217,6 @@ def run_sequence(mode: str, xp: np.ndarray, h: np.ndarray, c: np.ndarray | None,
     out = np.empty((steps, batch, h.shape[1]), dtype)
     bias = np.zeros(gates, dtype) if bias_hh is None else np.ascontiguousarray(bias_hh, dtype)
     cell = np.zeros_like(h) if c is None else c
-    _sequence(MODES[mode], np.ascontiguousarray(xp), h, cell, w_hh.colptr[0], w_hh.entries, w_hh.code_bits,
+    _sequence(MODES[mode], xp, h, cell, w_hh.colptr[0], w_hh.entries, w_hh.code_bits,
               w_hh.absolute, w_hh.codebook, bias, reverse, dtype == np.float32, out)
     return out

@@ -18,6 +18,9 @@ the decoded weights, and recorded as fallbacks.
 
 from __future__ import annotations
 
+import weakref
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -54,19 +57,42 @@ def _dense(w, dtype):
     return w.dense(dtype) if isinstance(w, CompressedWeight) else w.detach().to(dtype)
 
 
+#: ``id(bias tensor)`` → (a weak reference to it, its numpy view): made once per tensor, a view
+#: of the parameter, so it follows in-place changes.  (Tensors compare element-wise, so they
+#: cannot be the keys of a weak dictionary; the reference confirms the id still names it.)
+_BIAS_VIEWS: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+
+
+def _bias_array(b: torch.Tensor | None, dtype: torch.dtype):
+    """The bias as a numpy array in ``dtype``: a kept view where the dtypes match, else converted."""
+    if b is None:
+        return None
+    if b.dtype != dtype:
+        return b.detach().to(dtype).numpy()
+    entry = _BIAS_VIEWS.get(id(b))
+    if entry is None or entry[0]() is not b:
+        key = id(b)
+        entry = _BIAS_VIEWS[key] = (weakref.ref(b, lambda _ref, key=key: _BIAS_VIEWS.pop(key, None)),
+                                    b.detach().numpy())
+    return entry[1]
+
+
 def _recurrent_sparse(call: Call):
-    """The input product for all steps, then the compiled recurrence on ``W_hh``'s row twin."""
+    """The input product for all steps, then the compiled recurrence on ``W_hh``'s row twin.
+
+    The state is copied in numpy (the kernel updates it in place; the call's own tensors are
+    left as they are, so a measured call can run again) and the input terms are read in the
+    layout the product left them in: at batch 1, torch's copies and conversions of these
+    small tensors had cost 60 µs per layer, a quarter of the recurrence itself."""
     a = call.args
     x = call.x
     steps, batch = x.shape[:2]
     xp = _project(x.reshape(steps * batch, -1), a["w_ih"], a["b_ih"]).reshape(steps, batch, -1)
-    h = a["h"].clone()
-    c = a["c"].clone() if a["c"] is not None else None
-    hn, cn = h.numpy(), (c.numpy() if c is not None else None)
-    bias = None if call.bias is None else call.bias.detach().to(x.dtype).numpy()
-    out = torch.from_numpy(run_sequence(a["mode"], xp.contiguous().numpy(), hn, cn, call.weight.twin, bias,
-                                        reverse=a["reverse"]))
-    return out, h, c
+    hn = np.array(a["h"].numpy(), order="C")     # copies
+    cn = np.array(a["c"].numpy(), order="C") if a["c"] is not None else None
+    out = run_sequence(a["mode"], xp.detach().numpy(), hn, cn, call.weight.twin, _bias_array(call.bias, x.dtype),
+                       reverse=a["reverse"])
+    return torch.from_numpy(out), torch.from_numpy(hn), (torch.from_numpy(cn) if cn is not None else None)
 
 
 def _recurrent_dense(call: Call):
@@ -116,8 +142,9 @@ def _serve(mode: str, args: tuple, kwargs: dict):
             k = (layer * dirs + d) * per
             w_ih, w_hh = params[k], params[k + 1]
             b_ih, b_hh = (params[k + 2], params[k + 3]) if has_biases else (None, None)
-            h = h0_all[layer * dirs + d].detach().to(x.dtype).contiguous().clone()
-            c = c0_all[layer * dirs + d].detach().to(x.dtype).contiguous().clone() if c0_all is not None else None
+            # the initial state as given (no kernel changes it in place: the sparse loop copies it)
+            h = h0_all[layer * dirs + d].detach().to(x.dtype).contiguous()
+            c = c0_all[layer * dirs + d].detach().to(x.dtype).contiguous() if c0_all is not None else None
             if isinstance(w_hh, CompressedWeight) and not w_hh._transposed:
                 call = Call("recurrent", w_hh, layer_in, b_hh,
                             {"mode": mode, "w_ih": w_ih, "b_ih": b_ih, "h": h, "c": c, "reverse": d == 1},
