@@ -125,11 +125,20 @@ def kernel_names(op: str) -> list[str]:
     return [r.name for r in KERNELS if r.op == op]
 
 
+def single_sample(key: str) -> bool:
+    """Whether the shape class ``key`` (from :func:`shape_class`) is one of single-sample calls.
+
+    >>> single_sample("linear|n=1|300|float32"), single_sample("linear|n=5-16|300|float32")
+    (True, False)
+    """
+    return key.split("|", 2)[1] == "n=1"
+
+
 def shape_class(call: Call) -> str:
     """The call's shape class: ``op``, the columns bucketed by powers of four, the input's trailing shape.
 
     >>> shape_class(Call("linear", None, torch.zeros(1, 300), columns=1))
-    'linear|n=1|300'
+    'linear|n=1|300|float32'
     """
     n = call.columns
     bucket = 1

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..kernels.recurrent import run_sequence
 from .dispatch import Call, KernelRow, register_kernel
-from .served import linear
+from .served import _bias_as, linear
 from .weights import CompressedWeight, check_input, fallback, implements
 
 _GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
@@ -68,12 +68,12 @@ def _bias_array(b: torch.Tensor | None, dtype: torch.dtype):
     if b is None:
         return None
     if b.dtype != dtype:
-        return b.detach().to(dtype).numpy()
+        return _bias_as(b, dtype)[1]
     entry = _BIAS_VIEWS.get(id(b))
     if entry is None or entry[0]() is not b:
         key = id(b)
         entry = _BIAS_VIEWS[key] = (weakref.ref(b, lambda _ref, key=key: _BIAS_VIEWS.pop(key, None)),
-                                    b.detach().numpy())
+                                    _bias_as(b, dtype)[1])
     return entry[1]
 
 

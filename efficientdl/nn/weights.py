@@ -34,7 +34,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..kernels import cpu
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, single_sample
 
 #: function → handler(*args, **kwargs); the functions a compressed weight serves itself
 SERVED: dict[Callable, Callable] = {}
@@ -455,8 +455,9 @@ def _median_model_us(model: nn.Module, args: tuple, rounds: int) -> float:
 
 #: settle keeps a model compressed only where it ran at most this share of the dense time
 #: (median of the rounds' paired ratios): a gain smaller than the timing noise is not one.  On
-#: a shared 2-core machine the same dense model timed twice differed by up to 7%, and a
-#: 3-layer LSTM that settle measured 1.09× faster at batch 8 ran 0.78× in the next run.
+#: a shared 2-core AMD EPYC (Zen 3, family 25 model 1, AVX2) the same dense model timed twice
+#: differed by up to 7%, and a 3-layer LSTM that settle measured 1.09× faster at batch 8 ran
+#: 0.78× in the next run.
 SETTLE_MARGIN = 0.95
 
 
@@ -580,7 +581,7 @@ def _settle(model: nn.Module, report: "RuntimeReport", example: tuple, rounds: i
         # packed form: a decoded copy its batch-1 choice made would be held for nothing
         for n in c.layers:
             w = report.weights[n]
-            if all("|n=1|" in key for key in w.chosen):
+            if all(single_sample(key) for key in w.chosen):
                 w.release_dense()
     report.chains = chains
     result = {"compressed_us": comp_us, "dense_us": dense_us, "speedup": dense_us / comp_us,
