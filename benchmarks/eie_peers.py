@@ -11,6 +11,8 @@ exact (fp32)
   batch 64 on layers wider than 512 inputs also the column-blocked twin, :func:`~efficientdl.kernels.cpu.pack_row_blocks`);
 * ``ONNX Runtime fp32``: the dense layer as an ONNX ``MatMul``;
 * ``DeepSparse fp32``: the same ONNX model with its zeros (DeepSparse finds the sparsity itself);
+* ``MKL sparse fp32``: Intel MKL's sparse × dense product through ``sparse-dot-mkl`` (the CSR
+  matrix times the input, as that package is used; ``MKL_NUM_THREADS`` threads), where installed;
 
 int8 (activations quantized per call)
 * ``compressed int8-sparse``: the packed kernels on int8 activations and the int8 codebook
@@ -62,7 +64,9 @@ from efficientdl.report import markdown_table  # noqa: E402
 from _machine import set_threads  # noqa: E402
 from eie_layers import LAYERS, geomean, make_input, make_layer, median_us  # noqa: E402
 
-EXACT = ("dense torch", "compressed", "ONNX Runtime fp32", "DeepSparse fp32")
+EXACT = ("dense torch", "compressed", "ONNX Runtime fp32", "DeepSparse fp32", "MKL sparse fp32")
+#: the exact peers the compressed kernel is compared with, layer by layer
+EXACT_PEERS = ("ONNX Runtime fp32", "DeepSparse fp32", "MKL sparse fp32")
 INT8 = ("compressed int8-sparse", "torch int8 dense", "compressed int8 (dispatched)", "ONNX Runtime int8",
         "DeepSparse int8")
 
@@ -137,6 +141,23 @@ def peer_methods(paths: dict, x: np.ndarray, threads: int) -> dict:
     return out
 
 
+def mkl_method(w: np.ndarray, x_cols: np.ndarray):
+    """``W x`` by MKL's sparse product (``sparse-dot-mkl``) on the CSR form of ``w``, or ``None``
+    when the package (or the MKL library it loads) is not installed; ``x_cols`` is ``x`` as
+    columns (``(C,)`` or ``(C, n)``), as the compressed kernel gets it."""
+    if "MKL_RT" not in os.environ:              # the pip wheel of MKL puts its library under the venv's lib/
+        found = sorted(pathlib.Path(sys.prefix, "lib").glob("libmkl_rt.so*"))
+        if found:
+            os.environ["MKL_RT"] = str(found[0])
+    try:
+        import scipy.sparse
+        from sparse_dot_mkl import dot_product_mkl
+    except (ImportError, OSError):
+        return None
+    w_csr = scipy.sparse.csr_matrix(w.astype(np.float32))
+    return lambda: dot_product_mkl(w_csr, x_cols)
+
+
 def bench(name: str, batch: int, repeat: int, threads: int, rng, directory: pathlib.Path) -> dict:
     cols, rows, wd, ad = LAYERS[name]
     codes, codebook = make_layer(cols, rows, wd, rng)
@@ -174,11 +195,15 @@ def bench(name: str, batch: int, repeat: int, threads: int, rng, directory: path
         paths = None
     if paths is not None:
         methods |= peer_methods(paths, x, threads)
+    mkl = mkl_method(w, x_cols)
+    if mkl is not None:
+        methods["MKL sparse fp32"] = mkl
     errors = {}
     with torch.no_grad():
         for m, f in methods.items():
             y = np.asarray(f(), np.float64)
-            y = y.reshape(rows, batch).T if m.startswith("compressed") and not m.endswith("(dispatched)") else y
+            column_major = m.startswith("compressed") and not m.endswith("(dispatched)") or m.startswith("MKL")
+            y = y.reshape(rows, batch).T if column_major else y
             errors[m] = float(np.abs(y.reshape(batch, rows) - exact).max()) / top
         lat = median_us(methods, repeat, cold=False, block=5 if batch == 1 else 2)
     row = {"layer": name, "batch": batch, "rows": rows, "cols": cols, "weight_density": wd, "activation_density": ad,
@@ -197,7 +222,7 @@ def summarise(rows: list[dict], batches) -> tuple[dict, str]:
         sel = [r for r in rows if r["batch"] == batch]
         g = {m: geomean(r["speedup_over_dense"][m] for r in sel) for m in methods}
         worst_error = {m: max(r["max_rel_error"][m] for r in sel) for m in methods}
-        exact_peers = [m for m in ("ONNX Runtime fp32", "DeepSparse fp32") if m in methods]
+        exact_peers = [m for m in EXACT_PEERS if m in methods]
         summary[f"batch{batch}"] = {
             "geomean_speedup_over_dense": g, "max_rel_error": worst_error,
             "compressed_faster_than_exact_peers_on": [
@@ -226,6 +251,7 @@ def main() -> None:
     ap.add_argument("--json", type=pathlib.Path, default=ROOT / "runs" / "bench" / "eie_peers.json")
     args = ap.parse_args()
     info = set_threads(args.threads)
+    os.environ["MKL_NUM_THREADS"] = str(args.threads)     # read when sparse-dot-mkl loads MKL
     rng = np.random.default_rng(args.seed)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

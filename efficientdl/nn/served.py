@@ -138,7 +138,7 @@ def _row_blocks(w: CompressedWeight) -> cpu.RowBlocks:
     once and kept (its bytes counted with the decoded ones: a copy held for one kernel)."""
     held = w._payload.derived.get("blocks")
     if held is None:
-        blocks = cpu.pack_row_blocks(w.codes().reshape(w.matrix.shape), w.matrix.codebook, cpu.BLOCK_COLUMNS)
+        blocks = cpu.pack_row_blocks(w.codes().reshape(w.matrix.shape), w.matrix.codebook)
         held = w._payload.derived["blocks"] = (blocks, blocks.nbytes)
     return held[0]
 

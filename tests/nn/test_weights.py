@@ -73,7 +73,8 @@ def test_linear_equals_dense(dtype, batch):
 
 @pytest.mark.parametrize("kernel", ["dense", "sparse", "sparse-columns", "sparse-blocked"])
 def test_every_linear_kernel_is_exact(kernel, monkeypatch):
-    monkeypatch.setattr(cpu, "BLOCK_COLUMNS", 7)                 # three blocks of the 24 inputs
+    monkeypatch.setattr(cpu, "BLOCK_COLUMNS", 7)                 # blocked above 7 inputs,
+    monkeypatch.setattr(cpu, "block_columns_for", lambda density: 7)   # in blocks of 7 of the 24
     codes, codebook, dense = shared((16, 24), density=0.3)
     w = CompressedWeight(codes, codebook)
     w.force(kernel)
