@@ -112,6 +112,11 @@ class KernelRow:
 KERNELS: list[KernelRow] = []
 
 
+def kernel_row(op: str, name: str) -> KernelRow | None:
+    """The row of :data:`KERNELS` named ``name`` for ``op``, or ``None``."""
+    return next((r for r in KERNELS if r.op == op and r.name == name), None)
+
+
 def register_kernel(row: KernelRow) -> KernelRow:
     """Add a kernel to :data:`KERNELS` (a name may serve one op only once)."""
     if any(r.name == row.name and r.op == row.op for r in KERNELS):

@@ -471,9 +471,12 @@ def settle(model: nn.Module, *example: Any, rounds: int = 15) -> dict:
     3. Runs of two or more compressed linear layers (with their activations) are compiled
        into one call each for batch-1 inputs (:mod:`efficientdl.nn.chain`).
     4. The whole model, timed in interleaved rounds against the same model with every
-       weight dense: unless the compressed form ran at most :data:`SETTLE_MARGIN` of the
-       dense time (the median of the rounds' paired ratios), every weight is made dense
-       and the report says so.  With ``prefer="memory"`` nothing is made
+       weight dense.  If the compressed form ran more than :data:`SETTLE_MARGIN` of the
+       dense time (the median of the rounds' paired ratios), every weight whose chosen
+       kernel decodes it is given its fastest measured kernel that does not, and the model is
+       timed again (``decision="compressed, no decoded weight"``): per-layer timings of a few
+       calls can pick dense where it only tied.  If that too is slower, every weight is made
+       dense and the report says so.  With ``prefer="memory"`` nothing is made
        dense and no decoded copy is kept (the dense rounds decode for the timing only):
        the times are reported.
 
@@ -529,6 +532,55 @@ def _per_layer_or_chained(model: nn.Module, report: "RuntimeReport", example: tu
     return list(candidates[0])
 
 
+def _paired_rounds(model: nn.Module, report: "RuntimeReport", example: tuple, served: list[str],
+                   rounds: int) -> tuple[list[float], list[float]]:
+    """``(compressed, dense)``: median µs of the model as it is and with ``served`` made dense
+    (and its own forward), in ``rounds`` interleaved rounds, so the machine's drift hits both alike."""
+    fused_forward = model.__dict__.get("forward")
+    model(*example)                              # warm
+    comp, dense = [], []
+    for _ in range(rounds):
+        comp.append(_median_model_us(model, example, 3))
+        for n in served:
+            report.hold(n, compressed=False)
+        model.__dict__.pop("forward", None)      # the dense rounds run the model's own forward
+        dense.append(_median_model_us(model, example, 3))
+        for n in served:
+            report.hold(n, compressed=True)
+        if fused_forward is not None:
+            model.forward = fused_forward
+    return comp, dense
+
+
+def _paired_ratio(comp: list[float], dense: list[float]) -> float:
+    """Each round times both forms back to back: the median of the paired ratios is the estimate."""
+    import statistics
+
+    return statistics.median(c / d for c, d in zip(comp, dense))
+
+
+def _without_decoding(report: "RuntimeReport", names: list[str]) -> bool:
+    """Give every choice of a kernel that decodes the weight to the fastest measured kernel that
+    does not (``times_us`` holds every candidate's time); ``True`` if any choice changed."""
+    from .dispatch import kernel_row
+
+    changed = False
+    for n in names:
+        w = report.weights[n]
+        if w.forced_kernel:
+            continue
+        for key, row in list(w.chosen.items()):
+            if not row.decodes:
+                continue
+            lean = [(t, name) for name, t in w.times_us.get(key, {}).items()
+                    if t == t and (r := kernel_row(row.op, name)) is not None and not r.decodes]
+            if lean:
+                w.chosen[key] = kernel_row(row.op, min(lean)[1])
+                w.prepared.clear()
+                changed = True
+    return changed
+
+
 def _settle(model: nn.Module, report: "RuntimeReport", example: tuple, rounds: int) -> dict:
     names = [n for n in report.compressed if n in report.owners]
     _chain.uninstall(model)                      # settle again from the compressed form, per layer
@@ -546,25 +598,26 @@ def _settle(model: nn.Module, report: "RuntimeReport", example: tuple, rounds: i
                 report.dense[n] = "dense was the fastest kernel for every input measured"
         served = [n for n in names if n not in made_dense]
         chains = _chain.install(model) if served else _chain.ChainReport(reason="no layer is served compressed")
-        fused_forward = model.__dict__.get("forward")
-        model(*example)                          # warm
-        comp, dense = [], []
-        for _ in range(rounds):                  # interleaved: the machine's drift hits both alike
-            comp.append(_median_model_us(model, example, 3))
-            for n in served:
-                report.hold(n, compressed=False)
-            model.__dict__.pop("forward", None)  # the dense rounds run the model's own forward
-            dense.append(_median_model_us(model, example, 3))
-            for n in served:
+        comp, dense = _paired_rounds(model, report, example, served, rounds)
+        ratio = _paired_ratio(comp, dense) if served else 1.0
+        decision = "compressed" if served else "dense"
+        if report.prefer == "speed" and ratio > SETTLE_MARGIN and _without_decoding(report, names):
+            # the per-layer choices lost end to end: try every weight on its fastest kernel that
+            # decodes nothing (what prefer="memory" runs), timed end to end against dense as well
+            # (per-layer timings, a few calls each, can pick dense where it only tied)
+            _chain.uninstall(model)
+            for n in names:
                 report.hold(n, compressed=True)
-            if fused_forward is not None:
-                model.forward = fused_forward
+                report.dense.pop(n, None)
+                report.weights[n].release_dense()
+            made_dense, served = [], list(names)
+            chains = _chain.install(model)
+            comp, dense = _paired_rounds(model, report, example, served, rounds)
+            ratio = _paired_ratio(comp, dense)
+            decision = "compressed, no decoded weight"
     import statistics
 
     comp_us, dense_us = statistics.median(comp), statistics.median(dense)
-    # each round times both forms back to back: the median of the paired ratios is the estimate
-    ratio = statistics.median(c / d for c, d in zip(comp, dense)) if served else 1.0
-    decision = "compressed" if served else "dense"
     if report.prefer == "speed" and served and ratio > SETTLE_MARGIN:
         for n in served:
             report.hold(n, compressed=False)
