@@ -961,6 +961,26 @@ def _count_nonzero(x):  # pragma: no cover - compiled
     return count
 
 
+def empty_on_cache_lines(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose first element starts a 64-byte cache line.
+
+    For inputs the kernels read row by row in vectors: a vector load that straddles two
+    lines costs two (numpy aligns its own arrays to 16 bytes only).
+
+    Args:
+        shape: the array's shape.
+        dtype: its numpy dtype.
+
+    Returns:
+        The array (a view of a slightly larger byte buffer).
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + CACHE_LINE_BYTES, np.uint8)
+    skip = -raw.ctypes.data % CACHE_LINE_BYTES
+    return raw[skip:skip + nbytes].view(dtype).reshape(shape)
+
+
 @numba.njit(cache=True)
 def _zeros_on_cache_lines(shape, like):  # pragma: no cover - compiled
     """A zero array of ``shape`` and ``like``'s dtype whose first element starts a cache

@@ -144,3 +144,10 @@ def test_lookup_table_holds_every_product(bits, used):
     expected = np.full((13, 1 << bits), np.nan, np.float32)
     expected[:, :used] = np.outer(x, codebook)
     np.testing.assert_array_equal(table.reshape(13, 1 << bits), expected)
+
+
+@pytest.mark.parametrize("shape,dtype", [((3, 5), np.float32), ((7,), np.float64), ((0, 4), np.float32)])
+def test_arrays_on_cache_lines(shape, dtype):
+    a = cpu.empty_on_cache_lines(shape, dtype)
+    assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
+    assert a.size == 0 or a.ctypes.data % 64 == 0
