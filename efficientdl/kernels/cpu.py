@@ -309,9 +309,10 @@ def block_columns_for(density: float) -> int:
     Narrow blocks keep their rows of ``x`` in the L1 cache; wide ones spread the per-block
     cost of each output row (reading and writing its tile of ``y``) over more weights.  The
     width is the power of two nearest above ``BLOCK_ENTRIES_PER_ROW / density``, within
-    128 … 1024.  Measured with the vector row kernel at 64 right-hand sides (AMD Zen 5): Alex-8
-    (25% dense) ran fastest in blocks of 128 (1.3× faster than 512), VGG-7 (4%) in blocks of
-    1024 (1.08× faster than 512), NT-We (10%) alike at 512 and 1024.
+    128 … 1024.  Measured with the vector row kernel at 64 right-hand sides (AMD Zen 5, two
+    runs): Alex-8 (25% dense) ran fastest in blocks of 128 (1.2–1.3× faster than 512), VGG-7
+    (4%) in blocks of 1024 (1.08–1.10× faster than 512); NT-We (10%), given 512 by the rule,
+    ran 1.01–1.12× faster at 1024.
 
     Args:
         density: stored weights / (rows · cols), in (0, 1].
@@ -700,7 +701,7 @@ def _rows_tile64(r, b0, start, end, absolute, entries, shift, mask, one, codeboo
 
     One pass over the row's entries; per entry four vector loads and fused multiply-adds.
     Four independent accumulators cover the multiply-add latency; a second set over
-    alternate entries measured no faster (1.00–1.02× on the EIE layers, AVX-512)."""
+    alternate entries measured no faster (0.97–1.04× on six EIE layers, AMD Zen 5)."""
     a0 = vector_zeros(y, 16)
     a1 = a2 = a3 = a0
     col = np.uint64(0) - one

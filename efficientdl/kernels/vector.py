@@ -1,13 +1,14 @@
 """SIMD vectors in compiled kernels: a numba type for LLVM's ``<L × dtype>`` and its operations.
 
 numba vectorises a loop only when LLVM can prove it safe.  The sparse × dense row kernel
-(:func:`efficientdl.kernels.cpu._rows_mm_range`) reads eight rows of ``X`` and adds into a row
-of ``Y``: nine arrays that might overlap, more than LLVM's vectoriser checks at run time, so
-its loop over the right-hand sides stayed scalar (read off the compiled code: scalar
-``vfmadd…ss`` only).  These intrinsics state the vector operations outright, as
-XNNPACK's sparse micro-kernels do with SIMD intrinsics: a run of ``L`` consecutive elements of a row is one vector register (``L = 16`` float32: one
-AVX-512 register or two AVX2 ones; LLVM splits a vector wider than the machine's), kept in
-registers across all the stored weights of an output row.
+(:func:`efficientdl.kernels.cpu._rows_mm_range`), written as a loop over the right-hand sides,
+read eight rows of ``X`` and added into a row of ``Y``: nine arrays that might overlap, more
+than LLVM's vectoriser checks at run time, so that loop stayed scalar (read off the compiled
+code: scalar ``vfmadd…ss`` only).  These intrinsics state the vector operations outright, as
+XNNPACK's sparse micro-kernels do with SIMD intrinsics: a run of ``L`` consecutive elements
+of a row is one vector register (``L = 16`` float32: one AVX-512 register or two AVX2 ones;
+LLVM splits a vector wider than the machine's), kept in registers across all the stored
+weights of an output row.
 
 Operations (``L`` is a compile-time constant, an integer literal at the call):
 

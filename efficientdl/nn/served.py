@@ -123,12 +123,13 @@ def _channel_major(product, n: int, cols: int, rows: int, dtype: torch.dtype):
     cached = [None, None]                         # bias tensor → its numpy view in dtype
     small = n * cols <= SMALL_TRANSPOSE_ELEMENTS
     buffers = threading.local()                   # each thread's own transposed copy, on a cache line
+    np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
 
     def f(x, b):
         if small:                                 # numpy's transposed copy: no torch op overhead
             xt = getattr(buffers, "xt", None)
             if xt is None:
-                xt = buffers.xt = cpu.empty_on_cache_lines((cols, n), torch.empty(0, dtype=dtype).numpy().dtype)
+                xt = buffers.xt = cpu.empty_on_cache_lines((cols, n), np_dtype)
             np.copyto(xt, (x.detach() if x.requires_grad else x).numpy().reshape(n, cols).T)
         else:                                     # (torch's allocations start on a cache line)
             xt = x.detach().reshape(n, cols).t().contiguous().numpy()
