@@ -169,6 +169,10 @@ def _runtime_report(args: argparse.Namespace) -> tuple[dict, list]:
             f"{layer} ({act})" if act != "identity" else layer for layer, act in zip(c["layers"], c["activations"])))
     if chains.get("reason"):
         blocks.append(f"no compiled chain: {chains['reason']}")
+    if chains.get("batchnorm_affine"):
+        names = chains["batchnorm_affine"]
+        blocks.append(f"BatchNorm as a precomputed per-channel affine (x·s + t): {len(names)} modules "
+                      f"({', '.join(names[:4])}{', …' if len(names) > 4 else ''})")
     for name, reasons in d["fallbacks"].items():
         blocks.append(f"{name}: decoded for {', '.join(f'{f} ({why})' for f, why in reasons.items())}")
     return d, blocks

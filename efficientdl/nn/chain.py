@@ -23,7 +23,10 @@ runtime does it for the compressed layers it serves:
    a weight :func:`~efficientdl.nn.weights.settle` or the user made dense again, a kernel
    forced on one of the weights, a hook on one of the layers, dropout in training mode —
    runs the chain's original steps,
-   module by module, exactly as the traced model would.
+   module by module, exactly as the traced model would;
+5. with the chains (traced or not), every ``nn.BatchNorm2d`` module is computed as its
+   precomputed per-channel affine ``x · s + t`` in evaluation mode
+   (:mod:`efficientdl.nn.batchnorm`): one ``torch.addcmul`` instead of the module's path.
 
 The traced module replaces only the model's ``forward`` (an instance attribute): the
 modules, parameters and state dict stay the user's.  :func:`uninstall` restores the
@@ -41,6 +44,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..kernels import cpu
+from . import batchnorm as _batchnorm
 from .weights import CompressedWeight
 
 #: activation functions (called as ``f(x)``, optionally ``inplace=…``) → chain activation
@@ -184,14 +188,16 @@ def _combined(kinds: list[str]) -> str:
 
 @dataclass
 class ChainReport:
-    """What :func:`install` did: the chains it compiled, or why it compiled none."""
+    """What :func:`install` did: the chains it compiled (or why it compiled none) and the
+    BatchNorm modules it computes as affines."""
 
     chains: list[LinearChain] = field(default_factory=list)
     reason: str = ""
+    batchnorms: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"chains": [{"layers": c.layers, "activations": c.activations} for c in self.chains],
-                "reason": self.reason}
+                "reason": self.reason, "batchnorm_affine": list(self.batchnorms)}
 
 
 def _tensor_names(model: nn.Module) -> dict[int, str]:
@@ -261,20 +267,23 @@ def _only_user(node: fx.Node) -> fx.Node | None:
 
 
 def install(model: nn.Module) -> ChainReport:
-    """Compile the chains of compressed linear layers of ``model`` (see the module docstring).
+    """Compile the chains of compressed linear layers of ``model`` and replace its evaluation-mode
+    BatchNorm calls by their affines (see the module docstring).
 
     Args:
         model: a model from :func:`~efficientdl.nn.weights.to_runtime`, in evaluation mode.
 
     Returns:
-        A :class:`ChainReport`; with chains, ``model.forward`` is now the traced module.
+        A :class:`ChainReport`; with chains or affines, ``model.forward`` is now the traced module.
     """
     uninstall(model)
+    batchnorms = _batchnorm.install(model)       # (no tracing needed: works on any model)
     try:
         gm = fx.symbolic_trace(model)
     except Exception as error:                   # control flow on values, unsupported Python: stay per layer
         text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return ChainReport(reason=f"the model's forward cannot be traced by torch.fx ({text[:160]})")
+        return ChainReport(reason=f"the model's forward cannot be traced by torch.fx ({text[:160]})",
+                           batchnorms=batchnorms)
     modules = dict(gm.named_modules())
     names = _tensor_names(model)
     chains: list[tuple[list[fx.Node], list[_Layer], list[list[_Activation]]]] = []
@@ -311,9 +320,7 @@ def install(model: nn.Module) -> ChainReport:
         if len(layers) >= 2:
             chains.append((nodes, layers, acts))
             taken.update(nodes)
-    if not chains:
-        return ChainReport(reason="no run of two or more compressed linear layers")
-    report = ChainReport()
+    report = ChainReport(reason="" if chains else "no run of two or more compressed linear layers")
     for i, (nodes, layers, acts) in enumerate(chains):
         try:
             chain = LinearChain(layers, acts)
@@ -332,6 +339,7 @@ def install(model: nn.Module) -> ChainReport:
         for n in reversed(nodes):
             gm.graph.erase_node(n)
         report.chains.append(chain)
+    report.batchnorms = batchnorms
     if not report.chains:
         return report
     gm.graph.eliminate_dead_code()
@@ -358,7 +366,9 @@ class _TracedForward:
 
 
 def uninstall(model: nn.Module) -> None:
-    """Give ``model`` back its class's own ``forward`` (no-op without chains)."""
+    """Give ``model`` and its BatchNorm modules back their classes' own ``forward`` (no-op without
+    chains or affines)."""
+    _batchnorm.uninstall(model)
     if "_edl_chains" in model.__dict__:
         model.__dict__.pop("forward", None)
         del model.__dict__["_edl_chains"]

@@ -469,7 +469,8 @@ def settle(model: nn.Module, *example: Any, rounds: int = 15) -> dict:
     2. ``prefer="speed"``: a weight whose every choice was the dense kernel becomes a
        plain dense parameter again, so it pays no dispatch at all.
     3. Runs of two or more compressed linear layers (with their activations) are compiled
-       into one call each for batch-1 inputs (:mod:`efficientdl.nn.chain`).
+       into one call each for batch-1 inputs (:mod:`efficientdl.nn.chain`), and every
+       ``nn.BatchNorm2d`` is computed as its per-channel affine (:mod:`efficientdl.nn.batchnorm`).
     4. The whole model, timed in interleaved rounds against the same model with every
        weight dense.  If the compressed form ran more than :data:`SETTLE_MARGIN` of the
        dense time (the median of the rounds' paired ratios), every weight whose chosen
@@ -544,9 +545,11 @@ def _paired_rounds(model: nn.Module, report: "RuntimeReport", example: tuple, se
         for n in served:
             report.hold(n, compressed=False)
         model.__dict__.pop("forward", None)      # the dense rounds run the model's own forward
+        affines = _batchnorm.uninstall(model)    # and its BatchNorm modules' own
         dense.append(_median_model_us(model, example, 3))
         for n in served:
             report.hold(n, compressed=True)
+        _batchnorm.restore(affines)
         if fused_forward is not None:
             model.forward = fused_forward
     return comp, dense
@@ -707,4 +710,5 @@ def to_runtime(model: nn.Module, codebooks: dict[str, tuple[np.ndarray, np.ndarr
 
 
 from . import served as _served  # noqa: E402,F401  (registers the served functions and kernels)
+from . import batchnorm as _batchnorm  # noqa: E402  (settle computes BatchNorm as affines with the chains)
 from . import chain as _chain  # noqa: E402  (settle compiles chains of compressed linear layers)
