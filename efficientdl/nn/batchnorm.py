@@ -1,4 +1,4 @@
-"""Evaluation-mode BatchNorm as one precomputed per-channel affine, in the runtime's traced forward.
+"""Evaluation-mode BatchNorm as one precomputed per-channel affine, in the compressed runtime.
 
 In evaluation mode ``nn.BatchNorm2d`` is a fixed affine map per channel (Ioffe & Szegedy,
 ICML'15, §3.1: at inference "the normalization is simply a linear transform applied to each
@@ -9,8 +9,8 @@ activation"):
 with ``μ, σ²`` the running statistics.  Inference engines fold it into the preceding
 convolution's weights (ONNX Runtime, TensorRT, :mod:`efficientdl.compress.fold`); a weight
 held compressed with a shared codebook cannot absorb a per-channel scale without losing the
-sharing, so the runtime keeps the convolution as it is and gives the BatchNorm module a ``forward``
-of its own (an instance attribute, as the chains give the model one): one
+sharing, so the runtime keeps the convolution as it is and gives the BatchNorm module a
+``forward`` of its own (an instance attribute, as the chains give the model one): one
 ``torch.addcmul(t, x, s)`` on ``s, t`` computed once.  The module, its parameters, buffers
 and state dict stay the user's, and its calls keep their hooks (``nn.Module.__call__``
 runs them around the instance's ``forward``).  On small activations the module's own
@@ -21,8 +21,9 @@ several times that: on a 2-core AMD EPYC (Zen 3, AVX2) 25–27 µs against 6–1
 The affine is exact to rounding (one multiply-add instead of subtract, divide, multiply and
 add: differences of a few float32 ulps).  Every call checks that it still stands for the
 module: the module in evaluation mode, a float32 CPU input of four dimensions and the right
-channel count, no gradient wanted through it; otherwise the class's own ``forward`` runs.  Changed statistics or parameters (assigned anew or
-modified in place: the tensors' version counters) recompute ``s`` and ``t``.
+channel count, no gradient wanted through it; otherwise the class's own ``forward`` runs.
+Changed statistics or parameters (assigned anew or modified in place: the tensors' version
+counters) or a changed ε recompute ``s`` and ``t``.
 """
 
 from __future__ import annotations
@@ -88,15 +89,23 @@ class AffineForward:
             return False
         if x.shape[1] != self._scale.shape[0]:
             return False
-        if torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad
-                                                                  for p in (bn.weight, bn.bias))):
+        if torch.is_grad_enabled() and (x.requires_grad or any(
+                p is not None and p.requires_grad for p in (bn._parameters.get("weight"), bn._parameters.get("bias")))):
             return False
         return True
 
+    def _current(self) -> bool:
+        """``s`` and ``t`` stand for the module now: recomputed if its state changed, unless it
+        can no longer be folded (its running statistics removed)."""
+        if not self._stale():
+            return True
+        if not _foldable(self.bn):
+            return False
+        self._refresh()
+        return True
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self._applies(x) and (not self._stale() or _foldable(self.bn)):
-            if self._stale():                    # statistics or parameters changed since
-                self._refresh()
+        if self._applies(x) and self._current():
             self.calls[0] += 1
             return torch.addcmul(self._shift, x, self._scale)
         self.calls[1] += 1
