@@ -14,7 +14,9 @@ caller computes them beforehand as one product (``xp``, shape ``(T, B, G·H)``, 
 product (one sample: EIE's NT-LSTM case) or one sparse × dense product over the batch's
 hidden states, on the row-major twin of the compressed ``W_hh``
 (:func:`efficientdl.kernels.cpu.pack_rows`), the gates in the same compiled loop, so a
-step costs no interpreter round trip.
+step costs no interpreter round trip.  :func:`run_layer` computes the input terms too, on the
+row twin of the compressed ``W_ih``, in the same compiled call; one sample's steps can run on
+``W_hh`` re-laid as row slices (:func:`slice_rows`, SELL-C-σ).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numba
 import numpy as np
 
 from .cpu import (PackedMatrix, _lookup_table, _rows_absolute_mm_range, _rows_lookup_range, _rows_mm_range,
-                  _rows_mv_range, _table_on_cache_lines)
+                  _rows_mv_range, _table_on_cache_lines, _zeros_on_cache_lines)
 
 #: cell kinds, as the compiled loop takes them
 MODES = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
@@ -114,17 +116,116 @@ def _tanh_range_compiled(a):  # pragma: no cover - compiled
     _tanh_range(a, 0, a.size, True)
 
 
+#: rows of the recurrent matrix computed together by the sliced product (:func:`slice_rows`)
+SLICE_ROWS = 8
+
+
+def slice_rows(twin: PackedMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The lookup twin of a recurrent matrix re-laid as slices of :data:`SLICE_ROWS` rows (SELL-C-σ).
+
+    Kreutzer, Hager, Wellein, Fehske & Bishop, "A unified sparse matrix data format for
+    efficient general sparse matrix-vector multiplication on modern processors with wide
+    SIMD units", SIAM J. Sci. Comput. 2014: the rows are sorted by their number of entries
+    (σ = all rows), cut into slices of ``C = 8`` rows, and each slice stores its entries
+    column by column — entry ``k`` of its 8 rows side by side — padded to its longest row.
+    The product then keeps one accumulator per row of the slice: no per-row loop control or
+    horizontal sum, which on a gate matrix of ~14 entries per row (a 128-unit LSTM at 90%
+    sparsity) cost as much as the loads.  Measured 1.43× faster than the row-by-row lookup
+    kernel over 28 steps (63 vs 90 µs; AMD EPYC Zen 3, AVX2), with 10% fewer entries than its
+    rows padded to multiples of four.  A filler is the entry 0 (column 0, code 0:
+    ``codebook[0] · x[0] = 0``), as in :func:`~efficientdl.kernels.cpu.pack_rows`.
+
+    Args:
+        twin: a lookup twin (:func:`~efficientdl.kernels.cpu.pack_rows`, ``absolute``) of shape ``(C, R)``.
+
+    Returns:
+        ``(offsets, entries, order)``: slice ``s`` holds ``entries[offsets[s]:offsets[s + 1]]``
+        (a multiple of 8), its row ``i`` is output row ``order[8 s + i]``; ``order`` has
+        ``⌈R / 8⌉ · 8`` values, those ``≥ R`` naming scratch rows past the output.
+    """
+    if not twin.absolute:
+        raise ValueError("slices are made from a lookup twin (pack_rows with lookup entries)")
+    rowptr = twin.colptr[0].astype(np.int64)
+    rows = rowptr.size - 1
+    entries = twin.entries
+    real = entries != 0                          # fillers are 0; a stored weight has a nonzero code
+    row_of = np.repeat(np.arange(rows), np.diff(rowptr))
+    lengths = np.bincount(row_of[real], minlength=rows)
+    slices = -(-rows // SLICE_ROWS)
+    order = np.argsort(-lengths, kind="stable")
+    order = np.concatenate([order, np.arange(rows, slices * SLICE_ROWS)]).astype(np.int64)
+    padded_lengths = np.concatenate([lengths, np.zeros(slices * SLICE_ROWS - rows, np.int64)])
+    widths = padded_lengths[order].reshape(slices, SLICE_ROWS).max(axis=1)
+    offsets = np.zeros(slices + 1, np.int64)
+    np.cumsum(widths * SLICE_ROWS, out=offsets[1:])
+    out = np.zeros(int(offsets[-1]), entries.dtype)
+    position = np.empty(slices * SLICE_ROWS, np.int64)
+    position[order] = np.arange(slices * SLICE_ROWS)   # row → its place among the sorted rows
+    for r in range(rows):
+        values = entries[rowptr[r]:rowptr[r + 1]]
+        values = values[values != 0]
+        place = position[r]
+        start = offsets[place // SLICE_ROWS] + place % SLICE_ROWS
+        out[start:start + SLICE_ROWS * values.size:SLICE_ROWS] = values
+    return offsets, out, order
+
+
+#: stand-ins for no slices
+NO_SLICES = (np.zeros(1, np.int64), np.zeros(0, np.uint16), np.zeros(0, np.int64))
+
+
+@numba.njit(fastmath={"contract"}, inline="always")
+def _slices_lookup(offsets, entries, order, codebook, table, y):  # pragma: no cover - compiled
+    """``y[order[8 s + i]] = Σ_k table[entries[offsets[s] + 8 k + i]]`` (see :func:`slice_rows`)."""
+    one = np.uint64(1)
+    eight = np.uint64(8)
+    for s in range(offsets.size - 1):
+        a0 = codebook[0]                         # the exact zero, in the table's dtype
+        a1 = a2 = a3 = a4 = a5 = a6 = a7 = a0
+        for k in range(np.uint64(offsets[s]), np.uint64(offsets[s + 1]), eight):
+            a0 += table[np.uint64(entries[k])]
+            a1 += table[np.uint64(entries[k + one])]
+            a2 += table[np.uint64(entries[k + np.uint64(2)])]
+            a3 += table[np.uint64(entries[k + np.uint64(3)])]
+            a4 += table[np.uint64(entries[k + np.uint64(4)])]
+            a5 += table[np.uint64(entries[k + np.uint64(5)])]
+            a6 += table[np.uint64(entries[k + np.uint64(6)])]
+            a7 += table[np.uint64(entries[k + np.uint64(7)])]
+        b = 8 * s
+        y[order[b]] = a0
+        y[order[b + 1]] = a1
+        y[order[b + 2]] = a2
+        y[order[b + 3]] = a3
+        y[order[b + 4]] = a4
+        y[order[b + 5]] = a5
+        y[order[b + 6]] = a6
+        y[order[b + 7]] = a7
+
+
+@numba.njit(cache=True)
+def _slices_product(offsets, entries, order, code_bits, codebook, x):  # pragma: no cover - compiled
+    """One matrix–vector product from :func:`slice_rows` (``order.size`` values; rows ``≥ R`` are scratch)."""
+    book = codebook.astype(x.dtype)
+    table = _table_on_cache_lines(x.size << code_bits, x)
+    _lookup_table(0, x.size, code_bits, book, x, table)
+    y = np.zeros(order.size, x.dtype)
+    _slices_lookup(offsets, entries, order, book, table, y)
+    return y
+
+
 # error_model="numpy": IEEE division (no zero-division test per element), without which the
 # gate loops stay scalar
 @numba.njit(cache=True, error_model="numpy")
-def _sequence(mode, xp, h, c, rowptr, entries, code_bits, absolute, codebook, bias_hh, reverse,
+def _sequence(mode, xp, steps, h, c, rowptr, entries, code_bits, absolute, slices, codebook, bias_hh, reverse,
               fast, out):  # pragma: no cover - compiled
-    steps, batch, _ = xp.shape
+    # xp: (T·B, G·H), row t·B + b the input terms of sample b at step t, in any layout
+    batch = h.shape[0]
     hidden = h.shape[1]
     rows = rowptr.size - 1
     codebook = codebook.astype(xp.dtype)
     hb = np.empty(hidden, xp.dtype)
-    gh = np.empty(rows, xp.dtype)
+    s_offsets, s_entries, s_order = slices
+    gh = np.empty(max(rows, s_order.size), xp.dtype)  # (the slices' scratch rows past the output)
     pre = np.empty(rows, xp.dtype)                   # a step's gate pre-activations, then the gates
     tc = np.empty(hidden, xp.dtype)
     table = _table_on_cache_lines((hidden << code_bits) if absolute else 1, hb)
@@ -149,7 +250,10 @@ def _sequence(mode, xp, h, c, rowptr, entries, code_bits, absolute, codebook, bi
                     gh[r] = gh_cols[r, b]
             elif absolute:
                 _lookup_table(0, hidden, code_bits, codebook, hb, table)
-                _rows_lookup_range(0, rows, rowptr, entries, codebook, table, gh)
+                if s_offsets.size > 1:
+                    _slices_lookup(s_offsets, s_entries, s_order, codebook, table, gh)
+                else:
+                    _rows_lookup_range(0, rows, rowptr, entries, codebook, table, gh)
             else:
                 _rows_mv_range(0, rows, rowptr, entries, code_bits, codebook, hb, gh)
             for r in range(rows):
@@ -157,7 +261,7 @@ def _sequence(mode, xp, h, c, rowptr, entries, code_bits, absolute, codebook, bi
             # each non-linearity as one loop over contiguous gates (vector code in float32)
             if mode == 0:
                 for r in range(rows):
-                    pre[r] = xp[t, b, r] + gh[r]
+                    pre[r] = xp[t * batch + b, r] + gh[r]
                 _sigmoid_range(pre, 0, 2 * hidden, fast)                 # i, f
                 _tanh_range(pre, 2 * hidden, 3 * hidden, fast)           # g̃
                 _sigmoid_range(pre, 3 * hidden, rows, fast)              # o
@@ -170,30 +274,38 @@ def _sequence(mode, xp, h, c, rowptr, entries, code_bits, absolute, codebook, bi
                     h[b, j] = pre[3 * hidden + j] * tc[j]
             elif mode == 1:
                 for r in range(2 * hidden):
-                    pre[r] = xp[t, b, r] + gh[r]
+                    pre[r] = xp[t * batch + b, r] + gh[r]
                 _sigmoid_range(pre, 0, 2 * hidden, fast)                 # r, z
                 for j in range(hidden):
-                    pre[2 * hidden + j] = xp[t, b, 2 * hidden + j] + pre[j] * gh[2 * hidden + j]
+                    pre[2 * hidden + j] = xp[t * batch + b, 2 * hidden + j] + pre[j] * gh[2 * hidden + j]
                 _tanh_range(pre, 2 * hidden, rows, fast)                 # ñ
                 for j in range(hidden):                                   # (1 − z)·ñ + z·h
                     n = pre[2 * hidden + j]
                     h[b, j] = n + pre[hidden + j] * (hb[j] - n)
             elif mode == 2:
                 for j in range(hidden):
-                    pre[j] = xp[t, b, j] + gh[j]
+                    pre[j] = xp[t * batch + b, j] + gh[j]
                 _tanh_range(pre, 0, hidden, fast)
                 for j in range(hidden):
                     h[b, j] = pre[j]
             else:
                 for j in range(hidden):
-                    v = xp[t, b, j] + gh[j]
+                    v = xp[t * batch + b, j] + gh[j]
                     h[b, j] = max(v, 0.0)
             for j in range(hidden):
                 out[t, b, j] = h[b, j]
 
 
+def _checked_slices(slices: tuple | None, w_hh: PackedMatrix) -> tuple:
+    if slices is None:
+        return NO_SLICES
+    if not w_hh.absolute or slices[2].size != -(-w_hh.shape[1] // SLICE_ROWS) * SLICE_ROWS:
+        raise ValueError(f"slices of {slices[2].size} rows do not belong to a lookup twin of {w_hh.shape[1]} rows")
+    return slices
+
+
 def run_sequence(mode: str, xp: np.ndarray, h: np.ndarray, c: np.ndarray | None, w_hh: PackedMatrix,
-                 bias_hh: np.ndarray | None, reverse: bool = False) -> np.ndarray:
+                 bias_hh: np.ndarray | None, reverse: bool = False, slices: tuple | None = None) -> np.ndarray:
     """One direction of one recurrent layer over a whole sequence (see the module docstring).
 
     Args:
@@ -206,6 +318,8 @@ def run_sequence(mode: str, xp: np.ndarray, h: np.ndarray, c: np.ndarray | None,
         w_hh: the row-major twin of the compressed ``W_hh`` (shape ``(H, G·H)``).
         bias_hh: ``(G·H,)`` or ``None``.
         reverse: run from ``t = T`` down to 1 (the backward direction).
+        slices: :func:`slice_rows` of ``w_hh`` (a lookup twin): one sample's steps then run the
+            sliced product; ``None``: row by row.
 
     Returns:
         ``(T, B, H)``: the hidden state after every step (in input order).
@@ -217,6 +331,71 @@ def run_sequence(mode: str, xp: np.ndarray, h: np.ndarray, c: np.ndarray | None,
     out = np.empty((steps, batch, h.shape[1]), dtype)
     bias = np.zeros(gates, dtype) if bias_hh is None else np.ascontiguousarray(bias_hh, dtype)
     cell = np.zeros_like(h) if c is None else c
-    _sequence(MODES[mode], xp, h, cell, w_hh.colptr[0], w_hh.entries, w_hh.code_bits,
-              w_hh.absolute, w_hh.codebook, bias, reverse, dtype == np.float32, out)
+    _sequence(MODES[mode], xp.reshape(steps * batch, gates), steps, h, cell, w_hh.colptr[0], w_hh.entries,
+              w_hh.code_bits, w_hh.absolute, _checked_slices(slices, w_hh), w_hh.codebook, bias, reverse,
+              dtype == np.float32, out)
+    return out
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _layer(mode, x, steps, ih_rowptr, ih_entries, ih_code_bits, ih_absolute, ih_codebook, bias_ih, h, c,
+           rowptr, entries, code_bits, absolute, slices, codebook, bias_hh, reverse, fast, out):  # pragma: no cover - compiled
+    n, cols = x.shape
+    gates = ih_rowptr.size - 1
+    xt = _table_on_cache_lines(cols * n, h).reshape((cols, n))    # channel-major input, on a cache line
+    for k in range(n):
+        for j in range(cols):
+            xt[j, k] = x[k, j]
+    xp = _zeros_on_cache_lines((gates, n), h)
+    book = ih_codebook.astype(h.dtype)
+    if ih_absolute:
+        _rows_absolute_mm_range(0, gates, ih_rowptr, ih_entries, ih_code_bits, book, xt, xp)
+    else:
+        _rows_mm_range(0, gates, ih_rowptr, ih_entries, ih_code_bits, book, xt, xp)
+    for r in range(gates):
+        b = bias_ih[r]
+        for k in range(n):
+            xp[r, k] += b
+    _sequence(mode, xp.T, steps, h, c, rowptr, entries, code_bits, absolute, slices, codebook, bias_hh, reverse, fast,
+              out)
+
+
+def run_layer(mode: str, x: np.ndarray, h: np.ndarray, c: np.ndarray | None, w_ih: PackedMatrix,
+              bias_ih: np.ndarray | None, w_hh: PackedMatrix, bias_hh: np.ndarray | None,
+              reverse: bool = False, slices: tuple | None = None) -> np.ndarray:
+    """One direction of one recurrent layer, input product included, in **one** compiled call.
+
+    ``X W_ihᵀ + b_ih`` for all ``T·B`` inputs as one sparse × dense product on the row-major
+    twin of the compressed ``W_ih`` (serial: a sequence's products are small, and waking a
+    thread pool between them cost more than it saved), then the recurrence of
+    :func:`run_sequence`.  At batch 1 the separate input product — its own call through
+    ``F.linear``, layouts, a bias add and a thread pool woken after the serial recurrence —
+    had taken 42–79 µs per layer of a 3-layer 128-unit LSTM against 20 µs for the product
+    itself (AVX2 Zen 3).
+
+    Args:
+        mode: ``"lstm"``, ``"gru"``, ``"rnn_tanh"`` or ``"rnn_relu"``.
+        x: ``(T, B, in)`` inputs (any layout), float32 or float64.
+        h, c, bias_hh, reverse, slices: as for :func:`run_sequence` (``h``, ``c`` updated in place).
+        w_ih: the row-major twin of the compressed ``W_ih`` (shape ``(in, G·H)``).
+        bias_ih: ``(G·H,)`` or ``None``.
+        w_hh: the row-major twin of the compressed ``W_hh`` (shape ``(H, G·H)``).
+
+    Returns:
+        ``(T, B, H)``: the hidden state after every step (in input order).
+    """
+    steps, batch, cols = x.shape
+    dtype = x.dtype
+    gates = w_hh.shape[1]
+    if w_ih.shape != (cols, gates):
+        raise ValueError(f"input matrix {w_ih.shape[::-1]} does not match {gates} gate rows of {cols} inputs")
+    if w_hh.shape != (h.shape[1], gates):
+        raise ValueError(f"recurrent matrix {w_hh.shape[::-1]} does not match {gates} gate rows of {h.shape[1]}")
+    out = np.empty((steps, batch, h.shape[1]), dtype)
+    b_ih = np.zeros(gates, dtype) if bias_ih is None else np.ascontiguousarray(bias_ih, dtype)
+    b_hh = np.zeros(gates, dtype) if bias_hh is None else np.ascontiguousarray(bias_hh, dtype)
+    cell = np.zeros_like(h) if c is None else c
+    _layer(MODES[mode], x.reshape(steps * batch, cols), steps, w_ih.colptr[0], w_ih.entries, w_ih.code_bits,
+           w_ih.absolute, w_ih.codebook, b_ih, h, cell, w_hh.colptr[0], w_hh.entries, w_hh.code_bits, w_hh.absolute,
+           _checked_slices(slices, w_hh), w_hh.codebook, b_hh, reverse, dtype == np.float32, out)
     return out

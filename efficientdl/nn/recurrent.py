@@ -11,6 +11,11 @@ Per layer and direction (Han et al. ESE, FPGA'17, and EIE's NT-LSTM benchmark):
    (:func:`efficientdl.kernels.recurrent.run_sequence`) on the row-major twin of the
    compressed ``W_hh``, the gates included.
 
+Three rows of the dispatch table serve a layer, chosen by measurement: ``sparse-fused``
+(both steps in one compiled call, the input product on ``W_ih``'s row twin:
+:func:`efficientdl.kernels.recurrent.run_layer`), ``sparse-loop`` (the input product through
+``F.linear``'s own dispatch, then the loop) and ``dense`` (torch's kernel on decoded weights).
+
 A dense ``W_hh`` (not compressed) leaves that layer to torch's own kernel.  Packed
 sequences, LSTM projections (``proj_size``) and dropout while training are computed from
 the decoded weights, and recorded as fallbacks.
@@ -24,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..kernels.recurrent import run_sequence
+from ..kernels.recurrent import run_layer, run_sequence, slice_rows
 from .dispatch import Call, KernelRow, register_kernel
 from .served import _bias_as, linear
 from .weights import CompressedWeight, check_input, fallback, implements
@@ -77,6 +82,19 @@ def _bias_array(b: torch.Tensor | None, dtype: torch.dtype):
     return entry[1]
 
 
+def _slices(w: CompressedWeight):
+    """``W_hh``'s lookup twin as row slices (:func:`~efficientdl.kernels.recurrent.slice_rows`), made
+    once and kept on the weight (its bytes counted with the kernels' extra forms); ``None`` with a
+    relative twin, or with ``prefer="memory"`` (no second copy of the entries)."""
+    if not w.twin.absolute or w.dispatcher.prefer == "memory":
+        return None
+    held = w._payload.derived.get("slices")
+    if held is None:
+        slices = slice_rows(w.twin)
+        held = w._payload.derived["slices"] = (slices, sum(a.nbytes for a in slices))
+    return held[0]
+
+
 def _recurrent_sparse(call: Call):
     """The input product for all steps, then the compiled recurrence on ``W_hh``'s row twin.
 
@@ -91,8 +109,47 @@ def _recurrent_sparse(call: Call):
     hn = np.array(a["h"].numpy(), order="C")     # copies
     cn = np.array(a["c"].numpy(), order="C") if a["c"] is not None else None
     out = run_sequence(a["mode"], xp.detach().numpy(), hn, cn, call.weight.twin, _bias_array(call.bias, x.dtype),
-                       reverse=a["reverse"])
+                       reverse=a["reverse"], slices=_slices(call.weight))
     return torch.from_numpy(out), torch.from_numpy(hn), (torch.from_numpy(cn) if cn is not None else None)
+
+
+def _fused_applies(call: Call) -> bool:
+    w_ih = call.args["w_ih"]
+    # (a kernel forced on W_ih is honoured: its input product then runs on its own)
+    return (isinstance(w_ih, CompressedWeight) and not w_ih._transposed and w_ih.forced_kernel is None
+            and not call.x.is_cuda and w_ih.shape[1] == call.x.shape[-1])
+
+
+def _recurrent_fused(call: Call):
+    """The input product and the recurrence in one compiled call, on the row twins of the
+    compressed ``W_ih`` and ``W_hh`` (:func:`efficientdl.kernels.recurrent.run_layer`)."""
+    a = call.args
+    if not isinstance(a["w_ih"], CompressedWeight) or a["w_ih"]._transposed:   # made dense since it was chosen
+        return _recurrent_sparse(call)
+    x = call.x
+    hn = np.array(a["h"].numpy(), order="C")     # copies (the kernel updates the state in place)
+    cn = np.array(a["c"].numpy(), order="C") if a["c"] is not None else None
+    out = run_layer(a["mode"], x.detach().numpy(), hn, cn, a["w_ih"].twin, _bias_array(a["b_ih"], x.dtype),
+                    call.weight.twin, _bias_array(call.bias, x.dtype), reverse=a["reverse"],
+                    slices=_slices(call.weight))
+    return torch.from_numpy(out), torch.from_numpy(hn), (torch.from_numpy(cn) if cn is not None else None)
+
+
+def _note_fused_input(w_ih: CompressedWeight, w_hh: CompressedWeight) -> None:
+    """Record on ``W_ih`` the shape classes where ``W_hh``'s layer runs :data:`_FUSED` (which computes
+    the input product from ``W_ih``'s packed form), as ``recurrent-input|…`` choices: the report
+    shows that use, and :func:`~efficientdl.nn.weights.settle` does not make ``W_ih`` dense because
+    its own ``F.linear`` measurements chose dense.  The forms those measurements made (a decoded
+    copy, prepared kernels) are dropped: the fused layer reads only the packed twin."""
+    for key, row in list(w_hh.chosen.items()):
+        if row is _FUSED:
+            mark = "recurrent-input" + key[len("recurrent"):]
+            if mark not in w_ih.chosen:
+                w_ih.chosen[mark] = row
+                w_ih.times_us[mark] = dict(w_hh.times_us.get(key, {}))
+                if not w_ih.fallbacks:
+                    w_ih.release_dense()
+                    w_ih.prepared.clear()
 
 
 def _recurrent_dense(call: Call):
@@ -103,6 +160,9 @@ def _recurrent_dense(call: Call):
 
 register_kernel(KernelRow("sparse-loop", "recurrent", lambda c: True, _recurrent_sparse,
                           description="input product over all steps, then a compiled loop on W_hh's row twin"))
+_FUSED = register_kernel(KernelRow("sparse-fused", "recurrent", _fused_applies, _recurrent_fused,
+                                   description="input product and recurrence in one compiled call on the W_ih and "
+                                               "W_hh row twins"))
 register_kernel(KernelRow("dense", "recurrent", lambda c: True, _recurrent_dense, decodes=True,
                           description="torch's recurrent kernel on the decoded weights"))
 
@@ -150,6 +210,8 @@ def _serve(mode: str, args: tuple, kwargs: dict):
                             {"mode": mode, "w_ih": w_ih, "b_ih": b_ih, "h": h, "c": c, "reverse": d == 1},
                             columns=batch)
                 out, h_last, c_last = w_hh.dispatcher.run(call)
+                if isinstance(w_ih, CompressedWeight) and any(r is _FUSED for r in w_hh._payload.chosen.values()):
+                    _note_fused_input(w_ih, w_hh)
             else:                                 # torch's kernel for this layer, decoded weights
                 out, h_last, c_last = _torch_layer(func, mode, layer_in, w_ih, w_hh, b_ih, b_hh, h, c, d == 1,
                                                    "the recurrent matrix is dense")

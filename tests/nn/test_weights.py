@@ -218,8 +218,13 @@ def test_recurrent_layers(cls, kw, batch_first):
                                                   **kw)))
     layer, ref = model[0], reference[0]
     x = torch.randn(3, 5, 6)
-    for forced in (None, "dense"):
-        model.edl_runtime.force(forced)
+    recurrent = [n for n in model.edl_runtime.weights if "weight_hh" in n]
+    for forced in (None, "dense", "sparse-loop", "sparse-fused"):
+        if forced in (None, "dense"):
+            model.edl_runtime.force(forced)
+        else:                                    # recurrent kernels: on the recurrent matrices
+            model.edl_runtime.force(None)
+            model.edl_runtime.force({n: forced for n in recurrent})
         with torch.no_grad():
             out, state = layer(x)
             out_ref, state_ref = ref(x)
@@ -235,6 +240,30 @@ def test_recurrent_layers(cls, kw, batch_first):
     assert model.edl_runtime.fallbacks() == {}
     hh = [r for r in model.edl_runtime.layers() if "weight_hh" in r["name"]]
     assert all(r["choices"] for r in hh)
+
+
+@pytest.mark.parametrize("prefer", ["speed", "memory"])
+def test_a_fused_recurrent_layer_marks_its_input_matrix_and_survives_it_made_dense(prefer):
+    torch.manual_seed(0)
+    # 128 units at 10%: W_hh's twin holds lookup entries, from which the slices are made
+    model, reference = compress(nn.Sequential(nn.LSTM(6, 128, num_layers=2)), density=0.1, prefer=prefer)
+    report = model.edl_runtime
+    report.force({f"0.weight_hh_l{k}": "sparse-fused" for k in range(2)})
+    x = torch.randn(7, 1, 6)                    # one sample: the sliced recurrent product
+    with torch.no_grad():
+        torch.testing.assert_close(model[0](x)[0], reference[0](x)[0], rtol=1e-5, atol=1e-5)
+        for k in range(2):
+            w_ih, w_hh = report.weights[f"0.weight_ih_l{k}"], report.weights[f"0.weight_hh_l{k}"]
+            marks = [key for key in w_ih.chosen if key.startswith("recurrent-input|")]
+            assert len(marks) == 1 and w_ih.chosen[marks[0]].name == "sparse-fused"
+            # the sliced copy of W_hh's entries is counted, and only kept when speed is preferred
+            assert w_hh.twin.absolute
+            assert ("slices" in w_hh._payload.derived) == (prefer == "speed")
+            assert w_hh.decoded_bytes() == sum(b for _, b in w_hh._payload.derived.values())
+            assert w_ih.decoded_bytes() == 0                 # the fused layer reads W_ih's packed twin only
+        report.hold("0.weight_ih_l0", compressed=False)      # W_ih made a dense parameter after the choice
+        torch.testing.assert_close(model[0](x)[0], reference[0](x)[0], rtol=1e-5, atol=1e-5)
+    assert report.fallbacks() == {}
 
 
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
