@@ -366,12 +366,12 @@ def run_layer(mode: str, x: np.ndarray, h: np.ndarray, c: np.ndarray | None, w_i
     """One direction of one recurrent layer, input product included, in **one** compiled call.
 
     ``X W_ihᵀ + b_ih`` for all ``T·B`` inputs as one sparse × dense product on the row-major
-    twin of the compressed ``W_ih`` (serial: a sequence's products are small, and waking a
-    thread pool between them cost more than it saved), then the recurrence of
-    :func:`run_sequence`.  At batch 1 the separate input product — its own call through
-    ``F.linear``, layouts, a bias add and a thread pool woken after the serial recurrence —
-    had taken 42–79 µs per layer of a 3-layer 128-unit LSTM against 20 µs for the product
-    itself (AVX2 Zen 3).
+    twin of the compressed ``W_ih`` (serial, like the recurrence around it), then the
+    recurrence of :func:`run_sequence`.  At batch 1 the separate input product — its own
+    call through ``F.linear``, layouts, a bias add and a thread pool woken after the serial
+    recurrence — had taken 42–79 µs per layer of a 3-layer 128-unit LSTM against 20 µs for
+    the threaded product called alone; this layer took 111–115 µs where the two calls had
+    taken 141 (AVX2 Zen 3).
 
     Args:
         mode: ``"lstm"``, ``"gru"``, ``"rnn_tanh"`` or ``"rnn_relu"``.
@@ -387,6 +387,8 @@ def run_layer(mode: str, x: np.ndarray, h: np.ndarray, c: np.ndarray | None, w_i
     steps, batch, cols = x.shape
     dtype = x.dtype
     gates = w_hh.shape[1]
+    if h.dtype != dtype or (c is not None and c.dtype != dtype):
+        raise ValueError(f"the state must be {dtype} like the input, got {h.dtype}")
     if w_ih.shape != (cols, gates):
         raise ValueError(f"input matrix {w_ih.shape[::-1]} does not match {gates} gate rows of {cols} inputs")
     if w_hh.shape != (h.shape[1], gates):

@@ -129,6 +129,8 @@ def test_run_layer_refuses_matrices_of_the_wrong_shape():
     x = np.zeros((3, 1, 4), np.float32)
     with pytest.raises(ValueError, match="input matrix"):
         run_layer("lstm", x, h, c, ih, None, hh, None)
+    with pytest.raises(ValueError, match="state must be float32"):
+        run_layer("lstm", np.zeros((3, 1, 5), np.float32), h.astype(np.float64), c, ih, None, hh, None)
     other = cpu.pack_rows(*_random_codes(rng, (16, 2), 0.5), lookup=True)
     with pytest.raises(ValueError, match="slices"):
         run_layer("lstm", np.zeros((3, 1, 5), np.float32), h, c, ih, None, hh, None, slices=slice_rows(other))
