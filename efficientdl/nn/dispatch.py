@@ -96,6 +96,9 @@ class KernelRow:
             calls of that shape use directly — per-call interpreter work costs as much as a
             small layer's product.
         approximate: it rounds its operands (int8): a candidate only with ``precision="int8"``.
+        on_chosen: optional ``on_chosen(call, key)``, called once when this row becomes the
+            weight's choice for the shape class ``key`` (measured or from the cache) — for a row
+            that also reads another weight's packed form and must say so on it.
     """
 
     name: str
@@ -106,6 +109,7 @@ class KernelRow:
     description: str = ""
     prepare: Callable[[Call], Callable] | None = None
     approximate: bool = False
+    on_chosen: Callable[[Call, str], None] | None = None
 
 
 #: the dispatch table; rows are tried in order, the measurement picks among those that apply
@@ -264,6 +268,8 @@ class Dispatcher:
         row = rows[names.index(choice)]
         w.chosen[key] = row
         w.times_us[key] = times
+        if row.on_chosen is not None:
+            row.on_chosen(call, key)
         if any(r.approximate for r in rows):
             w.errors[key] = _errors(rows, self.candidates(call), call)
         if not w.fallbacks:                      # forms made only to be timed are not kept: the chosen

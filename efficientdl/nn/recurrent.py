@@ -124,32 +124,32 @@ def _recurrent_fused(call: Call):
     """The input product and the recurrence in one compiled call, on the row twins of the
     compressed ``W_ih`` and ``W_hh`` (:func:`efficientdl.kernels.recurrent.run_layer`)."""
     a = call.args
-    if not isinstance(a["w_ih"], CompressedWeight) or a["w_ih"]._transposed:   # made dense since it was chosen
+    w_ih = a["w_ih"]
+    # made dense, or a kernel forced on it, since this row was chosen: the input product on its own
+    if not isinstance(w_ih, CompressedWeight) or w_ih._transposed or w_ih.forced_kernel is not None:
         return _recurrent_sparse(call)
     x = call.x
     hn = np.array(a["h"].numpy(), order="C")     # copies (the kernel updates the state in place)
     cn = np.array(a["c"].numpy(), order="C") if a["c"] is not None else None
-    out = run_layer(a["mode"], x.detach().numpy(), hn, cn, a["w_ih"].twin, _bias_array(a["b_ih"], x.dtype),
+    out = run_layer(a["mode"], x.detach().numpy(), hn, cn, w_ih.twin, _bias_array(a["b_ih"], x.dtype),
                     call.weight.twin, _bias_array(call.bias, x.dtype), reverse=a["reverse"],
                     slices=_slices(call.weight))
     return torch.from_numpy(out), torch.from_numpy(hn), (torch.from_numpy(cn) if cn is not None else None)
 
 
-def _note_fused_input(w_ih: CompressedWeight, w_hh: CompressedWeight) -> None:
-    """Record on ``W_ih`` the shape classes where ``W_hh``'s layer runs :data:`_FUSED` (which computes
-    the input product from ``W_ih``'s packed form), as ``recurrent-input|…`` choices: the report
-    shows that use, and :func:`~efficientdl.nn.weights.settle` does not make ``W_ih`` dense because
-    its own ``F.linear`` measurements chose dense.  The forms those measurements made (a decoded
-    copy, prepared kernels) are dropped: the fused layer reads only the packed twin."""
-    for key, row in list(w_hh.chosen.items()):
-        if row is _FUSED:
-            mark = "recurrent-input" + key[len("recurrent"):]
-            if mark not in w_ih.chosen:
-                w_ih.chosen[mark] = row
-                w_ih.times_us[mark] = dict(w_hh.times_us.get(key, {}))
-                if not w_ih.fallbacks:
-                    w_ih.release_dense()
-                    w_ih.prepared.clear()
+def _note_fused_input(call: Call, key: str) -> None:
+    """When :data:`_FUSED` becomes ``W_hh``'s choice for ``key``, record it on ``W_ih`` (whose packed
+    form it reads) as a ``recurrent-input|…`` choice: the report shows that use, and
+    :func:`~efficientdl.nn.weights.settle` does not make ``W_ih`` dense because its own
+    ``F.linear`` measurements chose dense.  The forms those measurements made (a decoded copy,
+    prepared kernels) are dropped: the fused layer reads only the packed twin."""
+    w_ih = call.args["w_ih"]
+    mark = "recurrent-input" + key[len("recurrent"):]
+    w_ih.chosen[mark] = _FUSED
+    w_ih.times_us[mark] = dict(call.weight.times_us.get(key, {}))
+    if not w_ih.fallbacks:
+        w_ih.release_dense()
+        w_ih.prepared.clear()
 
 
 def _recurrent_dense(call: Call):
@@ -162,7 +162,7 @@ register_kernel(KernelRow("sparse-loop", "recurrent", lambda c: True, _recurrent
                           description="input product over all steps, then a compiled loop on W_hh's row twin"))
 _FUSED = register_kernel(KernelRow("sparse-fused", "recurrent", _fused_applies, _recurrent_fused,
                                    description="input product and recurrence in one compiled call on the W_ih and "
-                                               "W_hh row twins"))
+                                               "W_hh row twins", on_chosen=_note_fused_input))
 register_kernel(KernelRow("dense", "recurrent", lambda c: True, _recurrent_dense, decodes=True,
                           description="torch's recurrent kernel on the decoded weights"))
 
@@ -210,8 +210,6 @@ def _serve(mode: str, args: tuple, kwargs: dict):
                             {"mode": mode, "w_ih": w_ih, "b_ih": b_ih, "h": h, "c": c, "reverse": d == 1},
                             columns=batch)
                 out, h_last, c_last = w_hh.dispatcher.run(call)
-                if isinstance(w_ih, CompressedWeight) and any(r is _FUSED for r in w_hh._payload.chosen.values()):
-                    _note_fused_input(w_ih, w_hh)
             else:                                 # torch's kernel for this layer, decoded weights
                 out, h_last, c_last = _torch_layer(func, mode, layer_in, w_ih, w_hh, b_ih, b_hh, h, c, d == 1,
                                                    "the recurrent matrix is dense")
